@@ -1,0 +1,220 @@
+//! The gateway's configuration: command line, then environment, then defaults. Every key is
+//! listed in `docs/config.md`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use tunnelgate_proto::limits::{DEFAULT_STREAM_WINDOW, MAX_STREAM_WINDOW, MIN_STREAM_WINDOW};
+
+/// Wait for the first response byte from the upstream before answering 504.
+pub const DEFAULT_RESPONSE_TIMEOUT: &str = "30s";
+/// How often an agent must send a heartbeat; a tunnel silent for three of these is closed.
+pub const DEFAULT_HEARTBEAT_INTERVAL: &str = "10s";
+/// Streams one tunnel may carry at once; one more gets 503.
+pub const DEFAULT_MAX_STREAMS: u32 = 1024;
+/// Bytes of request headers (names and values) the gateway accepts; more gets 431.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Messages queued for one tunnel's writer before producers wait.
+pub const TUNNEL_OUTBOX_CAPACITY: usize = 256;
+/// Time an agent has to send `register` after the upgrade.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"********\"")
+    }
+}
+
+/// A cluster given on the command line: its id and its agent token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterArg {
+    pub id: String,
+    pub token: Secret,
+}
+
+fn parse_cluster(s: &str) -> Result<ClusterArg, String> {
+    let (id, token) = s
+        .split_once(':')
+        .ok_or_else(|| "expected ID:TOKEN, e.g. demo:s3cret".to_string())?;
+    crate::registry::check_cluster_id(id)?;
+    if token.len() < 6 {
+        return Err(format!("token for cluster {id:?} is shorter than 6 characters"));
+    }
+    Ok(ClusterArg {
+        id: id.to_string(),
+        token: Secret::new(token),
+    })
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("{s:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// `tunnelgate-gateway`: one gateway node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tunnelgate-gateway", version, about)]
+pub struct Config {
+    /// Address for public HTTP and the agent endpoint `/v1/tunnel`.
+    #[arg(long, env = "TG_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// The gateway's DNS domain: cluster `c` serves `c.DOMAIN` and `*.c.DOMAIN`.
+    #[arg(long, env = "TG_DOMAIN", default_value = "localhost")]
+    pub domain: String,
+
+    /// A cluster and its agent token, `ID:TOKEN`; repeat for more.
+    #[arg(long = "cluster", env = "TG_CLUSTERS", value_delimiter = ',', value_parser = parse_cluster)]
+    pub clusters: Vec<ClusterArg>,
+
+    /// Redis URL of the shared registry. Without it the registry lives in memory (one node).
+    #[arg(long, env = "TG_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Time to wait for the upstream's response head before answering 504.
+    #[arg(long, env = "TG_RESPONSE_TIMEOUT", default_value = DEFAULT_RESPONSE_TIMEOUT, value_parser = parse_duration)]
+    pub response_timeout: Duration,
+
+    /// Interval at which agents send heartbeats; three missed ones close the tunnel.
+    #[arg(long, env = "TG_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Streams one tunnel carries at once.
+    #[arg(long, env = "TG_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
+    pub max_streams_per_tunnel: u32,
+
+    /// Largest total size of request headers, in bytes.
+    #[arg(long, env = "TG_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES)]
+    pub max_header_bytes: usize,
+
+    /// Per-stream flow-control window, in bytes.
+    #[arg(long, env = "TG_STREAM_WINDOW", default_value_t = DEFAULT_STREAM_WINDOW)]
+    pub stream_window: u32,
+
+    /// This node's id (random when not given).
+    #[arg(long, env = "TG_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// HTTP worker threads (default: one per CPU).
+    #[arg(long, env = "TG_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Log format; the filter comes from RUST_LOG (default `info`).
+    #[arg(long, env = "TG_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Checks what clap cannot and fills derived defaults.
+    pub fn validate(mut self) -> Result<Self, String> {
+        self.domain = self.domain.trim_end_matches('.').to_ascii_lowercase();
+        tunnelgate_proto::routes::check_route_host(&self.domain)
+            .map_err(|e| format!("--domain {:?}: {e}", self.domain))?;
+        if !(MIN_STREAM_WINDOW..=MAX_STREAM_WINDOW).contains(&self.stream_window) {
+            return Err(format!(
+                "--stream-window must be between {MIN_STREAM_WINDOW} and {MAX_STREAM_WINDOW}"
+            ));
+        }
+        if self.max_streams_per_tunnel == 0 {
+            return Err("--max-streams-per-tunnel must be at least 1".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.clusters {
+            if !seen.insert(c.id.clone()) {
+                return Err(format!("cluster {:?} is given twice", c.id));
+            }
+        }
+        if self.redis_url.is_some() {
+            return Err(
+                "--redis-url: the Redis registry is not built yet; run without it for the in-memory registry"
+                    .into(),
+            );
+        }
+        if self.node_id.is_none() {
+            self.node_id = Some(format!("node-{:08x}", rand::random::<u32>()));
+        }
+        Ok(self)
+    }
+
+    pub fn node_id(&self) -> &str {
+        self.node_id.as_deref().unwrap_or("node")
+    }
+
+    /// A config for tests and embedding: listen on `listen`, defaults everywhere else.
+    pub fn for_listen(listen: SocketAddr) -> Self {
+        Config::parse_from(["tunnelgate-gateway", "--listen", &listen.to_string()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn clusters_and_masking() {
+        let c = Config::try_parse_from(["g", "--cluster", "demo:s3cret", "--cluster", "b:123456"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(c.clusters.len(), 2);
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(Config::try_parse_from(["g", "--cluster", "demo"]).is_err());
+        assert!(Config::try_parse_from(["g", "--cluster", "Bad_Id:s3cret"]).is_err());
+        assert!(Config::try_parse_from(["g", "--cluster", "demo:short"]).is_err());
+        let dup = Config::try_parse_from(["g", "--cluster", "a:123456", "--cluster", "a:654321"])
+            .unwrap()
+            .validate();
+        assert!(dup.is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! Proxy-path errors. Each says who failed and whether a retry is safe, and becomes an HTTP
+//! response in exactly one place ([`ProxyError::to_response`]): a status, a one-line body
+//! saying what happened, and an `x-tunnelgate-error` header with a stable code.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use tunnelgate_proto::control::ProxyErrorKind;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    Client,
+    Tunnel,
+    Upstream,
+    Gateway,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(Cow<'static, str>),
+    #[error("request headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
+    #[error("no route for host {0}")]
+    NoRoute(String),
+    #[error("cluster {0} is offline (no agent connected)")]
+    ClusterOffline(String),
+    #[error("the cluster's tunnel is at its stream limit; retry shortly")]
+    TunnelBusy,
+    #[error("upstream refused the connection: {0}")]
+    UpstreamRefused(String),
+    #[error("upstream failed: {0}")]
+    UpstreamFailed(String),
+    #[error("upstream did not respond within {0:?}")]
+    Timeout(Duration),
+    #[error("the agent disconnected before the response was complete")]
+    TunnelLost,
+    #[error("the agent has no upstream for this host and path")]
+    AgentNoRoute,
+    #[error("the agent refused the request; retry shortly")]
+    AgentRefused,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::ClusterOffline(_) | ProxyError::TunnelBusy | ProxyError::AgentRefused => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::UpstreamRefused(_)
+            | ProxyError::UpstreamFailed(_)
+            | ProxyError::TunnelLost
+            | ProxyError::AgentNoRoute => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A stable code for the `x-tunnelgate-error` header and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::HeadersTooLarge(_) => "headers_too_large",
+            ProxyError::NoRoute(_) => "no_route",
+            ProxyError::ClusterOffline(_) => "cluster_offline",
+            ProxyError::TunnelBusy => "tunnel_busy",
+            ProxyError::UpstreamRefused(_) => "upstream_refused",
+            ProxyError::UpstreamFailed(_) => "upstream_failed",
+            ProxyError::Timeout(_) => "upstream_timeout",
+            ProxyError::TunnelLost => "tunnel_lost",
+            ProxyError::AgentNoRoute => "agent_no_route",
+            ProxyError::AgentRefused => "agent_refused",
+        }
+    }
+
+    pub fn who(&self) -> Who {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge(_) | ProxyError::NoRoute(_) => {
+                Who::Client
+            }
+            ProxyError::ClusterOffline(_)
+            | ProxyError::TunnelLost
+            | ProxyError::AgentNoRoute
+            | ProxyError::AgentRefused => Who::Tunnel,
+            ProxyError::TunnelBusy => Who::Gateway,
+            ProxyError::UpstreamRefused(_)
+            | ProxyError::UpstreamFailed(_)
+            | ProxyError::Timeout(_) => Who::Upstream,
+        }
+    }
+
+    /// True when the request certainly did not reach the upstream, so a client may resend it
+    /// even if it is not idempotent.
+    pub fn retry_safe(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ClusterOffline(_)
+                | ProxyError::TunnelBusy
+                | ProxyError::UpstreamRefused(_)
+                | ProxyError::AgentNoRoute
+                | ProxyError::AgentRefused
+        )
+    }
+
+    /// The agent's account of a failed stream.
+    pub fn from_agent(kind: ProxyErrorKind, message: String) -> Self {
+        match kind {
+            ProxyErrorKind::UpstreamRefused => ProxyError::UpstreamRefused(message),
+            ProxyErrorKind::UpstreamFailed => ProxyError::UpstreamFailed(message),
+            ProxyErrorKind::UpstreamTimeout => ProxyError::UpstreamFailed(format!("timeout: {message}")),
+            ProxyErrorKind::NoRoute => ProxyError::AgentNoRoute,
+            ProxyErrorKind::Refused => ProxyError::AgentRefused,
+        }
+    }
+
+    /// The response the client sees.
+    pub fn to_response(&self) -> HttpResponse {
+        let status = self.status();
+        let mut b = HttpResponse::build(status);
+        b.insert_header(("x-tunnelgate-error", self.code()))
+            .content_type("text/plain; charset=utf-8");
+        if self.retry_safe() && status == StatusCode::SERVICE_UNAVAILABLE {
+            b.insert_header(("retry-after", "1"));
+        }
+        let reason = status.canonical_reason().unwrap_or("");
+        b.body(format!("{} {reason}: {self}\n", status.as_u16()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_bodies_and_codes() {
+        let e = ProxyError::NoRoute("x.demo.localhost".into());
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(e.who(), Who::Client);
+        assert_eq!(e.to_string(), "no route for host x.demo.localhost");
+        assert!(ProxyError::ClusterOffline("demo".into()).retry_safe());
+        assert!(!ProxyError::TunnelLost.retry_safe());
+    }
+}

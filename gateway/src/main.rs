@@ -1,0 +1,43 @@
+//! `tunnelgate-gateway`: parses the configuration and runs one gateway node.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tunnelgate_gateway::config::Config;
+use tunnelgate_gateway::{run, telemetry};
+
+fn main() -> ExitCode {
+    let config = match Config::parse().validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tunnelgate-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logs(config.log_format);
+    let listener = match TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %config.listen, error = %e, "cannot listen");
+            eprintln!("tunnelgate-gateway: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    if config.clusters.is_empty() {
+        tracing::warn!("no --cluster given: no agent can connect");
+    }
+    tracing::info!(
+        addr = %addr, node_id = config.node_id(), domain = %config.domain,
+        clusters = config.clusters.len(), registry = "memory", "gateway listening"
+    );
+    let result = actix_rt::System::new().block_on(async move { run(config, listener)?.await });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Request checks and header rewriting at the edge.
+//!
+//! Routing uses the `Host` header alone, never `Forwarded` or `X-Forwarded-Host` (a client
+//! could name another tenant's host there), and the client address comes from the socket.
+//! Framing that two parsers could read differently (Content-Length with Transfer-Encoding, two
+//! Content-Lengths, no or two Hosts) is refused before anything is forwarded.
+
+use std::net::IpAddr;
+
+use actix_web::HttpRequest;
+use actix_web::http::header::{self, HeaderMap, HeaderName};
+use tunnelgate_proto::control::HeaderList;
+use tunnelgate_proto::routes::normalize_host;
+
+use crate::error::ProxyError;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies strip.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers a client may write but only the gateway may set.
+const EDGE_OWNED: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
+
+/// The framing and `Host` checks; returns the normalised host.
+pub fn check_request(req: &HttpRequest, max_header_bytes: usize) -> Result<String, ProxyError> {
+    let h = req.headers();
+    let bad = |s: &'static str| Err(ProxyError::BadRequest(s.into()));
+    if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
+        return bad("request has both Content-Length and Transfer-Encoding");
+    }
+    if h.get_all(header::CONTENT_LENGTH).count() > 1 {
+        return bad("request has more than one Content-Length");
+    }
+    let mut hosts = h.get_all(header::HOST);
+    let host = match (hosts.next(), hosts.next()) {
+        (None, _) => match req.uri().authority() {
+            // HTTP/2 carries the host in :authority.
+            Some(a) if req.version() >= actix_web::http::Version::HTTP_2 => a.as_str().to_string(),
+            _ => return bad("request has no Host header"),
+        },
+        (Some(_), Some(_)) => return bad("request has more than one Host header"),
+        (Some(v), None) => match v.to_str() {
+            Ok(s) => s.to_string(),
+            Err(_) => return bad("Host header is not valid text"),
+        },
+    };
+    let host = normalize_host(&host)
+        .map_err(|e| ProxyError::BadRequest(format!("invalid Host header: {e}").into()))?;
+    if let Some(authority) = req.uri().authority() {
+        let target = normalize_host(authority.as_str()).unwrap_or_default();
+        if target != host {
+            return bad("request target and Host header name different hosts");
+        }
+    }
+    let size: usize = h
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if size > max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge(max_header_bytes));
+    }
+    Ok(host)
+}
+
+/// True when the request carries a body the upstream must receive.
+pub fn has_body(headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn is_hop(name: &HeaderName, listed: &[String]) -> bool {
+    let n = name.as_str();
+    HOP_BY_HOP.contains(&n) || listed.iter().any(|t| t == n)
+}
+
+/// The headers sent to the agent: hop-by-hop and edge-owned ones removed, ours added.
+pub fn upstream_request_headers(
+    headers: &HeaderMap,
+    client_ip: Option<IpAddr>,
+) -> Result<HeaderList, ProxyError> {
+    let listed = connection_tokens(headers);
+    let mut out = HeaderList::with_capacity(headers.len() + 3);
+    let mut original_host = None;
+    for (name, value) in headers.iter() {
+        if is_hop(name, &listed) || EDGE_OWNED.contains(&name.as_str()) {
+            continue;
+        }
+        let value = value.to_str().map_err(|_| {
+            ProxyError::BadRequest(format!("header {name} is not valid text").into())
+        })?;
+        if name == header::HOST {
+            original_host = Some(value.to_string());
+        }
+        out.push((name.as_str().to_string(), value.to_string()));
+    }
+    if let Some(ip) = client_ip {
+        out.push(("x-forwarded-for".into(), ip.to_string()));
+    }
+    out.push(("x-forwarded-proto".into(), "http".into()));
+    if let Some(h) = original_host {
+        out.push(("x-forwarded-host".into(), h));
+    }
+    Ok(out)
+}
+
+/// Whether a response header from the agent is passed to the client.
+pub fn keep_response_header(name: &str, listed: &[String]) -> bool {
+    !HOP_BY_HOP.contains(&name) && !listed.iter().any(|t| t == name)
+}
+
+/// `Connection` tokens of a response header list.
+pub fn response_connection_tokens(headers: &HeaderList) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn rewrites_forwarding_headers() {
+        let req = TestRequest::default()
+            .insert_header(("host", "app.demo.localhost:8080"))
+            .insert_header(("x-forwarded-for", "6.6.6.6"))
+            .insert_header(("forwarded", "for=6.6.6.6;host=bank.other.localhost"))
+            .insert_header(("connection", "keep-alive, x-secret-hop"))
+            .insert_header(("x-secret-hop", "1"))
+            .insert_header(("authorization", "Bearer abc"))
+            .to_http_request();
+        let h = upstream_request_headers(req.headers(), Some("127.0.0.1".parse().unwrap())).unwrap();
+        let get = |n: &str| h.iter().filter(|(k, _)| k == n).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(get("x-forwarded-for"), vec!["127.0.0.1"]);
+        assert_eq!(get("x-forwarded-host"), vec!["app.demo.localhost:8080"]);
+        assert_eq!(get("host"), vec!["app.demo.localhost:8080"]);
+        assert_eq!(get("authorization"), vec!["Bearer abc"]);
+        assert!(get("forwarded").is_empty());
+        assert!(get("connection").is_empty());
+        assert!(get("x-secret-hop").is_empty());
+    }
+
+    #[test]
+    fn routes_on_host_not_forwarded_headers() {
+        let req = TestRequest::default()
+            .insert_header(("host", "app.demo.localhost"))
+            .insert_header(("x-forwarded-host", "bank.other.localhost"))
+            .insert_header(("forwarded", "host=bank.other.localhost"))
+            .to_http_request();
+        assert_eq!(check_request(&req, 8192).unwrap(), "app.demo.localhost");
+    }
+
+    #[test]
+    fn refuses_ambiguous_framing() {
+        let both = TestRequest::default()
+            .insert_header(("host", "a.b"))
+            .insert_header(("content-length", "3"))
+            .insert_header(("transfer-encoding", "chunked"))
+            .to_http_request();
+        assert!(matches!(check_request(&both, 8192), Err(ProxyError::BadRequest(_))));
+        let nohost = TestRequest::default().to_http_request();
+        assert!(matches!(check_request(&nohost, 8192), Err(ProxyError::BadRequest(_))));
+        let big = TestRequest::default()
+            .insert_header(("host", "a.b"))
+            .insert_header(("x-big", "y".repeat(100)))
+            .to_http_request();
+        assert!(matches!(check_request(&big, 64), Err(ProxyError::HeadersTooLarge(64))));
+    }
+}

@@ -1,0 +1,131 @@
+//! The public HTTP entry: every request that is not the gateway's own lands here, is checked,
+//! routed on its `Host`, and streamed through the owning cluster's tunnel.
+
+pub mod headers;
+
+use std::time::Instant;
+
+use actix::Actor;
+use actix_web::body::SizedStream;
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, web};
+use tunnelgate_proto::control::ProxyRequest;
+
+use crate::AppState;
+use crate::error::ProxyError;
+use crate::registry::RouteEntry;
+use crate::tunnel::{ClientGone, OpenError, OpenStream, Opened, StreamActor, StreamParts};
+use headers::{check_request, has_body, keep_response_header, response_connection_tokens, upstream_request_headers};
+
+/// Routes every request: a published host goes to its tunnel; otherwise the gateway's own
+/// endpoints (`/v1/tunnel`, `/healthz`, `/readyz`, `/metrics`), else 404.
+pub async fn dispatch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let started = Instant::now();
+    let host = match check_request(&req, state.config.max_header_bytes) {
+        Ok(h) => h,
+        Err(e) => return fail(&state, &req, "", e),
+    };
+    let Some(route) = state.registry.lookup(&host, req.uri().path()) else {
+        return match req.uri().path() {
+            "/v1/tunnel" => crate::tunnel::accept(req, payload, state).await,
+            "/healthz" => crate::admin::healthz(),
+            "/readyz" => crate::admin::readyz(&state),
+            "/metrics" => crate::admin::metrics(&state),
+            _ => fail(&state, &req, "", ProxyError::NoRoute(host)),
+        };
+    };
+    match proxy(&req, payload, &state, host, &route, started).await {
+        Ok(resp) => resp,
+        Err(e) => fail(&state, &req, &route.cluster, e),
+    }
+}
+
+fn fail(state: &AppState, req: &HttpRequest, cluster: &str, e: ProxyError) -> HttpResponse {
+    state.metrics.request(cluster, e.status().as_u16(), None);
+    let level_warn = !matches!(e.who(), crate::error::Who::Client);
+    if level_warn {
+        tracing::warn!(cluster, method = %req.method(), path = req.uri().path(), code = e.code(), error = %e, "request failed");
+    } else {
+        tracing::debug!(cluster, method = %req.method(), path = req.uri().path(), code = e.code(), error = %e, "request refused");
+    }
+    e.to_response()
+}
+
+async fn proxy(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &web::Data<AppState>,
+    host: String,
+    route: &RouteEntry,
+    started: Instant,
+) -> Result<HttpResponse, ProxyError> {
+    let cluster = &route.cluster;
+    let tunnel = state
+        .hub
+        .pick(cluster)
+        .ok_or_else(|| ProxyError::ClusterOffline(cluster.clone()))?;
+    let headers = upstream_request_headers(req.headers(), req.peer_addr().map(|a| a.ip()))?;
+    let with_body = has_body(req.headers());
+    let Opened {
+        id,
+        head,
+        mut body,
+        shared,
+        outbox,
+        gone,
+    } = match tunnel.open.send(OpenStream).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(OpenError::Busy)) => return Err(ProxyError::TunnelBusy),
+        Ok(Err(OpenError::Closed)) | Err(_) => return Err(ProxyError::ClusterOffline(cluster.clone())),
+    };
+    let request = ProxyRequest {
+        stream_id: id,
+        method: req.method().as_str().to_string(),
+        host,
+        path: req.uri().path().to_string(),
+        query: req.uri().query().map(str::to_string),
+        headers,
+        body: with_body,
+        request_id: None,
+    };
+    let actor = StreamActor::new(StreamParts {
+        id,
+        shared,
+        outbox,
+        gone,
+        request,
+        payload: with_body.then_some(payload),
+        response_timeout: state.config.response_timeout,
+    })
+    .start();
+    body.on_drop(move || actor.do_send(ClientGone));
+    let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
+    let status = StatusCode::from_u16(head.status)
+        .ok()
+        .filter(|s| !s.is_informational())
+        .ok_or_else(|| ProxyError::UpstreamFailed(format!("invalid status {}", head.status)))?;
+    state
+        .metrics
+        .request(cluster, status.as_u16(), Some(started.elapsed().as_secs_f64()));
+    let listed = response_connection_tokens(&head.headers);
+    let mut resp = HttpResponse::build(status);
+    let mut content_length = None;
+    for (name, value) in &head.headers {
+        let lower = name.to_ascii_lowercase();
+        if lower == "content-length" {
+            content_length = value.trim().parse::<u64>().ok();
+        } else if keep_response_header(&lower, &listed) {
+            resp.append_header((lower, value.as_str()));
+        }
+    }
+    if !head.body || req.method() == Method::HEAD {
+        if let Some(n) = content_length.filter(|_| req.method() == Method::HEAD) {
+            resp.no_chunking(n);
+        }
+        return Ok(resp.finish());
+    }
+    Ok(match content_length {
+        Some(n) => resp.body(SizedStream::new(n, body)),
+        None => resp.streaming(body),
+    })
+}

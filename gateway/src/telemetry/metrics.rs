@@ -1,0 +1,144 @@
+//! The gateway's Prometheus metrics. Every metric name is spelled here and nowhere else.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub cluster_uuid: String,
+    pub status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster_uuid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+type HistogramFamily = Family<ClusterLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 1 ms to ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// All gateway metrics; one instance per node, shared by every worker.
+pub struct Metrics {
+    registry: Registry,
+    /// `gateway_requests_total{cluster_uuid,status_code}`: proxied requests by outcome.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `gateway_request_duration_seconds{cluster_uuid}`: time to the response head.
+    pub request_duration: HistogramFamily,
+    /// `gateway_active_routes{cluster_uuid}`: routes the cluster has published.
+    pub active_routes: Family<ClusterLabels, Gauge>,
+    /// `gateway_tunnel_health{cluster_uuid}`: 1 while the cluster has a live tunnel here.
+    pub tunnel_health: Family<ClusterLabels, Gauge>,
+    /// `gateway_tunnels`: agent tunnels connected to this node.
+    pub tunnels: Gauge,
+    /// `gateway_streams`: streams open on this node's tunnels.
+    pub streams: Gauge,
+    /// `gateway_tunnel_errors_total{reason}`: protocol errors and closes caused by agents.
+    pub tunnel_errors: Family<ReasonLabels, Counter>,
+    /// `gateway_tunnel_auth_failures_total{reason}`: refused agent connections.
+    pub auth_failures: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("gateway_requests", "Proxied requests by cluster and status", requests.clone());
+        let request_duration = HistogramFamily::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Time from request to response head",
+            request_duration.clone(),
+        );
+        let active_routes = Family::<ClusterLabels, Gauge>::default();
+        registry.register("gateway_active_routes", "Routes published per cluster", active_routes.clone());
+        let tunnel_health = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "gateway_tunnel_health",
+            "1 while the cluster has a live tunnel on this node, else 0",
+            tunnel_health.clone(),
+        );
+        let tunnels = Gauge::default();
+        registry.register("gateway_tunnels", "Agent tunnels connected to this node", tunnels.clone());
+        let streams = Gauge::default();
+        registry.register("gateway_streams", "Streams open on this node's tunnels", streams.clone());
+        let tunnel_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gateway_tunnel_errors",
+            "Tunnel protocol errors caused by agents, by reason",
+            tunnel_errors.clone(),
+        );
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gateway_tunnel_auth_failures",
+            "Refused agent connections, by reason",
+            auth_failures.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            active_routes,
+            tunnel_health,
+            tunnels,
+            streams,
+            tunnel_errors,
+            auth_failures,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one proxied request's outcome.
+    pub fn request(&self, cluster: &str, status: u16, seconds: Option<f64>) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                cluster_uuid: cluster.to_string(),
+                status_code: status,
+            })
+            .inc();
+        if let Some(s) = seconds {
+            self.request_duration
+                .get_or_create(&ClusterLabels {
+                    cluster_uuid: cluster.to_string(),
+                })
+                .observe(s);
+        }
+    }
+
+    pub fn tunnel_error(&self, reason: &'static str) {
+        self.tunnel_errors.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn set_cluster(&self, cluster: &str, healthy: bool, routes: usize) {
+        let l = ClusterLabels {
+            cluster_uuid: cluster.to_string(),
+        };
+        self.tunnel_health.get_or_create(&l).set(i64::from(healthy));
+        self.active_routes.get_or_create(&l).set(routes as i64);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

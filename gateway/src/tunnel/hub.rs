@@ -1,0 +1,64 @@
+//! The live tunnels on this node, by cluster. Plain shared state behind a lock: lookups are a
+//! hash probe on the request path, writes happen only when tunnels come and go.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use actix::Recipient;
+
+use super::tunnel_actor::OpenStream;
+
+/// A handle to one live tunnel.
+#[derive(Clone)]
+pub struct TunnelRef {
+    pub id: u64,
+    pub open: Recipient<OpenStream>,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    tunnels: RwLock<HashMap<String, Vec<TunnelRef>>>,
+    next: AtomicUsize,
+}
+
+impl Hub {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Vec<TunnelRef>>> {
+        // No code panics while holding the lock; recover the data rather than spread a panic.
+        self.tunnels.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Vec<TunnelRef>>> {
+        self.tunnels.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add(&self, cluster: &str, t: TunnelRef) {
+        self.write().entry(cluster.to_string()).or_default().push(t);
+    }
+
+    /// Removes a tunnel; returns how many the cluster still has here.
+    pub fn remove(&self, cluster: &str, id: u64) -> usize {
+        let mut g = self.write();
+        let Some(list) = g.get_mut(cluster) else {
+            return 0;
+        };
+        list.retain(|t| t.id != id);
+        let left = list.len();
+        if left == 0 {
+            g.remove(cluster);
+        }
+        left
+    }
+
+    /// A tunnel of `cluster`, spreading requests over several in turn.
+    pub fn pick(&self, cluster: &str) -> Option<TunnelRef> {
+        let g = self.read();
+        let list = g.get(cluster)?;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % list.len();
+        list.get(i).cloned()
+    }
+
+    pub fn count(&self, cluster: &str) -> usize {
+        self.read().get(cluster).map_or(0, Vec::len)
+    }
+}

@@ -1,0 +1,30 @@
+//! Agent tunnels on this node: the WebSocket endpoint, one [`TunnelActor`] per agent
+//! connection, one [`StreamActor`] per proxied request, and the [`Hub`] of live tunnels.
+//!
+//! # Tunnel lifecycle
+//! - **Accepted**: the bearer token named a cluster (else 401) that agrees with the cluster the
+//!   agent claims (else 403); the upgrade is done, the actor runs, nothing is registered.
+//! - **Registered**: the agent sent `register`; the tunnel is in the hub and takes streams.
+//!   Invariant: every stream in the actor's table has an id below `next_stream`, and its head
+//!   is resolved at most once.
+//! - **Closed**: socket closed, protocol error, or heartbeats missed for three intervals. The
+//!   tunnel leaves the hub; every open stream is failed (a client waiting for a head gets 502,
+//!   one reading a body sees it cut), so no request hangs.
+//!
+//! # Stream lifecycle
+//! - **Open**: id allocated, `proxy_request` queued, upload pumping under send credit.
+//! - **Headed**: the agent's `proxy_response` resolved the head; body DATA flows into the
+//!   stream's pipe, bounded by the window.
+//! - **Done**: the client's body reader was dropped (complete or client gone), a timeout fired,
+//!   or the tunnel closed. The tunnel removes the stream; if either side had not finished, a
+//!   RESET tells the agent to stop.
+
+mod endpoint;
+mod hub;
+mod stream_actor;
+mod tunnel_actor;
+
+pub use endpoint::accept;
+pub use hub::{Hub, TunnelRef};
+pub use stream_actor::{ClientGone, StreamActor, StreamParts};
+pub use tunnel_actor::{OpenError, OpenStream, Opened, StreamGone, TunnelActor};

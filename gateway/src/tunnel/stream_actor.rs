@@ -1,0 +1,132 @@
+//! `StreamActor`: one per proxied request. Sends the request head and pumps the client's body
+//! into the tunnel under the stream's send credit, enforces the response timeout, and tells the
+//! tunnel when the stream is over (with a RESET when it did not finish cleanly).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, WrapFuture};
+use actix_web::web;
+use futures_util::StreamExt;
+use tunnelgate_mux::Outbox;
+use tunnelgate_proto::control::ProxyRequest;
+use tunnelgate_proto::limits::MAX_FRAME_PAYLOAD;
+use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
+
+use super::tunnel_actor::{StreamGone, StreamShared};
+use crate::error::ProxyError;
+
+/// The client's body reader was dropped: the response is complete or the client went away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClientGone;
+
+/// What a stream actor needs to run.
+pub struct StreamParts {
+    pub id: StreamId,
+    pub shared: Arc<StreamShared>,
+    pub outbox: Outbox,
+    pub gone: Recipient<StreamGone>,
+    pub request: ProxyRequest,
+    /// The client's request body, when it has one.
+    pub payload: Option<web::Payload>,
+    pub response_timeout: Duration,
+}
+
+pub struct StreamActor {
+    parts: StreamParts,
+    upload_done: bool,
+    reset: Option<ResetCode>,
+}
+
+impl StreamActor {
+    pub fn new(parts: StreamParts) -> Self {
+        StreamActor {
+            parts,
+            upload_done: false,
+            reset: None,
+        }
+    }
+}
+
+/// Why the upload stopped early.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    #[error("client body: {0}")]
+    Client(String),
+    #[error("tunnel closed")]
+    Tunnel,
+}
+
+async fn upload(
+    id: StreamId,
+    outbox: Outbox,
+    shared: Arc<StreamShared>,
+    request: ProxyRequest,
+    payload: Option<web::Payload>,
+) -> Result<(), UploadError> {
+    outbox
+        .send_control(&Control::ProxyRequest(request))
+        .await
+        .map_err(|_| UploadError::Tunnel)?;
+    let Some(mut payload) = payload else {
+        return Ok(());
+    };
+    while let Some(chunk) = payload.next().await {
+        let mut chunk = chunk.map_err(|e| UploadError::Client(e.to_string()))?;
+        while !chunk.is_empty() {
+            let piece = chunk.split_to(chunk.len().min(MAX_FRAME_PAYLOAD));
+            shared.credit.acquire(piece.len()).await.map_err(|_| UploadError::Tunnel)?;
+            outbox
+                .send_frame(&Frame::Data { stream: id, data: piece })
+                .await
+                .map_err(|_| UploadError::Tunnel)?;
+        }
+    }
+    outbox
+        .send_frame(&Frame::End { stream: id })
+        .await
+        .map_err(|_| UploadError::Tunnel)
+}
+
+impl Actor for StreamActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let p = &mut self.parts;
+        let timeout = p.response_timeout;
+        let pump = upload(p.id, p.outbox.clone(), p.shared.clone(), p.request.clone(), p.payload.take());
+        ctx.spawn(pump.into_actor(self).map(|res, act, ctx| match res {
+            Ok(()) => act.upload_done = true,
+            Err(e) => {
+                tracing::debug!(stream = act.parts.id, error = %e, "upload stopped");
+                act.reset = Some(ResetCode::CANCEL);
+                act.parts.shared.resolve(Err(ProxyError::BadRequest("request body ended early".into())));
+                ctx.stop();
+            }
+        }));
+        ctx.run_later(timeout, move |act, ctx| {
+            if act.parts.shared.resolve(Err(ProxyError::Timeout(timeout))) {
+                act.reset = Some(ResetCode::TIMEOUT);
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopping(&mut self, _ctx: &mut Context<Self>) -> actix::Running {
+        // Whatever happens, nobody waits for a head that can no longer come.
+        self.parts.shared.resolve(Err(ProxyError::TunnelLost));
+        let clean = self.upload_done && self.parts.shared.remote_done();
+        let reset = self.reset.or((!clean).then_some(ResetCode::CANCEL));
+        self.parts.gone.do_send(StreamGone { id: self.parts.id, reset });
+        actix::Running::Stop
+    }
+}
+
+impl Handler<ClientGone> for StreamActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ClientGone, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

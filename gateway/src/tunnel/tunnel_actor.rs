@@ -1,0 +1,436 @@
+//! `TunnelActor`: one per agent connection. Owns the tunnel's stream table, decodes every
+//! message the agent sends, and dispatches it to the stream it names. Writes go through the
+//! tunnel's [`Outbox`] to the writer task that owns the socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, StreamHandler};
+use actix_ws::{AggregatedMessage, ProtocolError};
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tunnelgate_mux::{Outbox, Outgoing, PipeError, PipeReader, PipeWriter, PushError, SendCredit, pipe};
+use tunnelgate_proto::control::{ProxyResponse, RegisterError, RegisterSuccess};
+use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
+
+use super::hub::TunnelRef;
+use crate::AppState;
+use crate::config::REGISTER_TIMEOUT;
+use crate::error::ProxyError;
+
+/// Opens a stream on this tunnel for one proxied request.
+#[derive(Message)]
+#[rtype(result = "Result<Opened, OpenError>")]
+pub struct OpenStream;
+
+/// A stream's side of the dance is over; `reset` says whether the agent must be told to stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StreamGone {
+    /// The stream that ended.
+    pub id: StreamId,
+    /// RESET to send the agent, when the stream did not finish cleanly on both sides.
+    pub reset: Option<ResetCode>,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("tunnel is at its stream limit")]
+    Busy,
+    #[error("tunnel is closing")]
+    Closed,
+}
+
+/// What the opener of a stream gets.
+pub struct Opened {
+    pub id: StreamId,
+    /// Resolves with the agent's response head, or why there is none.
+    pub head: oneshot::Receiver<Result<ProxyResponse, ProxyError>>,
+    /// The response body as the agent sends it.
+    pub body: PipeReader,
+    pub shared: Arc<StreamShared>,
+    pub outbox: Outbox,
+    pub gone: Recipient<StreamGone>,
+}
+
+/// State of one stream that both the tunnel and the stream's actor touch.
+pub struct StreamShared {
+    head: Mutex<Option<oneshot::Sender<Result<ProxyResponse, ProxyError>>>>,
+    /// Credit for the request body the gateway sends.
+    pub credit: SendCredit,
+    remote_done: AtomicBool,
+}
+
+impl StreamShared {
+    /// Resolves the head once; false when it was already resolved.
+    pub fn resolve(&self, head: Result<ProxyResponse, ProxyError>) -> bool {
+        let tx = self.head.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(head);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// True once the agent finished its side (END, RESET or an error).
+    pub fn remote_done(&self) -> bool {
+        self.remote_done.load(Ordering::Acquire)
+    }
+
+    fn set_remote_done(&self) {
+        self.remote_done.store(true, Ordering::Release);
+    }
+}
+
+struct Slot {
+    shared: Arc<StreamShared>,
+    body: PipeWriter,
+}
+
+static NEXT_TUNNEL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One agent connection.
+pub struct TunnelActor {
+    id: u64,
+    cluster: String,
+    peer: Option<SocketAddr>,
+    out: Outbox,
+    state: Arc<AppState>,
+    streams: HashMap<StreamId, Slot>,
+    next_stream: StreamId,
+    registered: bool,
+    opened_at: Instant,
+    last_seen: Instant,
+    close_reason: Option<String>,
+}
+
+impl TunnelActor {
+    pub fn new(cluster: String, peer: Option<SocketAddr>, out: Outbox, state: Arc<AppState>) -> Self {
+        let now = Instant::now();
+        TunnelActor {
+            id: NEXT_TUNNEL_ID.fetch_add(1, Ordering::Relaxed),
+            cluster,
+            peer,
+            out,
+            state,
+            streams: HashMap::new(),
+            next_stream: 1,
+            registered: false,
+            opened_at: now,
+            last_seen: now,
+            close_reason: None,
+        }
+    }
+
+    /// Closes the whole tunnel: the agent broke the protocol or went silent.
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: String, metric: &'static str) {
+        if self.close_reason.is_none() {
+            self.state.metrics.tunnel_error(metric);
+            tracing::warn!(cluster = %self.cluster, tunnel = self.id, peer = ?self.peer, %reason, "closing tunnel");
+            self.out.close(code, reason.clone());
+            self.close_reason = Some(reason);
+        }
+        ctx.stop();
+    }
+
+    fn protocol_error(&mut self, ctx: &mut Context<Self>, reason: String) {
+        // 1002: protocol error.
+        self.close(ctx, 1002, reason, "protocol");
+    }
+
+    /// Resets one stream; the rest of the tunnel carries on.
+    fn reset_stream(&mut self, id: StreamId, code: ResetCode, why: &str) {
+        if let Some(slot) = self.streams.remove(&id) {
+            self.state.metrics.streams.dec();
+            self.state.metrics.tunnel_error(code.name());
+            tracing::warn!(cluster = %self.cluster, tunnel = self.id, stream = id, code = code.name(), why, "resetting stream");
+            self.out.reset(id, code);
+            slot.shared.resolve(Err(ProxyError::UpstreamFailed(format!("tunnel protocol error: {why}"))));
+            slot.body.fail(PipeError(format!("stream reset: {why}")));
+            slot.shared.credit.close();
+        }
+    }
+
+    /// The slot for a stream the agent names, or what to do about a name that has none.
+    /// Ids below `next_stream` belonged to streams that ended: late frames for them are
+    /// dropped. Ids never handed out are a protocol error.
+    fn slot_for(&mut self, ctx: &mut Context<Self>, id: StreamId, what: &str) -> Option<&Slot> {
+        if self.streams.contains_key(&id) {
+            return self.streams.get(&id);
+        }
+        if id == 0 || id >= self.next_stream {
+            self.protocol_error(ctx, format!("{what} for stream {id}, which was never opened"));
+        }
+        None
+    }
+
+    fn on_frame(&mut self, ctx: &mut Context<Self>, msg: Bytes) {
+        let frame = match Frame::decode(msg) {
+            Ok(f) => f,
+            Err(e) => return self.protocol_error(ctx, format!("malformed frame: {e}")),
+        };
+        let id = frame.stream();
+        let Some(slot) = self.slot_for(ctx, id, frame.kind_name()) else {
+            return;
+        };
+        match frame {
+            Frame::Data { data, .. } => match slot.body.push(data) {
+                Ok(()) | Err(PushError::ReaderGone) => {}
+                Err(PushError::Ended) => self.reset_stream(id, ResetCode::PROTOCOL, "DATA after END"),
+                Err(PushError::Flow(e)) => self.reset_stream(id, ResetCode::FLOW_CONTROL, &e.to_string()),
+            },
+            Frame::End { .. } => {
+                slot.shared.set_remote_done();
+                slot.body.finish();
+            }
+            Frame::Reset { code, .. } => {
+                let err = if code == ResetCode::REFUSED {
+                    ProxyError::AgentRefused
+                } else {
+                    ProxyError::UpstreamFailed(format!("agent reset the stream ({})", code.name()))
+                };
+                if let Some(slot) = self.streams.remove(&id) {
+                    self.state.metrics.streams.dec();
+                    slot.shared.set_remote_done();
+                    slot.shared.resolve(Err(err));
+                    slot.body.fail(PipeError(format!("agent reset the stream ({})", code.name())));
+                    slot.shared.credit.close();
+                }
+            }
+            Frame::Window { credit, .. } => {
+                if let Err(e) = slot.shared.credit.grant(credit) {
+                    self.reset_stream(id, ResetCode::FLOW_CONTROL, &e.to_string());
+                }
+            }
+            Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
+                self.reset_stream(id, ResetCode::PROTOCOL, "WebSocket frame on an HTTP stream")
+            }
+        }
+    }
+
+    fn on_control(&mut self, ctx: &mut Context<Self>, text: &str) {
+        let msg = match Control::from_json(text) {
+            Ok(m) => m,
+            Err(e) => return self.protocol_error(ctx, e.to_string()),
+        };
+        if !self.registered && !matches!(msg, Control::Register(_)) {
+            return self.protocol_error(ctx, "the first message must be register".into());
+        }
+        match msg {
+            Control::Register(r) => self.on_register(ctx, r),
+            Control::Heartbeat(h) => {
+                self.state.registry.touch(&self.cluster);
+                let ack = Control::HeartbeatAck(tunnelgate_proto::control::HeartbeatAck { sent_at_ms: h.sent_at_ms });
+                // An agent that does not read its acks loses them; nothing else queues.
+                self.out.try_send(Outgoing::Text(ack.to_json()));
+            }
+            Control::IngressRoutes(m) => {
+                let count = m.routes.len();
+                let ack = self.state.registry.apply_routes(&self.cluster, m.action, m.routes);
+                for r in &ack.rejected {
+                    tracing::warn!(cluster = %self.cluster, host = %r.host, path = %r.path, reason = %r.reason, "route rejected");
+                }
+                tracing::info!(
+                    cluster = %self.cluster, action = ?m.action, routes = count,
+                    accepted = ack.accepted.len(), rejected = ack.rejected.len(), "routes updated"
+                );
+                let routes = self.state.registry.route_count(&self.cluster);
+                self.state.metrics.set_cluster(&self.cluster, true, routes);
+                if !self.out.try_send(Outgoing::Text(Control::RoutesAck(ack).to_json())) {
+                    tracing::warn!(cluster = %self.cluster, "routes_ack dropped: agent is not reading");
+                }
+            }
+            Control::ProxyResponse(r) => {
+                let id = r.stream_id;
+                let Some(slot) = self.slot_for(ctx, id, "proxy_response") else {
+                    return;
+                };
+                let body = r.body;
+                if !slot.shared.resolve(Ok(r)) {
+                    return self.reset_stream(id, ResetCode::PROTOCOL, "second proxy_response");
+                }
+                if !body {
+                    slot.shared.set_remote_done();
+                    slot.body.finish();
+                }
+            }
+            Control::ProxyError(e) => {
+                let id = e.stream_id;
+                let Some(slot) = self.slot_for(ctx, id, "proxy_error") else {
+                    return;
+                };
+                slot.shared.set_remote_done();
+                slot.shared.credit.close();
+                slot.body.fail(PipeError(format!("agent: {}", e.message)));
+                slot.shared.resolve(Err(ProxyError::from_agent(e.kind, e.message)));
+            }
+            Control::ProxyWebsocketClose(_) | Control::Drain(_) => {}
+            other => {
+                let name = other.name();
+                self.protocol_error(ctx, format!("agent sent {name}, which only a gateway sends"));
+            }
+        }
+    }
+
+    fn on_register(&mut self, ctx: &mut Context<Self>, r: tunnelgate_proto::control::Register) {
+        if self.registered {
+            return self.protocol_error(ctx, "register sent twice".into());
+        }
+        if r.cluster != self.cluster {
+            let reason = format!("this token does not belong to cluster {:?}", r.cluster);
+            self.out
+                .try_send(Outgoing::Text(Control::RegisterError(RegisterError { reason: reason.clone() }).to_json()));
+            return self.close(ctx, 1008, reason, "cluster_mismatch");
+        }
+        let cfg = &self.state.config;
+        let ok = RegisterSuccess {
+            node_id: cfg.node_id().to_string(),
+            tunnel_id: format!("{}-{}", cfg.node_id(), self.id),
+            heartbeat_interval_ms: cfg.heartbeat_interval.as_millis() as u64,
+            stream_window: cfg.stream_window,
+            max_streams: cfg.max_streams_per_tunnel,
+        };
+        self.out.try_send(Outgoing::Text(Control::RegisterSuccess(ok).to_json()));
+        self.state.hub.add(
+            &self.cluster,
+            TunnelRef {
+                id: self.id,
+                open: ctx.address().recipient(),
+            },
+        );
+        self.registered = true;
+        self.state.metrics.tunnels.inc();
+        let routes = self.state.registry.route_count(&self.cluster);
+        self.state.metrics.set_cluster(&self.cluster, true, routes);
+        tracing::info!(
+            cluster = %self.cluster, tunnel = self.id, peer = ?self.peer,
+            agent_version = %r.agent_version, agent_host = ?r.hostname, "tunnel registered"
+        );
+    }
+}
+
+impl Actor for TunnelActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let interval = self.state.config.heartbeat_interval;
+        ctx.run_interval(interval / 2, move |act, ctx| {
+            if !act.registered && act.opened_at.elapsed() > REGISTER_TIMEOUT {
+                act.close(ctx, 1008, "no register message in time".into(), "register_timeout");
+            } else if act.last_seen.elapsed() > interval * 3 {
+                act.close(ctx, 1001, "heartbeat timeout: agent silent for three intervals".into(), "heartbeat_timeout");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        for (_, slot) in self.streams.drain() {
+            self.state.metrics.streams.dec();
+            slot.shared.resolve(Err(ProxyError::TunnelLost));
+            slot.body.fail(PipeError("agent disconnected".into()));
+            slot.shared.credit.close();
+        }
+        // The writer ends when it sees the close, or when the last outbox handle goes.
+        self.out.close(1000, self.close_reason.clone().unwrap_or_else(|| "tunnel closed".into()));
+        if self.registered {
+            self.state.metrics.tunnels.dec();
+            let left = self.state.hub.remove(&self.cluster, self.id);
+            if left == 0 {
+                let routes = self.state.registry.route_count(&self.cluster);
+                self.state.metrics.set_cluster(&self.cluster, false, routes);
+            }
+            tracing::info!(
+                cluster = %self.cluster, tunnel = self.id, tunnels_left = left,
+                reason = self.close_reason.as_deref().unwrap_or("agent closed the connection"),
+                "tunnel closed"
+            );
+        }
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for TunnelActor {
+    fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
+        match msg {
+            Ok(AggregatedMessage::Binary(b)) => {
+                if !self.registered {
+                    return self.protocol_error(ctx, "the first message must be register".into());
+                }
+                self.on_frame(ctx, b)
+            }
+            Ok(AggregatedMessage::Text(t)) => self.on_control(ctx, &t),
+            Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(reason)) => {
+                self.close_reason = Some(format!("agent closed the tunnel: {reason:?}"));
+                ctx.stop();
+            }
+            Err(e) => {
+                self.close(ctx, 1002, format!("WebSocket error: {e}"), "websocket");
+            }
+        }
+    }
+}
+
+impl Handler<OpenStream> for TunnelActor {
+    type Result = Result<Opened, OpenError>;
+
+    fn handle(&mut self, _msg: OpenStream, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.registered || self.close_reason.is_some() || self.out.is_closed() {
+            return Err(OpenError::Closed);
+        }
+        if self.streams.len() >= self.state.config.max_streams_per_tunnel as usize {
+            return Err(OpenError::Busy);
+        }
+        let id = self.next_stream;
+        let Some(next) = self.next_stream.checked_add(1) else {
+            self.close(ctx, 1000, "stream ids exhausted; reconnect".into(), "ids_exhausted");
+            return Err(OpenError::Closed);
+        };
+        self.next_stream = next;
+        let window = self.state.config.stream_window;
+        let (head_tx, head) = oneshot::channel();
+        let (writer, body) = pipe(id, window, self.out.board());
+        let shared = Arc::new(StreamShared {
+            head: Mutex::new(Some(head_tx)),
+            credit: SendCredit::new(window),
+            remote_done: AtomicBool::new(false),
+        });
+        self.streams.insert(
+            id,
+            Slot {
+                shared: shared.clone(),
+                body: writer,
+            },
+        );
+        self.state.metrics.streams.inc();
+        Ok(Opened {
+            id,
+            head,
+            body,
+            shared,
+            outbox: self.out.clone(),
+            gone: ctx.address().recipient(),
+        })
+    }
+}
+
+impl Handler<StreamGone> for TunnelActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamGone, _ctx: &mut Context<Self>) {
+        if let Some(slot) = self.streams.remove(&msg.id) {
+            self.state.metrics.streams.dec();
+            if let Some(code) = msg.reset {
+                self.out.reset(msg.id, code);
+            }
+            slot.body.fail(PipeError("stream closed".into()));
+            slot.shared.credit.close();
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Flow-controlled stream plumbing that gateway and agent share. No sockets and no runtime:
+//! only `tokio::sync` primitives and wakers, so both the actix gateway and the tokio agent use
+//! the same code for the same job.
+//!
+//! # Layout
+//! - [`pipe`]: a byte-bounded single-producer pipe from the tunnel reader to one consumer
+//!   (an HTTP body), which returns credit to the peer as the consumer reads.
+//! - [`credit`]: the sending side's credit ([`credit::SendCredit`]), awaited before each DATA.
+//! - [`outbox`]: the one bounded queue into a tunnel's single writer, with a side board for
+//!   WINDOW and RESET frames that must never wait behind data.
+
+pub mod credit;
+pub mod outbox;
+pub mod pipe;
+
+pub use credit::SendCredit;
+pub use outbox::{Board, Outbox, OutboxClosed, OutboxRx, Outgoing, outbox};
+pub use pipe::{PipeError, PipeReader, PipeWriter, PushError, pipe};

@@ -1,0 +1,251 @@
+//! The queue into a tunnel's single writer. Everything a tunnel sends goes through one
+//! [`Outbox`], so frames never reorder and the queue's bound is the backpressure: a stream
+//! that produces faster than the socket drains waits in `send`.
+//!
+//! WINDOW and RESET frames do not queue behind data: they go on the [`Board`], which the
+//! writer drains first. The board holds at most one credit entry and one reset per stream, so
+//! it is bounded by the stream limit, and a credit update can never be lost to a full queue
+//! (a lost credit would stall its stream forever).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
+
+/// One WebSocket message for the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    Text(String),
+    Binary(Bytes),
+    /// Close the tunnel with this WebSocket close code and reason.
+    Close { code: u16, reason: String },
+}
+
+/// The writer is gone: the tunnel is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("tunnel writer is closed")]
+pub struct OutboxClosed;
+
+/// WINDOW and RESET frames waiting for the writer.
+#[derive(Debug, Default)]
+pub struct Board {
+    inner: Mutex<BoardInner>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct BoardInner {
+    credits: HashMap<StreamId, u32>,
+    resets: Vec<(StreamId, ResetCode)>,
+    close: Option<(u16, String)>,
+}
+
+impl Board {
+    fn lock(&self) -> MutexGuard<'_, BoardInner> {
+        // The lock guards plain collections and no code panics while holding it; recover the
+        // data rather than spread a poison panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `credit` more bytes for `stream` (merged with any credit not yet sent).
+    pub fn grant(&self, stream: StreamId, credit: u32) {
+        {
+            let mut b = self.lock();
+            let c = b.credits.entry(stream).or_default();
+            *c = c.saturating_add(credit);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Queues a RESET for `stream`; any credit not yet sent for it is dropped.
+    pub fn reset(&self, stream: StreamId, code: ResetCode) {
+        {
+            let mut b = self.lock();
+            b.credits.remove(&stream);
+            if !b.resets.iter().any(|(s, _)| *s == stream) {
+                b.resets.push((stream, code));
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Asks the writer to close the tunnel now, ahead of anything queued.
+    pub fn close(&self, code: u16, reason: String) {
+        self.lock().close.get_or_insert((code, reason));
+        self.notify.notify_one();
+    }
+
+    fn take_close(&self) -> Option<(u16, String)> {
+        self.lock().close.take()
+    }
+
+    fn drain_into(&self, out: &mut VecDeque<Frame>) {
+        let mut b = self.lock();
+        for (stream, code) in b.resets.drain(..) {
+            out.push_back(Frame::Reset { stream, code });
+        }
+        for (stream, credit) in b.credits.drain() {
+            out.push_back(Frame::Window { stream, credit });
+        }
+    }
+}
+
+/// The producers' handle: cheap to clone, one per stream or task.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    board: Arc<Board>,
+}
+
+/// The writer's end.
+#[derive(Debug)]
+pub struct OutboxRx {
+    rx: mpsc::Receiver<Outgoing>,
+    board: Arc<Board>,
+    ready: VecDeque<Frame>,
+}
+
+/// A new outbox holding at most `capacity` queued messages (the board aside).
+pub fn outbox(capacity: usize) -> (Outbox, OutboxRx) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let board = Arc::new(Board::default());
+    (
+        Outbox {
+            tx,
+            board: board.clone(),
+        },
+        OutboxRx {
+            rx,
+            board,
+            ready: VecDeque::new(),
+        },
+    )
+}
+
+impl Outbox {
+    /// Queues a frame, waiting while the queue is full.
+    pub async fn send_frame(&self, frame: &Frame) -> Result<(), OutboxClosed> {
+        self.send(Outgoing::Binary(frame.to_bytes())).await
+    }
+
+    /// Queues a control message, waiting while the queue is full.
+    pub async fn send_control(&self, msg: &Control) -> Result<(), OutboxClosed> {
+        self.send(Outgoing::Text(msg.to_json())).await
+    }
+
+    pub async fn send(&self, msg: Outgoing) -> Result<(), OutboxClosed> {
+        self.tx.send(msg).await.map_err(|_| OutboxClosed)
+    }
+
+    /// Queues a message only if there is room now; `false` when full or closed. For replies
+    /// the peer can ask for at will (heartbeat acks): a peer that does not read loses them.
+    pub fn try_send(&self, msg: Outgoing) -> bool {
+        self.tx.try_send(msg).is_ok()
+    }
+
+    /// Grants the peer `credit` more bytes on `stream`; never waits.
+    pub fn grant(&self, stream: StreamId, credit: u32) {
+        self.board.grant(stream, credit);
+    }
+
+    /// Resets `stream`; never waits.
+    pub fn reset(&self, stream: StreamId, code: ResetCode) {
+        self.board.reset(stream, code);
+    }
+
+    /// The board this outbox's WINDOW and RESET frames go through (for [`crate::pipe`]).
+    pub fn board(&self) -> Arc<Board> {
+        self.board.clone()
+    }
+
+    /// Closes the tunnel ahead of anything queued (protocol error, shutdown).
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        self.board.close(code, reason.into());
+    }
+
+    /// True once the writer has gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Resolves when the writer has gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+impl OutboxRx {
+    /// The next message to write: board frames first, then the queue. None when every
+    /// [`Outbox`] is dropped.
+    pub async fn next(&mut self) -> Option<Outgoing> {
+        loop {
+            if let Some(m) = self.try_next() {
+                return Some(m);
+            }
+            tokio::select! {
+                biased;
+                _ = self.board.notify.notified() => continue,
+                m = self.rx.recv() => return m,
+            }
+        }
+    }
+
+    /// The next message if one is ready now, without waiting: lets a writer batch what is
+    /// queued into one flush.
+    pub fn try_next(&mut self) -> Option<Outgoing> {
+        if let Some((code, reason)) = self.board.take_close() {
+            return Some(Outgoing::Close { code, reason });
+        }
+        if self.ready.is_empty() {
+            self.board.drain_into(&mut self.ready);
+        }
+        if let Some(f) = self.ready.pop_front() {
+            return Some(Outgoing::Binary(f.to_bytes()));
+        }
+        self.rx.try_recv().ok()
+    }
+
+    /// Stops accepting messages; queued ones can still be read.
+    pub fn close(&mut self) {
+        self.rx.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn board_jumps_the_queue_and_merges_credit() {
+        let (out, mut rx) = outbox(1);
+        out.send(Outgoing::Text("a".into())).await.unwrap();
+        assert!(!out.try_send(Outgoing::Text("b".into())), "queue of 1 is full");
+        out.grant(3, 10);
+        out.grant(3, 5);
+        let w = Frame::Window {
+            stream: 3,
+            credit: 15,
+        };
+        assert_eq!(rx.next().await, Some(Outgoing::Binary(w.to_bytes())));
+        out.grant(4, 1);
+        out.reset(4, ResetCode::CANCEL);
+        let r = Frame::Reset {
+            stream: 4,
+            code: ResetCode::CANCEL,
+        };
+        assert_eq!(rx.next().await, Some(Outgoing::Binary(r.to_bytes())));
+        assert_eq!(rx.next().await, Some(Outgoing::Text("a".into())));
+        out.close(1002, "bad frame");
+        assert_eq!(
+            rx.next().await,
+            Some(Outgoing::Close {
+                code: 1002,
+                reason: "bad frame".into()
+            })
+        );
+        drop(out);
+        assert_eq!(rx.next().await, None);
+    }
+}

@@ -1,0 +1,330 @@
+//! Control messages: WebSocket text frames holding `{"type": "...", "payload": {...}}`.
+//!
+//! Unknown `type`s are errors; unknown fields inside a payload are ignored, so a newer peer can
+//! add fields without breaking an older one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::StreamId;
+use crate::limits::MAX_CONTROL_MESSAGE;
+use crate::routes::RouteSpec;
+
+/// A header list in wire order; names may repeat (`Set-Cookie`).
+pub type HeaderList = Vec<(String, String)>;
+
+/// Every control message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+pub enum Control {
+    Register(Register),
+    RegisterSuccess(RegisterSuccess),
+    RegisterError(RegisterError),
+    Heartbeat(Heartbeat),
+    HeartbeatAck(HeartbeatAck),
+    IngressRoutes(IngressRoutes),
+    RoutesAck(RoutesAck),
+    ProxyRequest(ProxyRequest),
+    ProxyResponse(ProxyResponse),
+    ProxyWebsocketStart(ProxyWebsocketStart),
+    ProxyWebsocketClose(ProxyWebsocketClose),
+    ProxyError(ProxyError),
+    Drain(Drain),
+}
+
+/// Agent → gateway, first message after the upgrade. Identity comes from the bearer token;
+/// `cluster` is what the agent believes it is and must agree with the token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Register {
+    pub cluster: String,
+    pub agent_version: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// Gateway → agent: the tunnel is live, and the parameters both sides use on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterSuccess {
+    pub node_id: String,
+    pub tunnel_id: String,
+    pub heartbeat_interval_ms: u64,
+    /// Initial credit of every stream, in both directions.
+    pub stream_window: u32,
+    pub max_streams: u32,
+}
+
+/// Gateway → agent: registration refused; the gateway closes the tunnel after sending it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterError {
+    pub reason: String,
+}
+
+/// Agent → gateway, every heartbeat interval. Also refreshes the agent's routes' TTL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Heartbeat {
+    pub sent_at_ms: u64,
+    #[serde(default)]
+    pub is_private: Option<bool>,
+    #[serde(default)]
+    pub gateway_routes: Option<u32>,
+}
+
+/// Gateway → agent: answer to a heartbeat, echoing its timestamp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    pub sent_at_ms: u64,
+}
+
+/// What an `ingress_routes` message does to the cluster's routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAction {
+    /// Insert these routes (replacing any with the same host and path).
+    Add,
+    /// Same as add; kept as its own word for logs.
+    Update,
+    /// Remove these routes (host and path identify them).
+    Delete,
+    /// These are all the cluster's routes: everything else is removed.
+    Sync,
+}
+
+/// Agent → gateway: publish or withdraw routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngressRoutes {
+    pub action: RouteAction,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// Gateway → agent: which routes were taken and which refused, with why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RoutesAck {
+    pub accepted: Vec<RouteKey>,
+    pub rejected: Vec<RouteRejection>,
+}
+
+/// Identifies a route within a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteKey {
+    pub host: String,
+    pub path: String,
+}
+
+/// A route the gateway refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRejection {
+    pub host: String,
+    pub path: String,
+    pub reason: String,
+}
+
+/// Gateway → agent: open stream `stream_id` for this request. Body bytes follow as DATA frames
+/// and an END when `body` is true.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyRequest {
+    pub stream_id: StreamId,
+    pub method: String,
+    /// The `Host` the client sent, normalised (lower case, no port).
+    pub host: String,
+    pub path: String,
+    #[serde(default)]
+    pub query: Option<String>,
+    pub headers: HeaderList,
+    pub body: bool,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// Agent → gateway: the upstream's response head. When `body` is true DATA frames and an END
+/// follow; when false the response is complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyResponse {
+    pub stream_id: StreamId,
+    pub status: u16,
+    pub headers: HeaderList,
+    pub body: bool,
+}
+
+/// Gateway → agent: the request on `stream_id` is a WebSocket upgrade; messages follow as
+/// WS_* frames once the agent answers with a 101 `proxy_response`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyWebsocketStart {
+    pub stream_id: StreamId,
+    #[serde(default)]
+    pub protocols: Vec<String>,
+}
+
+/// Either side: the proxied WebSocket session on `stream_id` closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyWebsocketClose {
+    pub stream_id: StreamId,
+    pub code: u16,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// What went wrong before the agent could produce a response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyErrorKind {
+    /// The upstream refused the connection (nothing listening).
+    UpstreamRefused,
+    /// The upstream connection failed or the response was malformed.
+    UpstreamFailed,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The agent has no upstream for this host and path.
+    NoRoute,
+    /// The agent refuses the stream (overloaded, shutting down); safe to retry elsewhere.
+    Refused,
+}
+
+/// Agent → gateway: stream `stream_id` failed before a response head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyError {
+    pub stream_id: StreamId,
+    pub kind: ProxyErrorKind,
+    pub message: String,
+}
+
+/// Gateway → agent: please reconnect (to another node); streams in flight finish first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drain {
+    pub reason: String,
+}
+
+/// Why a text frame is not a control message.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control message of {len} bytes is over the limit of {max}")]
+    Oversized { len: usize, max: usize },
+    #[error("invalid control message: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Control {
+    /// The message as the text of one WebSocket frame.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail: no maps with non-string keys, no
+        // custom serialisers.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"serialize_failed","payload":"{}"}}"#, e)
+        })
+    }
+
+    /// Parses one WebSocket text frame.
+    pub fn from_json(text: &str) -> Result<Control, ControlError> {
+        if text.len() > MAX_CONTROL_MESSAGE {
+            return Err(ControlError::Oversized {
+                len: text.len(),
+                max: MAX_CONTROL_MESSAGE,
+            });
+        }
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// The message's `type` as it appears on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Control::Register(_) => "register",
+            Control::RegisterSuccess(_) => "register_success",
+            Control::RegisterError(_) => "register_error",
+            Control::Heartbeat(_) => "heartbeat",
+            Control::HeartbeatAck(_) => "heartbeat_ack",
+            Control::IngressRoutes(_) => "ingress_routes",
+            Control::RoutesAck(_) => "routes_ack",
+            Control::ProxyRequest(_) => "proxy_request",
+            Control::ProxyResponse(_) => "proxy_response",
+            Control::ProxyWebsocketStart(_) => "proxy_websocket_start",
+            Control::ProxyWebsocketClose(_) => "proxy_websocket_close",
+            Control::ProxyError(_) => "proxy_error",
+            Control::Drain(_) => "drain",
+        }
+    }
+
+    /// The stream this message is about, if any.
+    pub fn stream_id(&self) -> Option<StreamId> {
+        match self {
+            Control::ProxyRequest(m) => Some(m.stream_id),
+            Control::ProxyResponse(m) => Some(m.stream_id),
+            Control::ProxyWebsocketStart(m) => Some(m.stream_id),
+            Control::ProxyWebsocketClose(m) => Some(m.stream_id),
+            Control::ProxyError(m) => Some(m.stream_id),
+            _ => None,
+        }
+    }
+}
+
+/// Annotations carried with a route (Kubernetes Ingress annotations).
+pub type Annotations = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::PathType;
+
+    #[test]
+    fn envelope_shape_is_type_and_payload() {
+        let m = Control::HeartbeatAck(HeartbeatAck { sent_at_ms: 5 });
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"heartbeat_ack","payload":{"sent_at_ms":5}}"#
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        let msgs = vec![
+            Control::Register(Register {
+                cluster: "demo".into(),
+                agent_version: "0.1.0".into(),
+                hostname: None,
+            }),
+            Control::IngressRoutes(IngressRoutes {
+                action: RouteAction::Sync,
+                routes: vec![RouteSpec {
+                    host: "app.demo.localhost".into(),
+                    path: "/".into(),
+                    path_type: PathType::Prefix,
+                    ..Default::default()
+                }],
+            }),
+            Control::ProxyRequest(ProxyRequest {
+                stream_id: 3,
+                method: "POST".into(),
+                host: "app.demo.localhost".into(),
+                path: "/x".into(),
+                query: Some("a=1".into()),
+                headers: vec![("set-cookie".into(), "a".into()), ("set-cookie".into(), "b".into())],
+                body: true,
+                request_id: None,
+            }),
+            Control::ProxyError(ProxyError {
+                stream_id: 3,
+                kind: ProxyErrorKind::UpstreamRefused,
+                message: "connection refused".into(),
+            }),
+        ];
+        for m in msgs {
+            assert!(m.to_json().starts_with(&format!(r#"{{"type":"{}""#, m.name())));
+            assert_eq!(Control::from_json(&m.to_json()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_messages() {
+        assert!(Control::from_json("not json").is_err());
+        assert!(Control::from_json(r#"{"type":"launch_missiles","payload":{}}"#).is_err());
+        assert!(Control::from_json(r#"{"type":"heartbeat_ack","payload":{}}"#).is_err());
+        let big = format!(r#"{{"type":"drain","payload":{{"reason":"{}"}}}}"#, "x".repeat(MAX_CONTROL_MESSAGE));
+        assert!(matches!(Control::from_json(&big), Err(ControlError::Oversized { .. })));
+    }
+
+    #[test]
+    fn ignores_unknown_payload_fields() {
+        let m = Control::from_json(r#"{"type":"heartbeat_ack","payload":{"sent_at_ms":1,"new":true}}"#)
+            .unwrap();
+        assert_eq!(m, Control::HeartbeatAck(HeartbeatAck { sent_at_ms: 1 }));
+    }
+}

@@ -1,0 +1,18 @@
+//! Tunnelgate's wire protocol, shared by gateway and agent. It does no I/O and knows no runtime:
+//! it turns bytes into typed messages and back, and keeps the arithmetic of flow control.
+//!
+//! # Layout
+//! - [`frame`]: binary data frames `[kind u8][stream_id u32 BE][payload]` and their codec.
+//! - [`control`]: JSON control messages, sent as WebSocket text frames `{"type","payload"}`.
+//! - [`window`]: per-stream credit accounting (how much a peer may still send).
+//! - [`routes`]: route specs, host normalisation and Ingress-style path matching.
+//! - [`limits`]: the protocol's sizes and defaults.
+
+pub mod control;
+pub mod frame;
+pub mod limits;
+pub mod routes;
+pub mod window;
+
+pub use control::{Control, ControlError};
+pub use frame::{DecodeError, Frame, ResetCode, StreamId};

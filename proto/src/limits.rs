@@ -1,0 +1,22 @@
+//! Sizes both ends agree on. The gateway announces the ones it uses in `register_success`.
+
+/// Largest payload of one binary frame. Senders cut bodies into chunks of at most this size.
+pub const MAX_FRAME_PAYLOAD: usize = 64 * 1024;
+
+/// Largest control message (JSON text frame). A full route `sync` of a big cluster is the
+/// largest message; request headers are limited far below this by the gateway.
+pub const MAX_CONTROL_MESSAGE: usize = 1024 * 1024;
+
+/// Largest WebSocket message either side accepts: a control message or a frame with header.
+pub const MAX_WS_MESSAGE: usize = MAX_CONTROL_MESSAGE;
+
+/// Default per-stream window: bytes a sender may have in flight before the receiver grants
+/// more. Large enough to keep a loopback or LAN link busy, small enough that a tunnel with a
+/// thousand slow streams stays within a few hundred MiB at worst.
+pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
+
+/// The largest window (and so the largest credit a sender may hold) either side accepts.
+pub const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Smallest window a gateway may announce: one full frame must always fit.
+pub const MIN_STREAM_WINDOW: u32 = MAX_FRAME_PAYLOAD as u32;
