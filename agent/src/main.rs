@@ -1,1 +1,60 @@
-fn main() {}
+//! `tunnelgate-agent`: parses the configuration and runs the agent until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::sync::watch;
+use tunnelgate_agent::config::Config;
+use tunnelgate_agent::{Status, init_logs, run};
+
+fn main() -> ExitCode {
+    let config = match Config::parse().validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tunnelgate-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(config.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tunnelgate-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let (status, _) = watch::channel(Status::Starting);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        });
+        match run(config, status, stop_rx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "agent stopped");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

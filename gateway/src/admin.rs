@@ -11,7 +11,9 @@ pub fn healthz() -> HttpResponse {
 
 pub fn readyz(state: &AppState) -> HttpResponse {
     if state.registry.is_healthy() {
-        HttpResponse::Ok().content_type("text/plain").body("ready\n")
+        HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n")
     } else {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain")

@@ -53,7 +53,9 @@ fn parse_cluster(s: &str) -> Result<ClusterArg, String> {
         .ok_or_else(|| "expected ID:TOKEN, e.g. demo:s3cret".to_string())?;
     crate::registry::check_cluster_id(id)?;
     if token.len() < 6 {
-        return Err(format!("token for cluster {id:?} is shorter than 6 characters"));
+        return Err(format!(
+            "token for cluster {id:?} is shorter than 6 characters"
+        ));
     }
     Ok(ClusterArg {
         id: id.to_string(),

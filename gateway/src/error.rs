@@ -112,7 +112,9 @@ impl ProxyError {
         match kind {
             ProxyErrorKind::UpstreamRefused => ProxyError::UpstreamRefused(message),
             ProxyErrorKind::UpstreamFailed => ProxyError::UpstreamFailed(message),
-            ProxyErrorKind::UpstreamTimeout => ProxyError::UpstreamFailed(format!("timeout: {message}")),
+            ProxyErrorKind::UpstreamTimeout => {
+                ProxyError::UpstreamFailed(format!("timeout: {message}"))
+            }
             ProxyErrorKind::NoRoute => ProxyError::AgentNoRoute,
             ProxyErrorKind::Refused => ProxyError::AgentRefused,
         }

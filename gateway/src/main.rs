@@ -20,11 +20,17 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(addr = %config.listen, error = %e, "cannot listen");
-            eprintln!("tunnelgate-gateway: cannot listen on {}: {e}", config.listen);
+            eprintln!(
+                "tunnelgate-gateway: cannot listen on {}: {e}",
+                config.listen
+            );
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     if config.clusters.is_empty() {
         tracing::warn!("no --cluster given: no agent can connect");
     }

@@ -20,7 +20,10 @@ pub enum Outgoing {
     Text(String),
     Binary(Bytes),
     /// Close the tunnel with this WebSocket close code and reason.
-    Close { code: u16, reason: String },
+    Close {
+        code: u16,
+        reason: String,
+    },
 }
 
 /// The writer is gone: the tunnel is closed.
@@ -221,7 +224,10 @@ mod tests {
     async fn board_jumps_the_queue_and_merges_credit() {
         let (out, mut rx) = outbox(1);
         out.send(Outgoing::Text("a".into())).await.unwrap();
-        assert!(!out.try_send(Outgoing::Text("b".into())), "queue of 1 is full");
+        assert!(
+            !out.try_send(Outgoing::Text("b".into())),
+            "queue of 1 is full"
+        );
         out.grant(3, 10);
         out.grant(3, 5);
         let w = Frame::Window {

@@ -27,7 +27,11 @@ fn codec(c: &mut Criterion) {
         });
     }
     g.finish();
-    let window = Frame::Window { stream: 1, credit: 131072 }.to_bytes();
+    let window = Frame::Window {
+        stream: 1,
+        credit: 131072,
+    }
+    .to_bytes();
     c.bench_function("frame/decode_window", |b| {
         b.iter(|| Frame::decode(black_box(window.clone())).unwrap())
     });
@@ -48,7 +52,9 @@ fn codec(c: &mut Criterion) {
         request_id: None,
     });
     let json = req.to_json();
-    c.bench_function("control/encode_proxy_request", |b| b.iter(|| black_box(&req).to_json()));
+    c.bench_function("control/encode_proxy_request", |b| {
+        b.iter(|| black_box(&req).to_json())
+    });
     c.bench_function("control/decode_proxy_request", |b| {
         b.iter(|| Control::from_json(black_box(&json)).unwrap())
     });

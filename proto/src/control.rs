@@ -208,9 +208,8 @@ impl Control {
     pub fn to_json(&self) -> String {
         // Serialising these plain structs cannot fail: no maps with non-string keys, no
         // custom serialisers.
-        serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(r#"{{"type":"serialize_failed","payload":"{}"}}"#, e)
-        })
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!(r#"{{"type":"serialize_failed","payload":"{}"}}"#, e))
     }
 
     /// Parses one WebSocket text frame.
@@ -296,7 +295,10 @@ mod tests {
                 host: "app.demo.localhost".into(),
                 path: "/x".into(),
                 query: Some("a=1".into()),
-                headers: vec![("set-cookie".into(), "a".into()), ("set-cookie".into(), "b".into())],
+                headers: vec![
+                    ("set-cookie".into(), "a".into()),
+                    ("set-cookie".into(), "b".into()),
+                ],
                 body: true,
                 request_id: None,
             }),
@@ -307,7 +309,10 @@ mod tests {
             }),
         ];
         for m in msgs {
-            assert!(m.to_json().starts_with(&format!(r#"{{"type":"{}""#, m.name())));
+            assert!(
+                m.to_json()
+                    .starts_with(&format!(r#"{{"type":"{}""#, m.name()))
+            );
             assert_eq!(Control::from_json(&m.to_json()).unwrap(), m);
         }
     }
@@ -317,14 +322,21 @@ mod tests {
         assert!(Control::from_json("not json").is_err());
         assert!(Control::from_json(r#"{"type":"launch_missiles","payload":{}}"#).is_err());
         assert!(Control::from_json(r#"{"type":"heartbeat_ack","payload":{}}"#).is_err());
-        let big = format!(r#"{{"type":"drain","payload":{{"reason":"{}"}}}}"#, "x".repeat(MAX_CONTROL_MESSAGE));
-        assert!(matches!(Control::from_json(&big), Err(ControlError::Oversized { .. })));
+        let big = format!(
+            r#"{{"type":"drain","payload":{{"reason":"{}"}}}}"#,
+            "x".repeat(MAX_CONTROL_MESSAGE)
+        );
+        assert!(matches!(
+            Control::from_json(&big),
+            Err(ControlError::Oversized { .. })
+        ));
     }
 
     #[test]
     fn ignores_unknown_payload_fields() {
-        let m = Control::from_json(r#"{"type":"heartbeat_ack","payload":{"sent_at_ms":1,"new":true}}"#)
-            .unwrap();
+        let m =
+            Control::from_json(r#"{"type":"heartbeat_ack","payload":{"sent_at_ms":1,"new":true}}"#)
+                .unwrap();
         assert_eq!(m, Control::HeartbeatAck(HeartbeatAck { sent_at_ms: 1 }));
     }
 }

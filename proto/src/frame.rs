@@ -74,7 +74,11 @@ pub enum Frame {
     /// A WebSocket binary message of a proxied WebSocket session.
     WsBinary { stream: StreamId, data: Bytes },
     /// A WebSocket close of a proxied session: status code and reason.
-    WsClose { stream: StreamId, code: u16, reason: Bytes },
+    WsClose {
+        stream: StreamId,
+        code: u16,
+        reason: Bytes,
+    },
 }
 
 /// Why a message is not a frame. Each is the peer's fault; the tunnel decides what to close.
@@ -153,9 +157,9 @@ impl Frame {
         dst.put_u8(kind);
         dst.put_u32(*stream);
         match self {
-            Frame::Data { data, .. } | Frame::WsText { data, .. } | Frame::WsBinary { data, .. } => {
-                dst.extend_from_slice(data)
-            }
+            Frame::Data { data, .. }
+            | Frame::WsText { data, .. }
+            | Frame::WsBinary { data, .. } => dst.extend_from_slice(data),
             Frame::End { .. } => {}
             Frame::Reset { code, .. } => dst.put_u32(code.0),
             Frame::Window { credit, .. } => dst.put_u32(*credit),
@@ -268,7 +272,10 @@ mod tests {
             code: 1000,
             reason: Bytes::from_static(b"bye"),
         };
-        assert_eq!(&c.to_bytes()[..], &[6, 0, 0, 0, 1, 0x03, 0xe8, b'b', b'y', b'e']);
+        assert_eq!(
+            &c.to_bytes()[..],
+            &[6, 0, 0, 0, 1, 0x03, 0xe8, b'b', b'y', b'e']
+        );
     }
 
     #[test]
@@ -278,11 +285,26 @@ mod tests {
         assert_eq!(d(&[0, 0, 0, 1]), Err(DecodeError::Truncated(4)));
         assert_eq!(d(&[9, 0, 0, 0, 1]), Err(DecodeError::UnknownKind(9)));
         assert_eq!(d(&[0, 0, 0, 0, 0, 1]), Err(DecodeError::ZeroStream));
-        assert!(matches!(d(&[1, 0, 0, 0, 1, 5]), Err(DecodeError::BadLength { .. })));
-        assert!(matches!(d(&[2, 0, 0, 0, 1, 5]), Err(DecodeError::BadLength { .. })));
-        assert!(matches!(d(&[3, 0, 0, 0, 1]), Err(DecodeError::BadLength { .. })));
-        assert_eq!(d(&[3, 0, 0, 0, 1, 0, 0, 0, 0]), Err(DecodeError::ZeroCredit));
-        assert!(matches!(d(&[6, 0, 0, 0, 1, 3]), Err(DecodeError::BadLength { .. })));
+        assert!(matches!(
+            d(&[1, 0, 0, 0, 1, 5]),
+            Err(DecodeError::BadLength { .. })
+        ));
+        assert!(matches!(
+            d(&[2, 0, 0, 0, 1, 5]),
+            Err(DecodeError::BadLength { .. })
+        ));
+        assert!(matches!(
+            d(&[3, 0, 0, 0, 1]),
+            Err(DecodeError::BadLength { .. })
+        ));
+        assert_eq!(
+            d(&[3, 0, 0, 0, 1, 0, 0, 0, 0]),
+            Err(DecodeError::ZeroCredit)
+        );
+        assert!(matches!(
+            d(&[6, 0, 0, 0, 1, 3]),
+            Err(DecodeError::BadLength { .. })
+        ));
         let mut big = vec![0u8, 0, 0, 0, 1];
         big.resize(HEADER_LEN + MAX_FRAME_PAYLOAD + 1, 0);
         assert!(matches!(
@@ -302,7 +324,8 @@ mod tests {
                 code: ResetCode(c)
             }),
             (stream.clone(), 1u32..).prop_map(|(stream, credit)| Frame::Window { stream, credit }),
-            (stream.clone(), data.clone()).prop_map(|(stream, data)| Frame::WsText { stream, data }),
+            (stream.clone(), data.clone())
+                .prop_map(|(stream, data)| Frame::WsText { stream, data }),
             (stream.clone(), data.clone())
                 .prop_map(|(stream, data)| Frame::WsBinary { stream, data }),
             (stream, any::<u16>(), data).prop_map(|(stream, code, reason)| Frame::WsClose {

@@ -67,7 +67,11 @@ pub fn normalize_host(raw: &str) -> Result<String, HostError> {
     if let Some(rest) = raw.strip_prefix('[') {
         let end = rest.find(']').ok_or(HostError::BadLabel(raw.into()))?;
         let ip = &rest[..end];
-        if ip.is_empty() || !ip.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+        if ip.is_empty()
+            || !ip
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
             return Err(HostError::BadLabel(raw.into()));
         }
         return Ok(format!("[{}]", ip.to_ascii_lowercase()));
@@ -165,8 +169,14 @@ mod tests {
 
     #[test]
     fn normalises_hosts() {
-        assert_eq!(normalize_host("App.Demo.Localhost:8080").unwrap(), "app.demo.localhost");
-        assert_eq!(normalize_host("app.demo.localhost.").unwrap(), "app.demo.localhost");
+        assert_eq!(
+            normalize_host("App.Demo.Localhost:8080").unwrap(),
+            "app.demo.localhost"
+        );
+        assert_eq!(
+            normalize_host("app.demo.localhost.").unwrap(),
+            "app.demo.localhost"
+        );
         assert_eq!(normalize_host("[::1]:80").unwrap(), "[::1]");
         assert_eq!(normalize_host("127.0.0.1:8080").unwrap(), "127.0.0.1");
         assert!(normalize_host("").is_err());
@@ -200,7 +210,10 @@ mod tests {
             route("h", "/api", PathType::Exact),
         ];
         assert_eq!(best_match(&routes, "/api/v1/x").unwrap().path, "/api/v1");
-        assert_eq!(best_match(&routes, "/api").unwrap().path_type, PathType::Exact);
+        assert_eq!(
+            best_match(&routes, "/api").unwrap().path_type,
+            PathType::Exact
+        );
         assert_eq!(best_match(&routes, "/api/v2").unwrap().path, "/api");
         assert_eq!(best_match(&routes, "/other").unwrap().path, "/");
         assert!(best_match(&routes[1..2], "/other").is_none());

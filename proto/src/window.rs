@@ -47,7 +47,9 @@ impl RecvWindow {
 
     /// Accounts `len` bytes handed to the consumer. Returns the credit to send now, if any.
     pub fn on_consumed(&mut self, len: usize) -> Option<u32> {
-        self.pending = self.pending.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
+        self.pending = self
+            .pending
+            .saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
         if self.pending >= self.window / 2 {
             let credit = self.pending.min(self.window - self.available);
             self.pending = 0;

@@ -28,7 +28,12 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Headers a client may write but only the gateway may set.
-const EDGE_OWNED: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
+const EDGE_OWNED: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
 
 /// The framing and `Host` checks; returns the normalised host.
 pub fn check_request(req: &HttpRequest, max_header_bytes: usize) -> Result<String, ProxyError> {
@@ -61,10 +66,7 @@ pub fn check_request(req: &HttpRequest, max_header_bytes: usize) -> Result<Strin
             return bad("request target and Host header name different hosts");
         }
     }
-    let size: usize = h
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
+    let size: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     if size > max_header_bytes {
         return Err(ProxyError::HeadersTooLarge(max_header_bytes));
     }
@@ -159,8 +161,14 @@ mod tests {
             .insert_header(("x-secret-hop", "1"))
             .insert_header(("authorization", "Bearer abc"))
             .to_http_request();
-        let h = upstream_request_headers(req.headers(), Some("127.0.0.1".parse().unwrap())).unwrap();
-        let get = |n: &str| h.iter().filter(|(k, _)| k == n).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        let h =
+            upstream_request_headers(req.headers(), Some("127.0.0.1".parse().unwrap())).unwrap();
+        let get = |n: &str| {
+            h.iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(get("x-forwarded-for"), vec!["127.0.0.1"]);
         assert_eq!(get("x-forwarded-host"), vec!["app.demo.localhost:8080"]);
         assert_eq!(get("host"), vec!["app.demo.localhost:8080"]);
@@ -187,13 +195,22 @@ mod tests {
             .insert_header(("content-length", "3"))
             .insert_header(("transfer-encoding", "chunked"))
             .to_http_request();
-        assert!(matches!(check_request(&both, 8192), Err(ProxyError::BadRequest(_))));
+        assert!(matches!(
+            check_request(&both, 8192),
+            Err(ProxyError::BadRequest(_))
+        ));
         let nohost = TestRequest::default().to_http_request();
-        assert!(matches!(check_request(&nohost, 8192), Err(ProxyError::BadRequest(_))));
+        assert!(matches!(
+            check_request(&nohost, 8192),
+            Err(ProxyError::BadRequest(_))
+        ));
         let big = TestRequest::default()
             .insert_header(("host", "a.b"))
             .insert_header(("x-big", "y".repeat(100)))
             .to_http_request();
-        assert!(matches!(check_request(&big, 64), Err(ProxyError::HeadersTooLarge(64))));
+        assert!(matches!(
+            check_request(&big, 64),
+            Err(ProxyError::HeadersTooLarge(64))
+        ));
     }
 }

@@ -15,11 +15,18 @@ use crate::AppState;
 use crate::error::ProxyError;
 use crate::registry::RouteEntry;
 use crate::tunnel::{ClientGone, OpenError, OpenStream, Opened, StreamActor, StreamParts};
-use headers::{check_request, has_body, keep_response_header, response_connection_tokens, upstream_request_headers};
+use headers::{
+    check_request, has_body, keep_response_header, response_connection_tokens,
+    upstream_request_headers,
+};
 
 /// Routes every request: a published host goes to its tunnel; otherwise the gateway's own
 /// endpoints (`/v1/tunnel`, `/healthz`, `/readyz`, `/metrics`), else 404.
-pub async fn dispatch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+pub async fn dispatch(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let started = Instant::now();
     let host = match check_request(&req, state.config.max_header_bytes) {
         Ok(h) => h,
@@ -76,7 +83,9 @@ async fn proxy(
     } = match tunnel.open.send(OpenStream).await {
         Ok(Ok(o)) => o,
         Ok(Err(OpenError::Busy)) => return Err(ProxyError::TunnelBusy),
-        Ok(Err(OpenError::Closed)) | Err(_) => return Err(ProxyError::ClusterOffline(cluster.clone())),
+        Ok(Err(OpenError::Closed)) | Err(_) => {
+            return Err(ProxyError::ClusterOffline(cluster.clone()));
+        }
     };
     let request = ProxyRequest {
         stream_id: id,
@@ -104,9 +113,11 @@ async fn proxy(
         .ok()
         .filter(|s| !s.is_informational())
         .ok_or_else(|| ProxyError::UpstreamFailed(format!("invalid status {}", head.status)))?;
-    state
-        .metrics
-        .request(cluster, status.as_u16(), Some(started.elapsed().as_secs_f64()));
+    state.metrics.request(
+        cluster,
+        status.as_u16(),
+        Some(started.elapsed().as_secs_f64()),
+    );
     let listed = response_connection_tokens(&head.headers);
     let mut resp = HttpResponse::build(status);
     let mut content_length = None;
@@ -118,10 +129,14 @@ async fn proxy(
             resp.append_header((lower, value.as_str()));
         }
     }
-    if !head.body || req.method() == Method::HEAD {
-        if let Some(n) = content_length.filter(|_| req.method() == Method::HEAD) {
-            resp.no_chunking(n);
-        }
+    if req.method() == Method::HEAD {
+        // The size a GET would have; actix sends the head alone for HEAD.
+        return Ok(match content_length {
+            Some(n) => resp.body(SizedStream::new(n, body)),
+            None => resp.finish(),
+        });
+    }
+    if !head.body {
         return Ok(resp.finish());
     }
     Ok(match content_length {

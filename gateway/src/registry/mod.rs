@@ -204,7 +204,10 @@ mod tests {
         let ack = r.apply_routes(
             "demo",
             RouteAction::Sync,
-            vec![route("App.Demo.gw.test", "/"), route("bank.other.gw.test", "/")],
+            vec![
+                route("App.Demo.gw.test", "/"),
+                route("bank.other.gw.test", "/"),
+            ],
         );
         assert_eq!(ack.accepted.len(), 1);
         assert_eq!(ack.rejected.len(), 1);
@@ -219,10 +222,18 @@ mod tests {
         r.apply_routes("demo", RouteAction::Add, vec![route("a.demo.gw.test", "/")]);
         r.apply_routes("demo", RouteAction::Add, vec![route("b.demo.gw.test", "/")]);
         assert_eq!(r.route_count("demo"), 2);
-        r.apply_routes("demo", RouteAction::Sync, vec![route("c.demo.gw.test", "/")]);
+        r.apply_routes(
+            "demo",
+            RouteAction::Sync,
+            vec![route("c.demo.gw.test", "/")],
+        );
         assert!(r.lookup("a.demo.gw.test", "/").is_none());
         assert!(r.lookup("c.demo.gw.test", "/").is_some());
-        r.apply_routes("demo", RouteAction::Delete, vec![route("c.demo.gw.test", "/")]);
+        r.apply_routes(
+            "demo",
+            RouteAction::Delete,
+            vec![route("c.demo.gw.test", "/")],
+        );
         assert_eq!(r.route_count("demo"), 0);
     }
 
@@ -234,12 +245,28 @@ mod tests {
         r.apply_routes(
             "demo",
             RouteAction::Sync,
-            vec![route("*.demo.gw.test", "/"), route("a.demo.gw.test", "/"), exact],
+            vec![
+                route("*.demo.gw.test", "/"),
+                route("a.demo.gw.test", "/"),
+                exact,
+            ],
         );
-        let hit = |h: &str, p: &str| r.lookup(h, p).map(|e| (e.spec.host.clone(), e.spec.path.clone()));
-        assert_eq!(hit("a.demo.gw.test", "/api"), Some(("a.demo.gw.test".into(), "/api".into())));
-        assert_eq!(hit("a.demo.gw.test", "/api/x"), Some(("a.demo.gw.test".into(), "/".into())));
-        assert_eq!(hit("zzz.demo.gw.test", "/"), Some(("*.demo.gw.test".into(), "/".into())));
+        let hit = |h: &str, p: &str| {
+            r.lookup(h, p)
+                .map(|e| (e.spec.host.clone(), e.spec.path.clone()))
+        };
+        assert_eq!(
+            hit("a.demo.gw.test", "/api"),
+            Some(("a.demo.gw.test".into(), "/api".into()))
+        );
+        assert_eq!(
+            hit("a.demo.gw.test", "/api/x"),
+            Some(("a.demo.gw.test".into(), "/".into()))
+        );
+        assert_eq!(
+            hit("zzz.demo.gw.test", "/"),
+            Some(("*.demo.gw.test".into(), "/".into()))
+        );
         // A wildcard covers exactly one label.
         assert_eq!(hit("x.zzz.demo.gw.test", "/"), None);
     }

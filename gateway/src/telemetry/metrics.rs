@@ -55,15 +55,24 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("gateway_requests", "Proxied requests by cluster and status", requests.clone());
-        let request_duration = HistogramFamily::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "gateway_requests",
+            "Proxied requests by cluster and status",
+            requests.clone(),
+        );
+        let request_duration =
+            HistogramFamily::new_with_constructor(duration_histogram as fn() -> Histogram);
         registry.register(
             "gateway_request_duration_seconds",
             "Time from request to response head",
             request_duration.clone(),
         );
         let active_routes = Family::<ClusterLabels, Gauge>::default();
-        registry.register("gateway_active_routes", "Routes published per cluster", active_routes.clone());
+        registry.register(
+            "gateway_active_routes",
+            "Routes published per cluster",
+            active_routes.clone(),
+        );
         let tunnel_health = Family::<ClusterLabels, Gauge>::default();
         registry.register(
             "gateway_tunnel_health",
@@ -71,9 +80,17 @@ impl Default for Metrics {
             tunnel_health.clone(),
         );
         let tunnels = Gauge::default();
-        registry.register("gateway_tunnels", "Agent tunnels connected to this node", tunnels.clone());
+        registry.register(
+            "gateway_tunnels",
+            "Agent tunnels connected to this node",
+            tunnels.clone(),
+        );
         let streams = Gauge::default();
-        registry.register("gateway_streams", "Streams open on this node's tunnels", streams.clone());
+        registry.register(
+            "gateway_streams",
+            "Streams open on this node's tunnels",
+            streams.clone(),
+        );
         let tunnel_errors = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "gateway_tunnel_errors",
@@ -119,11 +136,15 @@ impl Metrics {
     }
 
     pub fn tunnel_error(&self, reason: &'static str) {
-        self.tunnel_errors.get_or_create(&ReasonLabels { reason }).inc();
+        self.tunnel_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn auth_failure(&self, reason: &'static str) {
-        self.auth_failures.get_or_create(&ReasonLabels { reason }).inc();
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn set_cluster(&self, cluster: &str, healthy: bool, routes: usize) {

@@ -7,7 +7,7 @@ use actix::{Actor, AsyncContext};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Session};
 use futures_util::SinkExt;
-use tunnelgate_mux::{Outgoing, OutboxRx, outbox};
+use tunnelgate_mux::{OutboxRx, Outgoing, outbox};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
 use super::tunnel_actor::TunnelActor;
@@ -24,7 +24,11 @@ fn refuse(status: actix_web::http::StatusCode, why: &str) -> HttpResponse {
 }
 
 /// Authenticates and upgrades an agent connection.
-pub async fn accept(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+pub async fn accept(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     use actix_web::http::StatusCode;
     let peer = req.peer_addr();
     let token = req
@@ -58,7 +62,10 @@ pub async fn accept(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
         Ok(parts) => parts,
         Err(e) => {
             state.metrics.auth_failure("bad_upgrade");
-            return refuse(StatusCode::BAD_REQUEST, &format!("WebSocket upgrade required: {e}"));
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("WebSocket upgrade required: {e}"),
+            );
         }
     };
     let stream = stream

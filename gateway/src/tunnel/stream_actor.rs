@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient,
+    WrapFuture,
+};
 use actix_web::web;
 use futures_util::StreamExt;
 use tunnelgate_mux::Outbox;
@@ -76,9 +79,16 @@ async fn upload(
         let mut chunk = chunk.map_err(|e| UploadError::Client(e.to_string()))?;
         while !chunk.is_empty() {
             let piece = chunk.split_to(chunk.len().min(MAX_FRAME_PAYLOAD));
-            shared.credit.acquire(piece.len()).await.map_err(|_| UploadError::Tunnel)?;
+            shared
+                .credit
+                .acquire(piece.len())
+                .await
+                .map_err(|_| UploadError::Tunnel)?;
             outbox
-                .send_frame(&Frame::Data { stream: id, data: piece })
+                .send_frame(&Frame::Data {
+                    stream: id,
+                    data: piece,
+                })
                 .await
                 .map_err(|_| UploadError::Tunnel)?;
         }
@@ -95,13 +105,21 @@ impl Actor for StreamActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let p = &mut self.parts;
         let timeout = p.response_timeout;
-        let pump = upload(p.id, p.outbox.clone(), p.shared.clone(), p.request.clone(), p.payload.take());
+        let pump = upload(
+            p.id,
+            p.outbox.clone(),
+            p.shared.clone(),
+            p.request.clone(),
+            p.payload.take(),
+        );
         ctx.spawn(pump.into_actor(self).map(|res, act, ctx| match res {
             Ok(()) => act.upload_done = true,
             Err(e) => {
                 tracing::debug!(stream = act.parts.id, error = %e, "upload stopped");
                 act.reset = Some(ResetCode::CANCEL);
-                act.parts.shared.resolve(Err(ProxyError::BadRequest("request body ended early".into())));
+                act.parts.shared.resolve(Err(ProxyError::BadRequest(
+                    "request body ended early".into(),
+                )));
                 ctx.stop();
             }
         }));
@@ -118,7 +136,10 @@ impl Actor for StreamActor {
         self.parts.shared.resolve(Err(ProxyError::TunnelLost));
         let clean = self.upload_done && self.parts.shared.remote_done();
         let reset = self.reset.or((!clean).then_some(ResetCode::CANCEL));
-        self.parts.gone.do_send(StreamGone { id: self.parts.id, reset });
+        self.parts.gone.do_send(StreamGone {
+            id: self.parts.id,
+            reset,
+        });
         actix::Running::Stop
     }
 }

@@ -8,11 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, StreamHandler};
+use actix::{
+    Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, StreamHandler,
+};
 use actix_ws::{AggregatedMessage, ProtocolError};
 use bytes::Bytes;
 use tokio::sync::oneshot;
-use tunnelgate_mux::{Outbox, Outgoing, PipeError, PipeReader, PipeWriter, PushError, SendCredit, pipe};
+use tunnelgate_mux::{
+    Outbox, Outgoing, PipeError, PipeReader, PipeWriter, PushError, SendCredit, pipe,
+};
 use tunnelgate_proto::control::{ProxyResponse, RegisterError, RegisterSuccess};
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
@@ -111,7 +115,12 @@ pub struct TunnelActor {
 }
 
 impl TunnelActor {
-    pub fn new(cluster: String, peer: Option<SocketAddr>, out: Outbox, state: Arc<AppState>) -> Self {
+    pub fn new(
+        cluster: String,
+        peer: Option<SocketAddr>,
+        out: Outbox,
+        state: Arc<AppState>,
+    ) -> Self {
         let now = Instant::now();
         TunnelActor {
             id: NEXT_TUNNEL_ID.fetch_add(1, Ordering::Relaxed),
@@ -151,7 +160,9 @@ impl TunnelActor {
             self.state.metrics.tunnel_error(code.name());
             tracing::warn!(cluster = %self.cluster, tunnel = self.id, stream = id, code = code.name(), why, "resetting stream");
             self.out.reset(id, code);
-            slot.shared.resolve(Err(ProxyError::UpstreamFailed(format!("tunnel protocol error: {why}"))));
+            slot.shared.resolve(Err(ProxyError::UpstreamFailed(format!(
+                "tunnel protocol error: {why}"
+            ))));
             slot.body.fail(PipeError(format!("stream reset: {why}")));
             slot.shared.credit.close();
         }
@@ -165,7 +176,10 @@ impl TunnelActor {
             return self.streams.get(&id);
         }
         if id == 0 || id >= self.next_stream {
-            self.protocol_error(ctx, format!("{what} for stream {id}, which was never opened"));
+            self.protocol_error(
+                ctx,
+                format!("{what} for stream {id}, which was never opened"),
+            );
         }
         None
     }
@@ -182,8 +196,12 @@ impl TunnelActor {
         match frame {
             Frame::Data { data, .. } => match slot.body.push(data) {
                 Ok(()) | Err(PushError::ReaderGone) => {}
-                Err(PushError::Ended) => self.reset_stream(id, ResetCode::PROTOCOL, "DATA after END"),
-                Err(PushError::Flow(e)) => self.reset_stream(id, ResetCode::FLOW_CONTROL, &e.to_string()),
+                Err(PushError::Ended) => {
+                    self.reset_stream(id, ResetCode::PROTOCOL, "DATA after END")
+                }
+                Err(PushError::Flow(e)) => {
+                    self.reset_stream(id, ResetCode::FLOW_CONTROL, &e.to_string())
+                }
             },
             Frame::End { .. } => {
                 slot.shared.set_remote_done();
@@ -199,7 +217,10 @@ impl TunnelActor {
                     self.state.metrics.streams.dec();
                     slot.shared.set_remote_done();
                     slot.shared.resolve(Err(err));
-                    slot.body.fail(PipeError(format!("agent reset the stream ({})", code.name())));
+                    slot.body.fail(PipeError(format!(
+                        "agent reset the stream ({})",
+                        code.name()
+                    )));
                     slot.shared.credit.close();
                 }
             }
@@ -226,13 +247,18 @@ impl TunnelActor {
             Control::Register(r) => self.on_register(ctx, r),
             Control::Heartbeat(h) => {
                 self.state.registry.touch(&self.cluster);
-                let ack = Control::HeartbeatAck(tunnelgate_proto::control::HeartbeatAck { sent_at_ms: h.sent_at_ms });
+                let ack = Control::HeartbeatAck(tunnelgate_proto::control::HeartbeatAck {
+                    sent_at_ms: h.sent_at_ms,
+                });
                 // An agent that does not read its acks loses them; nothing else queues.
                 self.out.try_send(Outgoing::Text(ack.to_json()));
             }
             Control::IngressRoutes(m) => {
                 let count = m.routes.len();
-                let ack = self.state.registry.apply_routes(&self.cluster, m.action, m.routes);
+                let ack = self
+                    .state
+                    .registry
+                    .apply_routes(&self.cluster, m.action, m.routes);
                 for r in &ack.rejected {
                     tracing::warn!(cluster = %self.cluster, host = %r.host, path = %r.path, reason = %r.reason, "route rejected");
                 }
@@ -242,7 +268,10 @@ impl TunnelActor {
                 );
                 let routes = self.state.registry.route_count(&self.cluster);
                 self.state.metrics.set_cluster(&self.cluster, true, routes);
-                if !self.out.try_send(Outgoing::Text(Control::RoutesAck(ack).to_json())) {
+                if !self
+                    .out
+                    .try_send(Outgoing::Text(Control::RoutesAck(ack).to_json()))
+                {
                     tracing::warn!(cluster = %self.cluster, "routes_ack dropped: agent is not reading");
                 }
             }
@@ -268,12 +297,16 @@ impl TunnelActor {
                 slot.shared.set_remote_done();
                 slot.shared.credit.close();
                 slot.body.fail(PipeError(format!("agent: {}", e.message)));
-                slot.shared.resolve(Err(ProxyError::from_agent(e.kind, e.message)));
+                slot.shared
+                    .resolve(Err(ProxyError::from_agent(e.kind, e.message)));
             }
             Control::ProxyWebsocketClose(_) | Control::Drain(_) => {}
             other => {
                 let name = other.name();
-                self.protocol_error(ctx, format!("agent sent {name}, which only a gateway sends"));
+                self.protocol_error(
+                    ctx,
+                    format!("agent sent {name}, which only a gateway sends"),
+                );
             }
         }
     }
@@ -284,8 +317,12 @@ impl TunnelActor {
         }
         if r.cluster != self.cluster {
             let reason = format!("this token does not belong to cluster {:?}", r.cluster);
-            self.out
-                .try_send(Outgoing::Text(Control::RegisterError(RegisterError { reason: reason.clone() }).to_json()));
+            self.out.try_send(Outgoing::Text(
+                Control::RegisterError(RegisterError {
+                    reason: reason.clone(),
+                })
+                .to_json(),
+            ));
             return self.close(ctx, 1008, reason, "cluster_mismatch");
         }
         let cfg = &self.state.config;
@@ -296,7 +333,8 @@ impl TunnelActor {
             stream_window: cfg.stream_window,
             max_streams: cfg.max_streams_per_tunnel,
         };
-        self.out.try_send(Outgoing::Text(Control::RegisterSuccess(ok).to_json()));
+        self.out
+            .try_send(Outgoing::Text(Control::RegisterSuccess(ok).to_json()));
         self.state.hub.add(
             &self.cluster,
             TunnelRef {
@@ -322,9 +360,19 @@ impl Actor for TunnelActor {
         let interval = self.state.config.heartbeat_interval;
         ctx.run_interval(interval / 2, move |act, ctx| {
             if !act.registered && act.opened_at.elapsed() > REGISTER_TIMEOUT {
-                act.close(ctx, 1008, "no register message in time".into(), "register_timeout");
+                act.close(
+                    ctx,
+                    1008,
+                    "no register message in time".into(),
+                    "register_timeout",
+                );
             } else if act.last_seen.elapsed() > interval * 3 {
-                act.close(ctx, 1001, "heartbeat timeout: agent silent for three intervals".into(), "heartbeat_timeout");
+                act.close(
+                    ctx,
+                    1001,
+                    "heartbeat timeout: agent silent for three intervals".into(),
+                    "heartbeat_timeout",
+                );
             }
         });
     }
@@ -337,7 +385,12 @@ impl Actor for TunnelActor {
             slot.shared.credit.close();
         }
         // The writer ends when it sees the close, or when the last outbox handle goes.
-        self.out.close(1000, self.close_reason.clone().unwrap_or_else(|| "tunnel closed".into()));
+        self.out.close(
+            1000,
+            self.close_reason
+                .clone()
+                .unwrap_or_else(|| "tunnel closed".into()),
+        );
         if self.registered {
             self.state.metrics.tunnels.dec();
             let left = self.state.hub.remove(&self.cluster, self.id);
@@ -389,7 +442,12 @@ impl Handler<OpenStream> for TunnelActor {
         }
         let id = self.next_stream;
         let Some(next) = self.next_stream.checked_add(1) else {
-            self.close(ctx, 1000, "stream ids exhausted; reconnect".into(), "ids_exhausted");
+            self.close(
+                ctx,
+                1000,
+                "stream ids exhausted; reconnect".into(),
+                "ids_exhausted",
+            );
             return Err(OpenError::Closed);
         };
         self.next_stream = next;

@@ -1,0 +1,298 @@
+//! The agent's configuration: command line, then environment, then the `--config` file, then
+//! defaults. Every key is listed in `docs/config.md`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use tunnelgate_proto::routes::{PathType, RouteSpec, check_route_host};
+
+/// First reconnect delay; it doubles on each failure.
+pub const DEFAULT_RECONNECT_MIN: &str = "1s";
+/// Largest reconnect delay.
+pub const DEFAULT_RECONNECT_MAX: &str = "60s";
+/// A connection that lived this long counts as stable and resets the backoff.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+/// Time to open a TCP connection to an upstream.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "10s";
+/// Time the gateway has to answer the upgrade and `register`.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued for the tunnel writer before stream tasks wait.
+pub const OUTBOX_CAPACITY: usize = 256;
+
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"********\"")
+    }
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("{s:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// `--route HOST=URL` or one `ingress` rule of the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Host the rule serves (`app.demo.localhost` or `*.demo.localhost`).
+    pub hostname: String,
+    /// Path prefix (or exact path with `path_type: Exact`); default `/`.
+    #[serde(default = "root")]
+    pub path: String,
+    #[serde(default)]
+    pub path_type: PathType,
+    /// Upstream base URL, `http://host:port`.
+    pub service: String,
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+fn parse_route(s: &str) -> Result<Rule, String> {
+    let (host, url) = s.split_once('=').ok_or_else(|| {
+        "expected HOST=URL, e.g. app.demo.localhost=http://127.0.0.1:3000".to_string()
+    })?;
+    Ok(Rule {
+        hostname: host.trim().to_string(),
+        path: root(),
+        path_type: PathType::Prefix,
+        service: url.trim().to_string(),
+    })
+}
+
+/// The `--config` file (YAML), in the manner of Cloudflare Tunnel's ingress rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub gateway: Vec<String>,
+    pub cluster: Option<String>,
+    pub token: Option<String>,
+    #[serde(default)]
+    pub ingress: Vec<Rule>,
+}
+
+/// `tunnelgate-agent`: dials out to the gateway and serves its requests from local upstreams.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tunnelgate-agent", version, about)]
+pub struct Config {
+    /// Gateway URL(s), `ws://host:port` or `wss://…`; several are tried in turn. Env
+    /// `TG_GATEWAY` (or `SERVER_URL`).
+    #[arg(long = "gateway", env = "TG_GATEWAY", value_delimiter = ',')]
+    pub gateways: Vec<String>,
+
+    /// The cluster id this agent serves. Env `TG_CLUSTER` (or `CLIENT_ID`).
+    #[arg(long, env = "TG_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// The cluster's agent token.
+    #[arg(long, env = "TG_TOKEN", hide_env_values = true, value_parser = |s: &str| Ok::<_, String>(Secret::new(s)))]
+    pub token: Option<Secret>,
+
+    /// A static route, `HOST=URL`; repeat for more.
+    #[arg(long = "route", value_parser = parse_route)]
+    pub routes: Vec<Rule>,
+
+    /// A YAML file with `ingress:` rules (and optionally gateway, cluster, token).
+    #[arg(long, env = "TG_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// First reconnect delay (doubles up to --reconnect-max, with jitter).
+    #[arg(long, env = "TG_RECONNECT_MIN", default_value = DEFAULT_RECONNECT_MIN, value_parser = parse_duration)]
+    pub reconnect_min: Duration,
+
+    /// Largest reconnect delay.
+    #[arg(long, env = "TG_RECONNECT_MAX", default_value = DEFAULT_RECONNECT_MAX, value_parser = parse_duration)]
+    pub reconnect_max: Duration,
+
+    /// Time to connect to an upstream.
+    #[arg(long, env = "TG_UPSTREAM_CONNECT_TIMEOUT", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT, value_parser = parse_duration)]
+    pub upstream_connect_timeout: Duration,
+
+    /// Log format; the filter comes from RUST_LOG (default `info`).
+    #[arg(long, env = "TG_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Merges the config file and legacy variables, then checks everything.
+    pub fn validate(mut self) -> Result<Self, String> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--config {}: {e}", path.display()))?;
+            let file: FileConfig = serde_yaml::from_str(&text)
+                .map_err(|e| format!("--config {}: {e}", path.display()))?;
+            if self.gateways.is_empty() {
+                self.gateways = file.gateway;
+            }
+            self.cluster = self.cluster.or(file.cluster);
+            self.token = self.token.or(file.token.map(Secret::new));
+            self.routes.extend(file.ingress);
+        }
+        if self.gateways.is_empty() {
+            if let Ok(url) = std::env::var("SERVER_URL") {
+                self.gateways = vec![url];
+            }
+        }
+        if self.cluster.is_none() {
+            self.cluster = std::env::var("CLIENT_ID").ok();
+        }
+        if self.gateways.is_empty() {
+            return Err("no gateway: give --gateway ws://HOST:PORT (or TG_GATEWAY)".into());
+        }
+        for g in &self.gateways {
+            let url = url::Url::parse(g).map_err(|e| format!("--gateway {g:?}: {e}"))?;
+            if !matches!(url.scheme(), "ws" | "http") {
+                return Err(format!(
+                    "--gateway {g:?}: only ws:// (or http://) is supported by this build; terminate TLS in front of the gateway"
+                ));
+            }
+        }
+        if self.cluster.as_deref().is_none_or(str::is_empty) {
+            return Err("no cluster: give --cluster ID (or TG_CLUSTER)".into());
+        }
+        if self.token.as_ref().is_none_or(|t| t.expose().is_empty()) {
+            return Err("no token: give --token TOKEN (or TG_TOKEN)".into());
+        }
+        if self.routes.is_empty() {
+            return Err(
+                "no routes: give --route HOST=URL or --config FILE with ingress rules".into(),
+            );
+        }
+        for r in &mut self.routes {
+            r.hostname = r.hostname.trim_end_matches('.').to_ascii_lowercase();
+            check_route_host(&r.hostname).map_err(|e| format!("route {:?}: {e}", r.hostname))?;
+            if !r.path.starts_with('/') {
+                return Err(format!(
+                    "route {}: path {:?} must start with '/'",
+                    r.hostname, r.path
+                ));
+            }
+            crate::upstream::Target::parse(&r.service)
+                .map_err(|e| format!("route {}: {e}", r.hostname))?;
+        }
+        if self.reconnect_min > self.reconnect_max {
+            return Err("--reconnect-min is larger than --reconnect-max".into());
+        }
+        Ok(self)
+    }
+
+    pub fn cluster(&self) -> &str {
+        self.cluster.as_deref().unwrap_or_default()
+    }
+
+    pub fn token(&self) -> &str {
+        self.token.as_ref().map_or("", Secret::expose)
+    }
+
+    /// The routes as published to the gateway.
+    pub fn route_specs(&self) -> Vec<RouteSpec> {
+        self.routes
+            .iter()
+            .map(|r| RouteSpec {
+                host: r.hostname.clone(),
+                path: r.path.clone(),
+                path_type: r.path_type,
+                service: Some(r.service.clone()),
+                ..Default::default()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<&'static str> {
+        vec![
+            "a",
+            "--gateway",
+            "ws://127.0.0.1:8080",
+            "--cluster",
+            "demo",
+            "--token",
+            "s3cret",
+        ]
+    }
+
+    #[test]
+    fn routes_from_flags_and_file() {
+        let dir = std::env::temp_dir().join(format!("tg-agent-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.yaml");
+        std::fs::write(
+            &file,
+            "ingress:\n  - hostname: api.demo.localhost\n    path: /v1\n    service: http://127.0.0.1:9000\n",
+        )
+        .unwrap();
+        let mut args = base();
+        args.extend([
+            "--route",
+            "App.demo.localhost=http://127.0.0.1:3000",
+            "--config",
+        ]);
+        args.push(file.to_str().unwrap());
+        let c = Config::try_parse_from(args).unwrap().validate().unwrap();
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].hostname, "app.demo.localhost");
+        assert_eq!(c.routes[1].path, "/v1");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn clear_errors() {
+        let e = |extra: &[&str]| {
+            let mut a = base();
+            a.extend_from_slice(extra);
+            Config::try_parse_from(a).unwrap().validate().unwrap_err()
+        };
+        assert!(e(&[]).contains("no routes"));
+        assert!(e(&["--route", "a.demo.localhost=ftp://x"]).contains("http"));
+        assert!(Config::try_parse_from(["a", "--route", "x"]).is_err());
+    }
+}

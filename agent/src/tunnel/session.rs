@@ -1,0 +1,418 @@
+//! One tunnel connection: connect, register, publish routes, then read until it ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tunnelgate_mux::{Outbox, OutboxRx, Outgoing, PipeWriter, PushError, SendCredit, outbox, pipe};
+use tunnelgate_proto::control::{Heartbeat, IngressRoutes, Register, RegisterSuccess, RouteAction};
+use tunnelgate_proto::limits::MAX_WS_MESSAGE;
+use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
+
+use super::stream::StreamTask;
+use crate::config::{OUTBOX_CAPACITY, REGISTER_TIMEOUT};
+use crate::{Shared, Status};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The agent is shutting down.
+    Shutdown,
+    /// The gateway asked the agent to reconnect elsewhere.
+    Drain,
+}
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("gateway refused the connection: {status} {body}")]
+    Refused { status: u16, body: String },
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("registration failed: {0}")]
+    Register(String),
+    #[error("tunnel lost: {0}")]
+    Lost(String),
+}
+
+struct Entry {
+    upload: Option<PipeWriter>,
+    credit: Arc<SendCredit>,
+    abort: Option<AbortHandle>,
+}
+
+type Table = Arc<Mutex<HashMap<StreamId, Entry>>>;
+
+fn lock(t: &Table) -> MutexGuard<'_, HashMap<StreamId, Entry>> {
+    // No code panics while holding the lock; recover the data rather than spread a panic.
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The URL of the tunnel endpoint for a gateway URL.
+pub fn tunnel_url(gateway: &str) -> Result<String, String> {
+    let mut u = url::Url::parse(gateway).map_err(|e| e.to_string())?;
+    if u.scheme() == "http" {
+        let _ = u.set_scheme("ws");
+    }
+    if matches!(u.path(), "" | "/") {
+        u.set_path("/v1/tunnel");
+    }
+    Ok(u.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn connect(shared: &Shared, gateway: &str) -> Result<Ws, SessionError> {
+    let url = tunnel_url(gateway).map_err(SessionError::Connect)?;
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| SessionError::Connect(e.to_string()))?;
+    let h = req.headers_mut();
+    let bearer = format!("Bearer {}", shared.config.token());
+    h.insert(
+        "authorization",
+        bearer
+            .parse()
+            .map_err(|_| SessionError::Connect("token is not valid header text".into()))?,
+    );
+    h.insert(
+        "x-tunnelgate-cluster",
+        shared
+            .config
+            .cluster()
+            .parse()
+            .map_err(|_| SessionError::Connect("cluster id is not valid header text".into()))?,
+    );
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE + 16))
+        .max_frame_size(Some(MAX_WS_MESSAGE + 16));
+    let attempt = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+    match tokio::time::timeout(REGISTER_TIMEOUT, attempt).await {
+        Err(_) => Err(SessionError::Connect(format!(
+            "no answer from {url} within {REGISTER_TIMEOUT:?}"
+        ))),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(tungstenite::Error::Http(resp))) => Err(SessionError::Refused {
+            status: resp.status().as_u16(),
+            body: resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                .unwrap_or_default(),
+        }),
+        Ok(Err(e)) => Err(SessionError::Connect(format!("{url}: {e}"))),
+    }
+}
+
+/// Waits for `register_success`, answering nothing else.
+async fn register(ws: &mut Ws, shared: &Shared) -> Result<RegisterSuccess, SessionError> {
+    let reg = Control::Register(Register {
+        cluster: shared.config.cluster().to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        hostname: std::env::var("HOSTNAME").ok(),
+    });
+    ws.send(Message::Text(reg.to_json().into()))
+        .await
+        .map_err(|e| SessionError::Register(e.to_string()))?;
+    let wait = async {
+        while let Some(msg) = ws.next().await {
+            match msg.map_err(|e| SessionError::Register(e.to_string()))? {
+                Message::Text(t) => match Control::from_json(&t) {
+                    Ok(Control::RegisterSuccess(ok)) => return Ok(ok),
+                    Ok(Control::RegisterError(e)) => return Err(SessionError::Register(e.reason)),
+                    Ok(other) => {
+                        return Err(SessionError::Register(format!(
+                            "unexpected {} before register_success",
+                            other.name()
+                        )));
+                    }
+                    Err(e) => return Err(SessionError::Register(e.to_string())),
+                },
+                Message::Close(c) => {
+                    return Err(SessionError::Register(format!(
+                        "gateway closed the tunnel: {}",
+                        c.map(|c| c.reason.to_string()).unwrap_or_default()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Err(SessionError::Register(
+            "gateway closed the connection".into(),
+        ))
+    };
+    tokio::time::timeout(REGISTER_TIMEOUT, wait)
+        .await
+        .map_err(|_| SessionError::Register("no register_success in time".into()))?
+}
+
+async fn write_loop(mut sink: SplitSink<Ws, Message>, mut rx: OutboxRx) {
+    while let Some(first) = rx.next().await {
+        let mut msg = Some(first);
+        while let Some(m) = msg.take() {
+            let sent = match m {
+                Outgoing::Text(s) => sink.feed(Message::Text(s.into())).await,
+                Outgoing::Binary(b) => sink.feed(Message::Binary(b)).await,
+                Outgoing::Close { code, reason } => {
+                    let frame = CloseFrame {
+                        code: code.into(),
+                        reason: reason.into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            };
+            if sent.is_err() {
+                return;
+            }
+            msg = rx.try_next();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs one session against `gateway` until it ends.
+pub async fn run(
+    shared: &Shared,
+    gateway: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<End, SessionError> {
+    let mut ws = connect(shared, gateway).await?;
+    let ok = register(&mut ws, shared).await?;
+    tracing::info!(gateway, node_id = %ok.node_id, tunnel_id = %ok.tunnel_id, "tunnel registered");
+    let (sink, mut stream) = ws.split();
+    let (out, rx) = outbox(OUTBOX_CAPACITY);
+    let writer = tokio::spawn(write_loop(sink, rx));
+    let table: Table = Arc::default();
+    let result = serve(
+        shared,
+        gateway,
+        &ok,
+        &out,
+        &table,
+        &mut stream,
+        &mut shutdown,
+    )
+    .await;
+    for (_, e) in lock(&table).drain() {
+        if let Some(a) = e.abort {
+            a.abort();
+        }
+    }
+    if let Ok(End::Shutdown) = result {
+        out.close(1000, "agent shutting down");
+        drop(out);
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    } else {
+        writer.abort();
+    }
+    result
+}
+
+async fn serve(
+    shared: &Shared,
+    gateway: &str,
+    ok: &RegisterSuccess,
+    out: &Outbox,
+    table: &Table,
+    stream: &mut futures_util::stream::SplitStream<Ws>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<End, SessionError> {
+    let sync = Control::IngressRoutes(IngressRoutes {
+        action: RouteAction::Sync,
+        routes: shared.config.route_specs(),
+    });
+    out.send_control(&sync)
+        .await
+        .map_err(|_| SessionError::Lost("writer closed".into()))?;
+    let beat = Duration::from_millis(ok.heartbeat_interval_ms.max(50));
+    let mut ticker = tokio::time::interval(beat);
+    let mut last_seen = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(End::Shutdown),
+            _ = ticker.tick() => {
+                if last_seen.elapsed() > beat * 3 {
+                    return Err(SessionError::Lost("gateway silent for three heartbeat intervals".into()));
+                }
+                let hb = Control::Heartbeat(Heartbeat { sent_at_ms: now_ms(), is_private: None, gateway_routes: None });
+                out.try_send(Outgoing::Text(hb.to_json()));
+            }
+            msg = stream.next() => {
+                last_seen = Instant::now();
+                match msg {
+                    None => return Err(SessionError::Lost("gateway closed the connection".into())),
+                    Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
+                    Some(Ok(Message::Binary(b))) => {
+                        if let Err(e) = on_frame(table, out, b) {
+                            out.close(1002, e.clone());
+                            return Err(SessionError::Lost(e));
+                        }
+                    }
+                    Some(Ok(Message::Text(t))) => match Control::from_json(&t) {
+                        Ok(Control::Drain(d)) => {
+                            tracing::info!(gateway, reason = %d.reason, "gateway asked to reconnect elsewhere");
+                            return Ok(End::Drain);
+                        }
+                        Ok(m) => on_control(shared, gateway, ok, table, out, m),
+                        Err(e) => {
+                            let e = format!("invalid control message from gateway: {e}");
+                            out.close(1002, e.clone());
+                            return Err(SessionError::Lost(e));
+                        }
+                    },
+                    Some(Ok(Message::Close(c))) => {
+                        let why = c.map(|c| c.reason.to_string()).unwrap_or_default();
+                        return Err(SessionError::Lost(format!("gateway closed the tunnel: {why}")));
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+    }
+}
+
+fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String> {
+    let frame = Frame::decode(msg).map_err(|e| format!("malformed frame from gateway: {e}"))?;
+    let id = frame.stream();
+    let mut t = lock(table);
+    let Some(entry) = t.get_mut(&id) else {
+        // A stream that already ended: late frames are dropped.
+        return Ok(());
+    };
+    match frame {
+        Frame::Data { data, .. } => {
+            let err = match &entry.upload {
+                Some(w) => w.push(data).err(),
+                None => Some(PushError::Ended),
+            };
+            match err {
+                None | Some(PushError::ReaderGone) => {}
+                Some(e) => {
+                    let code = if matches!(e, PushError::Flow(_)) {
+                        ResetCode::FLOW_CONTROL
+                    } else {
+                        ResetCode::PROTOCOL
+                    };
+                    tracing::warn!(stream = id, error = %e, "resetting stream");
+                    if let Some(e) = t.remove(&id) {
+                        e.abort.map(|a| a.abort());
+                    }
+                    out.reset(id, code);
+                }
+            }
+        }
+        Frame::End { .. } => {
+            if let Some(w) = &entry.upload {
+                w.finish();
+            }
+        }
+        Frame::Reset { .. } => {
+            if let Some(e) = t.remove(&id) {
+                e.abort.map(|a| a.abort());
+            }
+        }
+        Frame::Window { credit, .. } => {
+            if entry.credit.grant(credit).is_err() {
+                if let Some(e) = t.remove(&id) {
+                    e.abort.map(|a| a.abort());
+                }
+                out.reset(id, ResetCode::FLOW_CONTROL);
+            }
+        }
+        Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
+            if let Some(e) = t.remove(&id) {
+                e.abort.map(|a| a.abort());
+            }
+            out.reset(id, ResetCode::PROTOCOL);
+        }
+    }
+    Ok(())
+}
+
+fn on_control(
+    shared: &Shared,
+    gateway: &str,
+    ok: &RegisterSuccess,
+    table: &Table,
+    out: &Outbox,
+    msg: Control,
+) {
+    match msg {
+        Control::RoutesAck(ack) => {
+            for r in &ack.rejected {
+                tracing::warn!(host = %r.host, path = %r.path, reason = %r.reason, "gateway rejected route");
+            }
+            tracing::info!(
+                accepted = ack.accepted.len(),
+                rejected = ack.rejected.len(),
+                "routes published"
+            );
+            shared.status.send_replace(Status::Connected {
+                gateway: gateway.to_string(),
+                node_id: ok.node_id.clone(),
+                accepted: ack.accepted.len(),
+                rejected: ack.rejected,
+            });
+        }
+        Control::HeartbeatAck(_) => {}
+        Control::ProxyRequest(req) => {
+            let id = req.stream_id;
+            let mut t = lock(table);
+            if let Some(old) = t.remove(&id) {
+                tracing::warn!(stream = id, "gateway reused a live stream id; resetting it");
+                old.abort.map(|a| a.abort());
+                out.reset(id, ResetCode::PROTOCOL);
+                return;
+            }
+            let (upload, reader) = if req.body {
+                let (w, r) = pipe(id, ok.stream_window, out.board());
+                (Some(w), Some(r))
+            } else {
+                (None, None)
+            };
+            let credit = Arc::new(SendCredit::new(ok.stream_window));
+            let task = StreamTask {
+                request: req,
+                upload: reader,
+                credit: credit.clone(),
+                outbox: out.clone(),
+                rules: shared.rules.clone(),
+                client: shared.client.clone(),
+            };
+            let done = table.clone();
+            let handle = tokio::spawn(async move {
+                task.run().await;
+                lock(&done).remove(&id);
+            });
+            t.insert(
+                id,
+                Entry {
+                    upload,
+                    credit,
+                    abort: Some(handle.abort_handle()),
+                },
+            );
+        }
+        other => tracing::debug!(message = other.name(), "ignoring control message"),
+    }
+}

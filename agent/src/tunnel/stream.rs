@@ -1,0 +1,154 @@
+//! One proxied request on the agent: forwards it to the upstream, streams the body both ways
+//! under flow control, and reports failures on this stream only.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use tunnelgate_mux::{Outbox, PipeReader, SendCredit};
+use tunnelgate_proto::control::{ProxyError, ProxyErrorKind, ProxyRequest, ProxyResponse};
+use tunnelgate_proto::limits::MAX_FRAME_PAYLOAD;
+use tunnelgate_proto::{Control, Frame, ResetCode};
+
+use crate::upstream::{Rules, UpBody, UpstreamClient};
+
+/// What a stream task needs.
+pub struct StreamTask {
+    pub request: ProxyRequest,
+    pub upload: Option<PipeReader>,
+    pub credit: Arc<SendCredit>,
+    pub outbox: Outbox,
+    pub rules: Arc<Rules>,
+    pub client: UpstreamClient,
+}
+
+impl StreamTask {
+    fn fail(&self, kind: ProxyErrorKind, message: String) -> Control {
+        tracing::warn!(
+            stream = self.request.stream_id, host = %self.request.host, path = %self.request.path,
+            kind = ?kind, error = %message, "upstream request failed"
+        );
+        Control::ProxyError(ProxyError {
+            stream_id: self.request.stream_id,
+            kind,
+            message,
+        })
+    }
+
+    /// Runs the request to completion; errors are reported to the gateway, never raised.
+    pub async fn run(mut self) {
+        let id = self.request.stream_id;
+        let req = match self.build_request() {
+            Ok(r) => r,
+            Err(msg) => {
+                let _ = self.outbox.send_control(&msg).await;
+                return;
+            }
+        };
+        let resp = match self.client.request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = if e.is_connect() {
+                    ProxyErrorKind::UpstreamRefused
+                } else {
+                    ProxyErrorKind::UpstreamFailed
+                };
+                let msg = self.fail(kind, error_chain(&e));
+                let _ = self.outbox.send_control(&msg).await;
+                return;
+            }
+        };
+        let (parts, mut body) = resp.into_parts();
+        let has_body = !http_body::Body::is_end_stream(&body);
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let head = Control::ProxyResponse(ProxyResponse {
+            stream_id: id,
+            status: parts.status.as_u16(),
+            headers,
+            body: has_body,
+        });
+        if self.outbox.send_control(&head).await.is_err() || !has_body {
+            return;
+        }
+        while let Some(frame) = body.frame().await {
+            let mut data = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_trailers) => continue,
+                },
+                Err(e) => {
+                    tracing::warn!(stream = id, error = %error_chain(&e), "upstream body failed mid-response");
+                    self.outbox.reset(id, ResetCode::UPSTREAM);
+                    return;
+                }
+            };
+            while !data.is_empty() {
+                let piece = data.split_to(data.len().min(MAX_FRAME_PAYLOAD));
+                if self.credit.acquire(piece.len()).await.is_err() {
+                    return;
+                }
+                let f = Frame::Data {
+                    stream: id,
+                    data: piece,
+                };
+                if self.outbox.send_frame(&f).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = self.outbox.send_frame(&Frame::End { stream: id }).await;
+    }
+
+    fn build_request(&mut self) -> Result<http::Request<UpBody>, Control> {
+        let r = &self.request;
+        let Some(target) = self.rules.find(&r.host, &r.path) else {
+            return Err(self.fail(
+                ProxyErrorKind::NoRoute,
+                format!("no rule for {}{}", r.host, r.path),
+            ));
+        };
+        let uri = match &r.query {
+            Some(q) => format!("http://{}{}?{}", target.authority, r.path, q),
+            None => format!("http://{}{}", target.authority, r.path),
+        };
+        let mut b = http::Request::builder().method(r.method.as_str()).uri(uri);
+        for (name, value) in &r.headers {
+            b = b.header(name.as_str(), value.as_str());
+        }
+        let body: UpBody = match self.upload.take() {
+            Some(pipe) => {
+                StreamBody::new(pipe.map_ok(http_body::Frame::data).map_err(|e| e.into()))
+                    .boxed_unsync()
+            }
+            None => Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync(),
+        };
+        b.body(body).map_err(|e| {
+            self.fail(
+                ProxyErrorKind::UpstreamFailed,
+                format!("cannot build the upstream request: {e}"),
+            )
+        })
+    }
+}
+
+/// An error and its causes on one line (`connection refused` is in the source, not the top).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

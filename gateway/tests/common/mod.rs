@@ -1,0 +1,277 @@
+//! Test harness: starts the real gateway binary, in-process agents, a real HTTP upstream and
+//! clients, each on a random loopback port, and stops every one of them on drop, so each test
+//! reads as the scenario it checks.
+
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tunnelgate_agent::Status;
+
+pub use upstream::Upstream;
+
+/// Cluster ids and tokens every test gateway knows.
+pub const DEMO: (&str, &str) = ("demo", "demo-token-1");
+pub const OTHER: (&str, &str) = ("other", "other-token-2");
+
+/// Upper bound for anything a test waits on; reaching it means a hang, which fails the test.
+pub const HANG: Duration = Duration::from_secs(30);
+
+/// The gateway binary, running on a random loopback port.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    pub fn start(extra: &[&str]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunnelgate-gateway"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--workers",
+            "2",
+        ])
+        .args(["--cluster", &format!("{}:{}", DEMO.0, DEMO.1)])
+        .args(["--cluster", &format!("{}:{}", OTHER.0, OTHER.1)])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start tunnelgate-gateway");
+        let stdout = child.stdout.take().expect("gateway stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("gateway listening") {
+                    if let Some(tx) = tx.take() {
+                        let v: serde_json::Value =
+                            serde_json::from_str(&line).expect("json log line");
+                        let _ = tx.send(v["addr"].as_str().expect("addr field").to_string());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(HANG)
+            .expect("gateway printed its address")
+            .parse()
+            .expect("gateway address");
+        Gateway { child, addr, logs }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// `http://HOST:PORT/path` for a host served by this gateway.
+    pub fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.addr.port())
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + HANG;
+        loop {
+            if let Some(l) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {needle:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// (current RSS, peak RSS) of the gateway process, in bytes.
+    pub fn rss(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("rss field")
+                * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent running in this process. Dropping it aborts it at once, as a crash would.
+pub struct Agent {
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    stop: watch::Sender<bool>,
+    pub status: watch::Receiver<Status>,
+}
+
+impl Agent {
+    /// Starts an agent for `cluster` with `routes` (host → upstream URL) and waits until the
+    /// gateway acknowledged its routes.
+    pub async fn start(gw: &Gateway, cluster: (&str, &str), routes: &[(&str, String)]) -> Agent {
+        let a = Agent::spawn(gw, cluster, routes, &[]);
+        a.connected().await;
+        a
+    }
+
+    pub fn spawn(
+        gw: &Gateway,
+        cluster: (&str, &str),
+        routes: &[(&str, String)],
+        extra: &[&str],
+    ) -> Agent {
+        let mut args: Vec<String> = vec![
+            "tunnelgate-agent".into(),
+            "--gateway".into(),
+            gw.ws_url(),
+            "--cluster".into(),
+            cluster.0.into(),
+            "--token".into(),
+            cluster.1.into(),
+            "--reconnect-min".into(),
+            "50ms".into(),
+            "--reconnect-max".into(),
+            "500ms".into(),
+        ];
+        for (host, url) in routes {
+            args.push("--route".into());
+            args.push(format!("{host}={url}"));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let config = <tunnelgate_agent::config::Config as clap::Parser>::try_parse_from(args)
+            .expect("agent args")
+            .validate()
+            .expect("agent config");
+        let (status_tx, status) = watch::channel(Status::Starting);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(tunnelgate_agent::run(config, status_tx, stop_rx));
+        Agent { task, stop, status }
+    }
+
+    /// Waits until the agent is connected with its routes acknowledged; returns the status.
+    pub async fn connected(&self) -> Status {
+        let mut rx = self.status.clone();
+        let s = tokio::time::timeout(HANG, rx.wait_for(|s| matches!(s, Status::Connected { .. })))
+            .await
+            .expect("agent connected in time")
+            .expect("agent alive");
+        s.clone()
+    }
+
+    /// Stops gracefully (closes the tunnel) and waits for the agent to finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(HANG, &mut self.task)
+            .await
+            .expect("agent stopped in time");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A resolver that sends every name to loopback, so test URLs can name real hosts
+/// (`app.demo.localhost`) as a browser would, with the gateway's port in the URL.
+struct Loopback;
+
+impl reqwest::dns::Resolve for Loopback {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async {
+            let addrs: reqwest::dns::Addrs =
+                Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
+            Ok(addrs)
+        })
+    }
+}
+
+/// An HTTP client that reaches every host on loopback and never uses a proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .dns_resolver(Arc::new(Loopback))
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client")
+}
+
+/// Sends raw bytes to `addr` and returns what comes back until the server closes or
+/// `deadline` passes.
+pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                // One response is enough: the head and a body of the announced length.
+                if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if out.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The byte at offset `i` of every generated body: a pattern that catches reordering,
+/// duplication and loss.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// A buffer from which any run of the pattern can be sliced: `PATTERN[i % 251..][..n]`.
+pub fn pattern_source(max_chunk: usize) -> bytes::Bytes {
+    (0..(max_chunk + 251) as u64)
+        .map(pattern_byte)
+        .collect::<Vec<u8>>()
+        .into()
+}

@@ -1,0 +1,246 @@
+//! A real HTTP/1.1 upstream (hyper) with the endpoints the tests need.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use super::{pattern_byte, pattern_source};
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Chunk size of generated bodies.
+const CHUNK: usize = 64 * 1024;
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    /// Released by a test to let `/gate` answer.
+    pub gate: Arc<Notify>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let gate = Arc::new(Notify::new());
+        let g = gate.clone();
+        let task = tokio::spawn(async move {
+            let source = pattern_source(CHUNK);
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    break;
+                };
+                let source = source.clone();
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(req, source.clone(), g.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, task, gate }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
+}
+
+fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+        .parse()
+        .ok()
+}
+
+/// `n` bytes of the pattern, in chunks, with no Content-Length (so the response is chunked).
+fn pattern_body(n: u64, source: Bytes) -> Body {
+    let stream = futures_util::stream::unfold(0u64, move |off| {
+        let source = source.clone();
+        async move {
+            if off >= n {
+                return None;
+            }
+            let len = (n - off).min(CHUNK as u64) as usize;
+            let start = (off % 251) as usize;
+            let chunk = source.slice(start..start + len);
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(chunk)),
+                off + len as u64,
+            ))
+        }
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    source: Bytes,
+    gate: Arc<Notify>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = match path.as_str() {
+        "/hello" => Response::new(full("hello")),
+        "/echo" => {
+            let ct = req.headers().get("content-type").cloned();
+            let body = req.into_body().map_err(std::io::Error::other).boxed();
+            let mut r = Response::new(body);
+            if let Some(ct) = ct {
+                r.headers_mut().insert("content-type", ct);
+            }
+            r
+        }
+        "/bytes" => {
+            let n = query_u64(&req, "n").unwrap_or(0);
+            Response::new(pattern_body(n, source))
+        }
+        "/sized" => {
+            let n = query_u64(&req, "n").unwrap_or(0);
+            let mut r = Response::new(pattern_body(n, source));
+            r.headers_mut().insert("content-length", n.into());
+            r
+        }
+        "/chunked" => {
+            let parts = ["first,", "second,", "third"];
+            let s = futures_util::stream::iter(
+                parts.map(|p| Ok::<_, std::io::Error>(Frame::data(Bytes::from(p)))),
+            );
+            Response::new(BodyExt::boxed(StreamBody::new(s)))
+        }
+        "/sink" => {
+            // Consumes the body and checks it against the pattern.
+            let mut body = req.into_body();
+            let (mut len, mut ok) = (0u64, true);
+            while let Some(f) = body.frame().await {
+                let Ok(f) = f else {
+                    ok = false;
+                    break;
+                };
+                if let Ok(d) = f.into_data() {
+                    ok &= d
+                        .iter()
+                        .enumerate()
+                        .all(|(i, b)| *b == pattern_byte(len + i as u64));
+                    len += d.len() as u64;
+                }
+            }
+            Response::new(full(format!(
+                "{len} {}",
+                if ok { "intact" } else { "corrupt" }
+            )))
+        }
+        "/headers" => {
+            let mut text = format!("method: {}\n", req.method());
+            for (n, v) in req.headers() {
+                text.push_str(&format!("{}: {}\n", n, v.to_str().unwrap_or("?")));
+            }
+            Response::new(full(text))
+        }
+        "/cookies" => {
+            let mut r = Response::new(full("cookies"));
+            r.headers_mut()
+                .append("set-cookie", "a=1; Path=/".parse().unwrap());
+            r.headers_mut()
+                .append("set-cookie", "b=2; Path=/".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "x-upstream-hop".parse().unwrap());
+            r.headers_mut()
+                .insert("x-upstream-hop", "secret".parse().unwrap());
+            r
+        }
+        "/gate" => {
+            gate.notified().await;
+            Response::new(full("opened"))
+        }
+        "/hang" => {
+            // Never answers within any test's lifetime.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Response::new(full("late"))
+        }
+        p if p.starts_with("/status/") => {
+            let code: u16 = p["/status/".len()..].parse().unwrap_or(500);
+            let mut r = Response::new(full(format!("status {code}")));
+            *r.status_mut() = hyper::StatusCode::from_u16(code)
+                .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+            r
+        }
+        _ => {
+            let mut r = Response::new(full("upstream: not found"));
+            *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+            r
+        }
+    };
+    Ok(resp)
+}
+
+/// Reads a response body and checks it is exactly `n` bytes of the pattern. Returns the
+/// number of bytes read.
+pub async fn expect_pattern(resp: reqwest::Response, n: u64) -> u64 {
+    let mut stream = resp.bytes_stream();
+    let mut off = 0u64;
+    let source = pattern_source(1 << 20);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("body chunk");
+        for piece in chunk.chunks(1 << 20) {
+            let start = (off % 251) as usize;
+            assert!(
+                piece == &source[start..start + piece.len()],
+                "body corrupt at offset {off}"
+            );
+            off += piece.len() as u64;
+        }
+    }
+    assert_eq!(off, n, "body length");
+    off
+}
+
+/// A request body of `n` pattern bytes, produced as it is sent.
+pub fn pattern_upload(n: u64) -> reqwest::Body {
+    let source = pattern_source(CHUNK);
+    let stream = futures_util::stream::unfold(0u64, move |off| {
+        let source = source.clone();
+        async move {
+            if off >= n {
+                return None;
+            }
+            let len = (n - off).min(CHUNK as u64) as usize;
+            let start = (off % 251) as usize;
+            Some((
+                Ok::<_, std::io::Error>(source.slice(start..start + len)),
+                off + len as u64,
+            ))
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
+}

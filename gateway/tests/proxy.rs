@@ -1,0 +1,233 @@
+//! HTTP through the tunnel: bodies both ways, streaming, headers, concurrency, flow control.
+
+mod common;
+
+use common::upstream::{expect_pattern, pattern_upload};
+use common::{Agent, DEMO, Gateway, HANG, Upstream, client};
+use futures_util::StreamExt;
+
+const APP: &str = "app.demo.localhost";
+
+async fn setup(extra: &[&str]) -> (Gateway, Upstream, Agent) {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(extra);
+    let agent = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    (gw, up, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_post_put_and_chunked() {
+    let (gw, _up, _agent) = setup(&[]).await;
+    let c = client();
+    let r = c.get(gw.url(APP, "/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello");
+
+    let body = "x".repeat(100_000);
+    let r = c
+        .post(gw.url(APP, "/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), body);
+
+    let r = c
+        .put(gw.url(APP, "/echo"))
+        .header("content-type", "application/json")
+        .body(r#"{"k":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.text().await.unwrap(), r#"{"k":1}"#);
+
+    // A chunked upload (no Content-Length) arrives whole.
+    let r = c
+        .post(gw.url(APP, "/sink"))
+        .body(pattern_upload(300_001))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "300001 intact");
+
+    let r = c.get(gw.url(APP, "/chunked")).send().await.unwrap();
+    assert_eq!(
+        r.headers()
+            .get("transfer-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("chunked")
+    );
+    assert_eq!(r.text().await.unwrap(), "first,second,third");
+
+    // A sized response keeps its Content-Length.
+    let r = c.get(gw.url(APP, "/sized?n=12345")).send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], "12345");
+    expect_pattern(r, 12345).await;
+
+    // Upstream statuses pass through untouched.
+    let r = c.get(gw.url(APP, "/status/418")).send().await.unwrap();
+    assert_eq!(r.status(), 418);
+    let r = c.head(gw.url(APP, "/sized?n=777")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "777");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_rewritten_at_the_edge() {
+    let (gw, _up, _agent) = setup(&[]).await;
+    let c = client();
+    let text = c
+        .get(gw.url(APP, "/headers"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-host", "bank.other.localhost")
+        .header("forwarded", "for=6.6.6.6")
+        .header("authorization", "Bearer user-token")
+        .header("cookie", "session=abc")
+        .header("connection", "keep-alive, x-client-hop")
+        .header("x-client-hop", "must-not-pass")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(has(&format!("host: {APP}:{}", gw.addr.port())), "{text}");
+    assert!(has("x-forwarded-for: 127.0.0.1"), "{text}");
+    assert!(has("x-forwarded-proto: http"), "{text}");
+    assert!(
+        has(&format!("x-forwarded-host: {APP}:{}", gw.addr.port())),
+        "{text}"
+    );
+    assert!(has("authorization: Bearer user-token"), "{text}");
+    assert!(has("cookie: session=abc"), "{text}");
+    assert!(
+        !text.contains("6.6.6.6"),
+        "client-written forwarding headers leaked: {text}"
+    );
+    assert!(!text.contains("bank.other"), "{text}");
+    assert!(!text.contains("x-client-hop"), "{text}");
+
+    let r = c.get(gw.url(APP, "/cookies")).send().await.unwrap();
+    let cookies: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cookies, vec!["a=1; Path=/", "b=2; Path=/"]);
+    assert!(
+        r.headers().get("x-upstream-hop").is_none(),
+        "hop-by-hop response header passed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_requests_on_one_tunnel() {
+    let (gw, _up, _agent) = setup(&[]).await;
+    let c = client();
+    let url = gw.url(APP, "/echo");
+    let tasks: Vec<_> = (0..200usize)
+        .map(|i| {
+            let c = c.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let body = format!("request-{i}-").repeat(1 + (i * 37) % 5000);
+                let got = c.post(&url).body(body.clone()).send().await?.text().await?;
+                Ok::<_, reqwest::Error>((body, got))
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (sent, got) = tokio::time::timeout(HANG, t)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), sent.len());
+        assert!(
+            got == sent,
+            "cross-talk: a response carried another request's body"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gigabyte_up_and_down_in_bounded_memory() {
+    const GIB: u64 = 1 << 30;
+    let (gw, _up, _agent) = setup(&[]).await;
+    let c = client();
+    // Warm up the paths so the idle figure includes the worker and pool set-up.
+    expect_pattern(
+        c.get(gw.url(APP, "/bytes?n=1000000")).send().await.unwrap(),
+        1_000_000,
+    )
+    .await;
+    let (idle, _) = gw.rss();
+
+    let r = c
+        .get(gw.url(APP, &format!("/bytes?n={GIB}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    expect_pattern(r, GIB).await;
+
+    let r = c
+        .post(gw.url(APP, "/sink"))
+        .body(pattern_upload(GIB))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), format!("{GIB} intact"));
+
+    let (_, peak) = gw.rss();
+    let grew = peak.saturating_sub(idle);
+    eprintln!(
+        "gateway RSS idle {} MiB, peak {} MiB",
+        idle >> 20,
+        peak >> 20
+    );
+    assert!(
+        grew < 64 << 20,
+        "gateway peak RSS grew {} MiB over idle",
+        grew >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_does_not_stall_a_fast_one() {
+    let (gw, _up, _agent) = setup(&[]).await;
+    let c = client();
+    const BIG: u64 = 256 << 20;
+    // The slow client reads one chunk and then nothing.
+    let slow = c
+        .get(gw.url(APP, &format!("/bytes?n={BIG}")))
+        .send()
+        .await
+        .unwrap();
+    let mut slow_body = slow.bytes_stream();
+    let first = slow_body.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+
+    // Meanwhile a fast client downloads 64 MiB on the same tunnel, to the end.
+    let fast = c
+        .get(gw.url(APP, "/bytes?n=67108864"))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::timeout(HANG, expect_pattern(fast, 64 << 20))
+        .await
+        .expect("fast download finished");
+
+    // The slow stream is still held back by its own window: most of it was never sent.
+    let (_, peak) = gw.rss();
+    assert!(
+        peak < 200 << 20,
+        "gateway buffered the slow stream: peak {} MiB",
+        peak >> 20
+    );
+    drop(slow_body);
+}
