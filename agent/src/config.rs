@@ -172,10 +172,8 @@ impl Config {
             self.token = self.token.or(file.token.map(Secret::new));
             self.routes.extend(file.ingress);
         }
-        if self.gateways.is_empty() {
-            if let Ok(url) = std::env::var("SERVER_URL") {
-                self.gateways = vec![url];
-            }
+        if let (true, Ok(url)) = (self.gateways.is_empty(), std::env::var("SERVER_URL")) {
+            self.gateways = vec![url];
         }
         if self.cluster.is_none() {
             self.cluster = std::env::var("CLIENT_ID").ok();

@@ -49,7 +49,7 @@ pub enum SessionError {
 struct Entry {
     upload: Option<PipeWriter>,
     credit: Arc<SendCredit>,
-    abort: Option<AbortHandle>,
+    abort: AbortHandle,
 }
 
 type Table = Arc<Mutex<HashMap<StreamId, Entry>>>;
@@ -201,8 +201,14 @@ pub async fn run(
     tracing::info!(gateway, node_id = %ok.node_id, tunnel_id = %ok.tunnel_id, "tunnel registered");
     let (sink, mut stream) = ws.split();
     let (out, rx) = outbox(OUTBOX_CAPACITY);
-    let writer = tokio::spawn(write_loop(sink, rx));
+    let mut writer = tokio::spawn(write_loop(sink, rx));
     let table: Table = Arc::default();
+    // Aborts the writer and every stream task however this future ends, also when it is
+    // dropped midway (the caller was cancelled): nothing outlives the session.
+    let _guard = Guard {
+        writer: writer.abort_handle(),
+        table: table.clone(),
+    };
     let result = serve(
         shared,
         gateway,
@@ -213,19 +219,31 @@ pub async fn run(
         &mut shutdown,
     )
     .await;
-    for (_, e) in lock(&table).drain() {
-        if let Some(a) = e.abort {
-            a.abort();
-        }
-    }
     if let Ok(End::Shutdown) = result {
+        abort_streams(&table);
         out.close(1000, "agent shutting down");
         drop(out);
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    } else {
-        writer.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
     }
     result
+}
+
+struct Guard {
+    writer: AbortHandle,
+    table: Table,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        abort_streams(&self.table);
+        self.writer.abort();
+    }
+}
+
+fn abort_streams(table: &Table) {
+    for (_, e) in lock(table).drain() {
+        e.abort.abort();
+    }
 }
 
 async fn serve(
@@ -315,7 +333,7 @@ fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String
                     };
                     tracing::warn!(stream = id, error = %e, "resetting stream");
                     if let Some(e) = t.remove(&id) {
-                        e.abort.map(|a| a.abort());
+                        e.abort.abort();
                     }
                     out.reset(id, code);
                 }
@@ -328,20 +346,20 @@ fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String
         }
         Frame::Reset { .. } => {
             if let Some(e) = t.remove(&id) {
-                e.abort.map(|a| a.abort());
+                e.abort.abort();
             }
         }
         Frame::Window { credit, .. } => {
             if entry.credit.grant(credit).is_err() {
                 if let Some(e) = t.remove(&id) {
-                    e.abort.map(|a| a.abort());
+                    e.abort.abort();
                 }
                 out.reset(id, ResetCode::FLOW_CONTROL);
             }
         }
         Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
             if let Some(e) = t.remove(&id) {
-                e.abort.map(|a| a.abort());
+                e.abort.abort();
             }
             out.reset(id, ResetCode::PROTOCOL);
         }
@@ -380,7 +398,7 @@ fn on_control(
             let mut t = lock(table);
             if let Some(old) = t.remove(&id) {
                 tracing::warn!(stream = id, "gateway reused a live stream id; resetting it");
-                old.abort.map(|a| a.abort());
+                old.abort.abort();
                 out.reset(id, ResetCode::PROTOCOL);
                 return;
             }
@@ -409,7 +427,7 @@ fn on_control(
                 Entry {
                     upload,
                     credit,
-                    abort: Some(handle.abort_handle()),
+                    abort: handle.abort_handle(),
                 },
             );
         }

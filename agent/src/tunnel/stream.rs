@@ -41,7 +41,8 @@ impl StreamTask {
         let id = self.request.stream_id;
         let req = match self.build_request() {
             Ok(r) => r,
-            Err(msg) => {
+            Err((kind, why)) => {
+                let msg = self.fail(kind, why);
                 let _ = self.outbox.send_control(&msg).await;
                 return;
             }
@@ -109,10 +110,10 @@ impl StreamTask {
         let _ = self.outbox.send_frame(&Frame::End { stream: id }).await;
     }
 
-    fn build_request(&mut self) -> Result<http::Request<UpBody>, Control> {
+    fn build_request(&mut self) -> Result<http::Request<UpBody>, (ProxyErrorKind, String)> {
         let r = &self.request;
         let Some(target) = self.rules.find(&r.host, &r.path) else {
-            return Err(self.fail(
+            return Err((
                 ProxyErrorKind::NoRoute,
                 format!("no rule for {}{}", r.host, r.path),
             ));
@@ -133,7 +134,7 @@ impl StreamTask {
             None => Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync(),
         };
         b.body(body).map_err(|e| {
-            self.fail(
+            (
                 ProxyErrorKind::UpstreamFailed,
                 format!("cannot build the upstream request: {e}"),
             )

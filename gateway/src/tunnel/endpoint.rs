@@ -47,16 +47,18 @@ pub async fn accept(
         tracing::warn!(?peer, "agent refused: unknown token");
         return refuse(StatusCode::UNAUTHORIZED, "invalid agent token");
     };
-    if let Some(claimed) = req.headers().get(CLUSTER_HEADER) {
-        if claimed.as_bytes() != cluster.as_bytes() {
-            state.metrics.auth_failure("cluster_mismatch");
-            let claimed = String::from_utf8_lossy(claimed.as_bytes()).into_owned();
-            tracing::warn!(?peer, %cluster, %claimed, "agent refused: token belongs to another cluster");
-            return refuse(
-                StatusCode::FORBIDDEN,
-                &format!("this token does not belong to cluster {claimed:?}"),
-            );
-        }
+    if let Some(claimed) = req
+        .headers()
+        .get(CLUSTER_HEADER)
+        .filter(|c| c.as_bytes() != cluster.as_bytes())
+    {
+        state.metrics.auth_failure("cluster_mismatch");
+        let claimed = String::from_utf8_lossy(claimed.as_bytes()).into_owned();
+        tracing::warn!(?peer, %cluster, %claimed, "agent refused: token belongs to another cluster");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &format!("this token does not belong to cluster {claimed:?}"),
+        );
     }
     let (response, session, stream) = match actix_ws::handle(&req, payload) {
         Ok(parts) => parts,

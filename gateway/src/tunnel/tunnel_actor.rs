@@ -112,6 +112,8 @@ pub struct TunnelActor {
     opened_at: Instant,
     last_seen: Instant,
     close_reason: Option<String>,
+    /// A close is already in the writer's queue behind a final message.
+    close_queued: bool,
 }
 
 impl TunnelActor {
@@ -134,6 +136,7 @@ impl TunnelActor {
             opened_at: now,
             last_seen: now,
             close_reason: None,
+            close_queued: false,
         }
     }
 
@@ -317,13 +320,21 @@ impl TunnelActor {
         }
         if r.cluster != self.cluster {
             let reason = format!("this token does not belong to cluster {:?}", r.cluster);
-            self.out.try_send(Outgoing::Text(
-                Control::RegisterError(RegisterError {
-                    reason: reason.clone(),
-                })
-                .to_json(),
-            ));
-            return self.close(ctx, 1008, reason, "cluster_mismatch");
+            let refusal = Control::RegisterError(RegisterError {
+                reason: reason.clone(),
+            });
+            // Queued, not jumped ahead: the agent reads why before the close. Nothing else is
+            // queued before registration, so there is room.
+            self.out.try_send(Outgoing::Text(refusal.to_json()));
+            self.out.try_send(Outgoing::Close {
+                code: 1008,
+                reason: reason.clone(),
+            });
+            self.state.metrics.tunnel_error("cluster_mismatch");
+            tracing::warn!(cluster = %self.cluster, claimed = %r.cluster, peer = ?self.peer, "register refused: cluster mismatch");
+            self.close_reason = Some(reason);
+            self.close_queued = true;
+            return ctx.stop();
         }
         let cfg = &self.state.config;
         let ok = RegisterSuccess {
@@ -385,12 +396,13 @@ impl Actor for TunnelActor {
             slot.shared.credit.close();
         }
         // The writer ends when it sees the close, or when the last outbox handle goes.
-        self.out.close(
-            1000,
-            self.close_reason
+        if !self.close_queued {
+            let reason = self
+                .close_reason
                 .clone()
-                .unwrap_or_else(|| "tunnel closed".into()),
-        );
+                .unwrap_or_else(|| "tunnel closed".into());
+            self.out.close(1000, reason);
+        }
         if self.registered {
             self.state.metrics.tunnels.dec();
             let left = self.state.hub.remove(&self.cluster, self.id);

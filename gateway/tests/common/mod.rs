@@ -56,12 +56,11 @@ impl Gateway {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("gateway listening") {
-                    if let Some(tx) = tx.take() {
-                        let v: serde_json::Value =
-                            serde_json::from_str(&line).expect("json log line");
-                        let _ = tx.send(v["addr"].as_str().expect("addr field").to_string());
-                    }
+                if line.contains("gateway listening")
+                    && let Some(tx) = tx.take()
+                {
+                    let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+                    let _ = tx.send(v["addr"].as_str().expect("addr field").to_string());
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -274,4 +273,94 @@ pub fn pattern_source(max_chunk: usize) -> bytes::Bytes {
         .map(pattern_byte)
         .collect::<Vec<u8>>()
         .into()
+}
+
+/// A hand-driven agent connection, for sending what a real agent never would.
+pub struct FakeAgent {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl FakeAgent {
+    /// Upgrades to `/v1/tunnel` with `token` (and the cluster header, when given).
+    pub async fn connect(
+        gw: &Gateway,
+        token: Option<&str>,
+        claim: Option<&str>,
+    ) -> Result<FakeAgent, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("{}/v1/tunnel", gw.ws_url()).into_client_request()?;
+        if let Some(t) = token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        if let Some(c) = claim {
+            req.headers_mut()
+                .insert("x-tunnelgate-cluster", c.parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(FakeAgent { ws })
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(s.into()))
+            .await
+            .expect("send text");
+    }
+
+    pub async fn send_binary(&mut self, b: Vec<u8>) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Binary(b.into()))
+            .await
+            .expect("send binary");
+    }
+
+    /// The next text message.
+    pub async fn recv_text(&mut self) -> String {
+        use futures_util::StreamExt;
+        loop {
+            let m = tokio::time::timeout(HANG, self.ws.next())
+                .await
+                .expect("message in time")
+                .expect("connection open")
+                .expect("message");
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                return t.to_string();
+            }
+        }
+    }
+
+    /// Registers as `cluster` and publishes `host` (pointing nowhere).
+    pub async fn register(&mut self, cluster: &str, host: &str) {
+        self.send_text(&format!(
+            r#"{{"type":"register","payload":{{"cluster":"{cluster}","agent_version":"fake"}}}}"#
+        ))
+        .await;
+        assert!(self.recv_text().await.contains("register_success"));
+        self.send_text(&format!(
+            r#"{{"type":"ingress_routes","payload":{{"action":"sync","routes":[{{"host":"{host}","path":"/"}}]}}}}"#
+        ))
+        .await;
+        assert!(self.recv_text().await.contains("routes_ack"));
+    }
+
+    /// Waits for the gateway to close the connection; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match tokio::time::timeout(HANG, self.ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return (0, String::new()),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
 }

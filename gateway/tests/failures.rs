@@ -1,0 +1,407 @@
+//! What clients and agents see when something is wrong: clear statuses, nothing hangs, a bad
+//! agent never hurts the node or another tenant.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::upstream::expect_pattern;
+use common::{Agent, DEMO, FakeAgent, Gateway, HANG, OTHER, Upstream, client, raw_request};
+use futures_util::StreamExt;
+use tunnelgate_agent::Status;
+
+const APP: &str = "app.demo.localhost";
+
+/// Checks status, error code header and a one-line body mentioning `says`.
+async fn expect_error(resp: reqwest::Response, status: u16, code: &str, says: &str) {
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()["x-tunnelgate-error"], code);
+    let body = resp.text().await.unwrap();
+    assert_eq!(body.lines().count(), 1, "one-line body: {body:?}");
+    assert!(body.contains(says), "body {body:?} should say {says:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_status() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&["--response-timeout", "300ms", "--max-header-bytes", "4096"]);
+    let closed_port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let agent = Agent::start(
+        &gw,
+        DEMO,
+        &[
+            (APP, up.url()),
+            (
+                "refused.demo.localhost",
+                format!("http://127.0.0.1:{closed_port}"),
+            ),
+        ],
+    )
+    .await;
+    let c = client();
+    assert_eq!(
+        c.get(gw.url(APP, "/hello")).send().await.unwrap().status(),
+        200
+    );
+
+    expect_error(
+        c.get(gw.url("nobody.demo.localhost", "/"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "no_route",
+        "no route for host nobody.demo.localhost",
+    )
+    .await;
+    expect_error(
+        c.get(gw.url("refused.demo.localhost", "/"))
+            .send()
+            .await
+            .unwrap(),
+        502,
+        "upstream_refused",
+        "refused",
+    )
+    .await;
+    expect_error(
+        c.get(gw.url(APP, "/hang")).send().await.unwrap(),
+        504,
+        "upstream_timeout",
+        "did not respond",
+    )
+    .await;
+    let big = "v".repeat(5000);
+    expect_error(
+        c.get(gw.url(APP, "/hello"))
+            .header("x-big", big)
+            .send()
+            .await
+            .unwrap(),
+        431,
+        "headers_too_large",
+        "larger than 4096",
+    )
+    .await;
+
+    // Ambiguous requests never reach the upstream.
+    let port = gw.addr.port();
+    let r = raw_request(
+        gw.addr,
+        format!("GET http://other.demo.localhost:{port}/ HTTP/1.1\r\nHost: {APP}:{port}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(r.contains("different hosts"), "{r}");
+    for bad in [
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: {APP}\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ),
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: {APP}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy"
+        ),
+        format!("GET /hello HTTP/1.1\r\nHost: {APP}\r\nHost: bank.other.localhost\r\n\r\n"),
+        "GET /hello HTTP/1.1\r\n\r\n".to_string(),
+        "GET /hello HTTP/1.1\r\nHost: bad host!\r\n\r\n".to_string(),
+    ] {
+        let r = raw_request(gw.addr, bad.as_bytes()).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{bad:?} → {r}");
+    }
+
+    // The agent goes away: its routes stay known, the cluster is offline.
+    agent.stop().await;
+    let r = c.get(gw.url(APP, "/hello")).send().await.unwrap();
+    assert_eq!(r.headers()["retry-after"], "1");
+    expect_error(r, 503, "cluster_offline", "cluster demo is offline").await;
+
+    let metrics = c
+        .get(format!("http://{}/metrics", gw.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"gateway_requests_total{cluster_uuid="",status_code="404"} 1"#,
+        r#"gateway_requests_total{cluster_uuid="demo",status_code="502"} 1"#,
+        r#"gateway_requests_total{cluster_uuid="demo",status_code="504"} 1"#,
+        r#"gateway_requests_total{cluster_uuid="demo",status_code="503"} 1"#,
+        r#"gateway_tunnel_health{cluster_uuid="demo"} 0"#,
+        r#"gateway_active_routes{cluster_uuid="demo"} 2"#,
+        "gateway_request_duration_seconds_bucket",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
+    }
+    assert_eq!(
+        c.get(format!("http://{}/healthz", gw.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("http://{}/readyz", gw.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_are_authenticated_before_the_upgrade() {
+    use tokio_tungstenite::tungstenite::Error;
+    let gw = Gateway::start(&[]);
+    let status = |e: Error| match e {
+        Error::Http(r) => r.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    };
+    assert_eq!(
+        status(FakeAgent::connect(&gw, None, None).await.err().unwrap()),
+        401
+    );
+    assert_eq!(
+        status(
+            FakeAgent::connect(&gw, Some("wrong-token"), None)
+                .await
+                .err()
+                .unwrap()
+        ),
+        401
+    );
+    gw.wait_log("agent refused: unknown token").await;
+    // A valid token that claims another cluster.
+    assert_eq!(
+        status(
+            FakeAgent::connect(&gw, Some(DEMO.1), Some("other"))
+                .await
+                .err()
+                .unwrap()
+        ),
+        403
+    );
+    gw.wait_log("token belongs to another cluster").await;
+    // Or claims it in register.
+    let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
+    fake.send_text(r#"{"type":"register","payload":{"cluster":"other","agent_version":"x"}}"#)
+        .await;
+    assert!(fake.recv_text().await.contains("register_error"));
+    assert_eq!(fake.closed().await.0, 1008);
+    // The real agent of the other cluster gets nothing of demo's.
+    let up = Upstream::start().await;
+    let agent = Agent::start(
+        &gw,
+        OTHER,
+        &[
+            ("www.other.localhost", up.url()),
+            ("bank.demo.localhost", up.url()),
+        ],
+    )
+    .await;
+    let Status::Connected {
+        accepted, rejected, ..
+    } = agent.connected().await
+    else {
+        unreachable!()
+    };
+    assert_eq!(accepted, 1);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].host, "bank.demo.localhost");
+    assert!(
+        rejected[0]
+            .reason
+            .contains("may only publish other.localhost"),
+        "{}",
+        rejected[0].reason
+    );
+    let r = client()
+        .get(gw.url("bank.demo.localhost", "/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_agent_input_closes_only_that_tunnel() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&[]);
+    let _good = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    let c = client();
+    let bad_inputs: Vec<(&str, Result<String, Vec<u8>>)> = vec![
+        ("truncated frame", Err(vec![0, 0, 1])),
+        ("unknown kind", Err(vec![42, 0, 0, 0, 1])),
+        ("stream never opened", Err(vec![0, 0, 0, 0, 9, b'x'])),
+        ("zero stream", Err(vec![1, 0, 0, 0, 0])),
+        ("oversized frame", Err([&[0u8, 0, 0, 0, 1][..], &[7u8; 70 * 1024]].concat())),
+        ("invalid json", Ok("{not json".into())),
+        (
+            "unknown type",
+            Ok(r#"{"type":"reboot","payload":{}}"#.into()),
+        ),
+        (
+            "gateway-only message",
+            Ok(r#"{"type":"register_success","payload":{"node_id":"x","tunnel_id":"y","heartbeat_interval_ms":1,"stream_window":1,"max_streams":1}}"#.into()),
+        ),
+        (
+            "second register",
+            Ok(
+                    r#"{"type":"register","payload":{"cluster":"other","agent_version":"x"}}"#
+                        .into(),
+                ),
+        ),
+    ];
+    for (what, input) in bad_inputs {
+        let mut fake = FakeAgent::connect(&gw, Some(OTHER.1), None).await.unwrap();
+        fake.register("other", "evil.other.localhost").await;
+        match input {
+            Ok(text) => fake.send_text(&text).await,
+            Err(bytes) => fake.send_binary(bytes).await,
+        }
+        let (code, reason) = fake.closed().await;
+        assert_eq!(code, 1002, "{what}: closed with {code} {reason}");
+        // The node and the other tenant carry on.
+        let r = c.get(gw.url(APP, "/hello")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "hello", "after {what}");
+    }
+    // Frames before register close the connection too.
+    let mut fake = FakeAgent::connect(&gw, Some(OTHER.1), None).await.unwrap();
+    fake.send_binary(vec![0, 0, 0, 0, 1]).await;
+    assert_eq!(fake.closed().await.0, 1002);
+    let metrics = c
+        .get(format!("http://{}/metrics", gw.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"gateway_tunnel_errors_total{reason="protocol"} 10"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_agent_is_dropped_after_missed_heartbeats() {
+    let gw = Gateway::start(&["--heartbeat-interval", "200ms"]);
+    let mut fake = FakeAgent::connect(&gw, Some(OTHER.1), None).await.unwrap();
+    fake.register("other", "www.other.localhost").await;
+    // It sends nothing more.
+    let (code, reason) = fake.closed().await;
+    assert_eq!(code, 1001, "{reason}");
+    assert!(reason.contains("heartbeat"), "{reason}");
+    let r = client()
+        .get(gw.url("www.other.localhost", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_mid_response_fails_the_client_fast() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&[]);
+    let agent = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    let c = client();
+    let resp = c
+        .get(gw.url(APP, "/bytes?n=1073741824"))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    assert!(!body.next().await.unwrap().unwrap().is_empty());
+    // A crash: the agent's tasks and sockets vanish without a goodbye.
+    drop(agent);
+    let outcome = tokio::time::timeout(HANG, async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                return Err(());
+            }
+        }
+        Ok(())
+    })
+    .await
+    .expect("the client must not hang");
+    assert!(
+        outcome.is_err(),
+        "a cut response must end in an error, not look complete"
+    );
+    let r = c.get(gw.url(APP, "/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_brings_routes_back() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&[]);
+    let c = client();
+    let agent = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    assert_eq!(
+        c.get(gw.url(APP, "/hello")).send().await.unwrap().status(),
+        200
+    );
+    agent.stop().await;
+    assert_eq!(
+        c.get(gw.url(APP, "/hello")).send().await.unwrap().status(),
+        503
+    );
+    let _agent = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    let r = c.get(gw.url(APP, "/sized?n=100000")).send().await.unwrap();
+    expect_pattern(r, 100_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reconnects_by_itself_after_the_gateway_restarts() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&[]);
+    let agent = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    let mut status = agent.status.clone();
+    drop(gw);
+    tokio::time::timeout(
+        HANG,
+        status.wait_for(|s| matches!(s, Status::Disconnected { .. })),
+    )
+    .await
+    .expect("agent noticed")
+    .unwrap();
+    // The agent keeps retrying with backoff; it reports why.
+    let Status::Disconnected { error, retry_in } = status.borrow().clone() else {
+        unreachable!()
+    };
+    assert!(retry_in <= Duration::from_millis(500), "{retry_in:?}");
+    assert!(!error.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_with_curl() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&[]);
+    let _agent = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    // curl resolves *.localhost to loopback by itself, as in the README.
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "-w",
+            " %{http_code}",
+            &gw.url(APP, "/hello"),
+        ])
+        .output()
+        .await
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 200");
+}
