@@ -34,7 +34,13 @@ fn main() -> ExitCode {
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
         });
-        match run(config, status, stop_rx).await {
+        // Spawned, not run inside block_on: block_on's future runs on the main thread, and
+        // every hand-off between it and the stream tasks on the workers would cost a wakeup.
+        let agent = tokio::spawn(run(config, status, stop_rx));
+        match agent
+            .await
+            .unwrap_or_else(|e| Err(format!("agent task failed: {e}")))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "agent stopped");

@@ -60,6 +60,13 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<Server> {
             .app_data(web::PayloadConfig::new(usize::MAX))
             .default_service(web::to(proxy::dispatch))
     })
+    .on_connect(|conn, _ext| {
+        // Tunnels carry many small frames each way; Nagle's algorithm would hold each one
+        // back for the peer's delayed ACK (tens of milliseconds per request).
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
+    })
     .listen(listener)?;
     if let Some(w) = workers {
         server = server.workers(w.max(1));
