@@ -9,6 +9,8 @@ use clap::Parser;
 use serde::Deserialize;
 use tunnelgate_proto::routes::{PathType, RouteSpec, check_route_host};
 
+/// Tunnels an agent holds, each to a distinct gateway node.
+pub const DEFAULT_CONNECTIONS: usize = 2;
 /// First reconnect delay; it doubles on each failure.
 pub const DEFAULT_RECONNECT_MIN: &str = "1s";
 /// Largest reconnect delay.
@@ -140,6 +142,10 @@ pub struct Config {
     #[arg(long, env = "TG_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Tunnels to hold, each to a different gateway node (more survive a node's loss).
+    #[arg(long, env = "TG_CONNECTIONS", default_value_t = DEFAULT_CONNECTIONS)]
+    pub connections: usize,
+
     /// First reconnect delay (doubles up to --reconnect-max, with jitter).
     #[arg(long, env = "TG_RECONNECT_MIN", default_value = DEFAULT_RECONNECT_MIN, value_parser = parse_duration)]
     pub reconnect_min: Duration,
@@ -211,6 +217,9 @@ impl Config {
             }
             crate::upstream::Target::parse(&r.service)
                 .map_err(|e| format!("route {}: {e}", r.hostname))?;
+        }
+        if !(1..=16).contains(&self.connections) {
+            return Err("--connections must be between 1 and 16".into());
         }
         if self.reconnect_min > self.reconnect_max {
             return Err("--reconnect-min is larger than --reconnect-max".into());

@@ -36,6 +36,8 @@ pub enum Status {
         node_id: String,
         accepted: usize,
         rejected: Vec<RouteRejection>,
+        /// Gateway nodes this agent holds a tunnel to.
+        nodes: Vec<String>,
     },
     Disconnected {
         error: String,
@@ -46,9 +48,47 @@ pub enum Status {
 /// What sessions share.
 pub struct Shared {
     pub config: Config,
+    /// This agent instance's id; slot `n`'s connection id is `{instance}-{n}`, stable across
+    /// reconnects.
+    pub instance: String,
+    held: std::sync::Mutex<Vec<String>>,
     pub rules: Arc<Rules>,
     pub client: UpstreamClient,
     pub status: watch::Sender<Status>,
+}
+
+/// While alive, marks a node as carrying one of this agent's tunnels.
+pub struct Held<'a> {
+    shared: &'a Shared,
+    node: String,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut h = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = h.iter().position(|n| *n == self.node) {
+            h.remove(i);
+        }
+    }
+}
+
+impl Shared {
+    /// Claims `node` for one slot; None when another slot holds a tunnel there.
+    pub fn hold(&self, node: &str) -> Option<Held<'_>> {
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if h.iter().any(|n| n == node) {
+            return None;
+        }
+        h.push(node.to_string());
+        Some(Held {
+            shared: self,
+            node: node.to_string(),
+        })
+    }
+
+    pub fn held_nodes(&self) -> Vec<String> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Installs the global log subscriber (JSON or text on stdout, `RUST_LOG` filter).
@@ -67,27 +107,47 @@ pub fn init_logs(format: LogFormat) {
 pub async fn run(
     config: Config,
     status: watch::Sender<Status>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let rules = Rules::new(&config.routes)?;
     let client = upstream::client(config.upstream_connect_timeout);
-    let mut backoff = backoff::Backoff::new(config.reconnect_min, config.reconnect_max);
-    let shared = Shared {
+    let shared = Arc::new(Shared {
+        instance: format!("agent-{:016x}", rand::random::<u64>()),
+        held: Default::default(),
         config,
         rules,
         client,
         status,
-    };
+    });
+    let slots: Vec<_> = (0..shared.config.connections)
+        .map(|slot| tokio::spawn(run_slot(shared.clone(), slot, shutdown.clone())))
+        .collect();
+    for s in slots {
+        s.await
+            .map_err(|e| format!("connection slot failed: {e}"))?;
+    }
+    Ok(())
+}
+
+/// One connection slot: connect, serve, reconnect with backoff, rotating through the gateway
+/// URLs (slot `n` starts at URL `n`).
+async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff =
+        backoff::Backoff::new(shared.config.reconnect_min, shared.config.reconnect_max);
     let gateways = shared.config.gateways.clone();
-    let mut turn = 0usize;
+    let mut turn = slot;
     loop {
         let gateway = &gateways[turn % gateways.len()];
-        shared.status.send_replace(Status::Connecting {
-            gateway: gateway.clone(),
-        });
+        if shared.held_nodes().is_empty() {
+            shared.status.send_replace(Status::Connecting {
+                gateway: gateway.clone(),
+            });
+        }
         let started = Instant::now();
-        let error = match session::run(&shared, gateway, shutdown.clone()).await {
-            Ok(End::Shutdown) => return Ok(()),
+        let result = session::run(&shared, slot, gateway, shutdown.clone()).await;
+        let duplicate = matches!(result, Err(session::SessionError::Duplicate(_)));
+        let error = match result {
+            Ok(End::Shutdown) => return,
             Ok(End::Drain) => "drained by the gateway".to_string(),
             Err(e) => e.to_string(),
         };
@@ -96,17 +156,23 @@ pub async fn run(
         }
         turn += 1;
         let delay = backoff.next_delay(&mut rand::rng());
-        tracing::warn!(gateway, error = %error, retry_in_ms = delay.as_millis() as u64, "tunnel down; reconnecting");
-        shared.status.send_replace(Status::Disconnected {
-            error,
-            retry_in: delay,
-        });
+        if duplicate {
+            tracing::debug!(slot, gateway, error = %error, retry_in_ms = delay.as_millis() as u64, "same node again");
+        } else {
+            tracing::warn!(slot, gateway, error = %error, retry_in_ms = delay.as_millis() as u64, "tunnel down; reconnecting");
+        }
+        if shared.held_nodes().is_empty() {
+            shared.status.send_replace(Status::Disconnected {
+                error,
+                retry_in: delay,
+            });
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => return,
         }
         if *shutdown.borrow() {
-            return Ok(());
+            return;
         }
     }
 }

@@ -15,9 +15,12 @@ pub fn readyz(state: &AppState) -> HttpResponse {
             .content_type("text/plain")
             .body("ready\n")
     } else {
-        HttpResponse::ServiceUnavailable()
+        // Still 200: the node serves cached routes and its own tunnels, and taking every node
+        // out of the load balancer because Redis blinked would be a full outage.
+        HttpResponse::Ok()
             .content_type("text/plain")
-            .body("degraded: registry unreachable\n")
+            .insert_header(("x-tunnelgate-degraded", "registry"))
+            .body("degraded: registry unreachable; serving cached routes and local tunnels\n")
     }
 }
 

@@ -113,6 +113,18 @@ pub struct Config {
     #[arg(long, env = "TG_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Address other nodes reach this node's peer endpoint on (with --redis-url).
+    #[arg(long, env = "TG_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// Address to tell other nodes, when it differs from --peer-listen (e.g. the pod IP).
+    #[arg(long, env = "TG_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+
+    /// Secret every node presents on peer links; a stranger on the peer port is refused.
+    #[arg(long, env = "TG_PEER_SECRET", hide_env_values = true, value_parser = |s: &str| Ok::<_, String>(Secret::new(s)))]
+    pub peer_secret: Option<Secret>,
+
     /// Time to wait for the upstream's response head before answering 504.
     #[arg(long, env = "TG_RESPONSE_TIMEOUT", default_value = DEFAULT_RESPONSE_TIMEOUT, value_parser = parse_duration)]
     pub response_timeout: Duration,
@@ -167,10 +179,18 @@ impl Config {
             }
         }
         if self.redis_url.is_some() {
-            return Err(
-                "--redis-url: the Redis registry is not built yet; run without it for the in-memory registry"
-                    .into(),
-            );
+            if self
+                .peer_secret
+                .as_ref()
+                .is_none_or(|s| s.expose().len() < 16)
+            {
+                return Err("--redis-url needs --peer-secret (at least 16 characters), shared by every node".into());
+            }
+            if self.peer_listen.is_none() {
+                return Err(
+                    "--redis-url needs --peer-listen ADDR for links from the other nodes".into(),
+                );
+            }
         }
         if self.node_id.is_none() {
             self.node_id = Some(format!("node-{:08x}", rand::random::<u32>()));

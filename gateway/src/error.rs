@@ -42,6 +42,10 @@ pub enum ProxyError {
     AgentNoRoute,
     #[error("the agent refused the request; retry shortly")]
     AgentRefused,
+    #[error("the node that held the cluster's tunnel no longer does")]
+    NotHere,
+    #[error("the route registry is unreachable and this host is not cached: {0}")]
+    RegistryUnavailable(String),
 }
 
 impl ProxyError {
@@ -50,9 +54,11 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ProxyError::ClusterOffline(_) | ProxyError::TunnelBusy | ProxyError::AgentRefused => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::ClusterOffline(_)
+            | ProxyError::TunnelBusy
+            | ProxyError::AgentRefused
+            | ProxyError::RegistryUnavailable(_)
+            | ProxyError::NotHere => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamRefused(_)
             | ProxyError::UpstreamFailed(_)
             | ProxyError::TunnelLost
@@ -75,6 +81,8 @@ impl ProxyError {
             ProxyError::TunnelLost => "tunnel_lost",
             ProxyError::AgentNoRoute => "agent_no_route",
             ProxyError::AgentRefused => "agent_refused",
+            ProxyError::RegistryUnavailable(_) => "registry_unavailable",
+            ProxyError::NotHere => "cluster_moved",
         }
     }
 
@@ -86,8 +94,9 @@ impl ProxyError {
             ProxyError::ClusterOffline(_)
             | ProxyError::TunnelLost
             | ProxyError::AgentNoRoute
-            | ProxyError::AgentRefused => Who::Tunnel,
-            ProxyError::TunnelBusy => Who::Gateway,
+            | ProxyError::AgentRefused
+            | ProxyError::NotHere => Who::Tunnel,
+            ProxyError::TunnelBusy | ProxyError::RegistryUnavailable(_) => Who::Gateway,
             ProxyError::UpstreamRefused(_)
             | ProxyError::UpstreamFailed(_)
             | ProxyError::Timeout(_) => Who::Upstream,
@@ -104,6 +113,8 @@ impl ProxyError {
                 | ProxyError::UpstreamRefused(_)
                 | ProxyError::AgentNoRoute
                 | ProxyError::AgentRefused
+                | ProxyError::RegistryUnavailable(_)
+                | ProxyError::NotHere
         )
     }
 
@@ -117,7 +128,25 @@ impl ProxyError {
             }
             ProxyErrorKind::NoRoute => ProxyError::AgentNoRoute,
             ProxyErrorKind::Refused => ProxyError::AgentRefused,
+            ProxyErrorKind::NotHere => ProxyError::NotHere,
         }
+    }
+
+    /// How a peer reports this error to the entry node (the inverse of [`Self::from_agent`]).
+    pub fn to_peer(&self) -> (ProxyErrorKind, String) {
+        let kind = match self {
+            ProxyError::UpstreamRefused(_) => ProxyErrorKind::UpstreamRefused,
+            ProxyError::Timeout(_) => ProxyErrorKind::UpstreamTimeout,
+            ProxyError::AgentNoRoute => ProxyErrorKind::NoRoute,
+            ProxyError::AgentRefused | ProxyError::TunnelBusy => ProxyErrorKind::Refused,
+            ProxyError::ClusterOffline(_) | ProxyError::NotHere => ProxyErrorKind::NotHere,
+            _ => ProxyErrorKind::UpstreamFailed,
+        };
+        let message = match self {
+            ProxyError::UpstreamRefused(m) | ProxyError::UpstreamFailed(m) => m.clone(),
+            other => other.to_string(),
+        };
+        (kind, message)
     }
 
     /// The response the client sees.

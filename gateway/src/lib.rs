@@ -5,12 +5,14 @@
 //! - [`config`]: command line and environment, validated.
 //! - [`registry`]: clusters, tokens and routes; who may claim which host.
 //! - [`tunnel`]: the agent endpoint, `TunnelActor` per agent, `StreamActor` per request, hub.
+//! - [`cluster`]: peer links to other nodes, the peer endpoint, membership.
 //! - [`proxy`]: the public HTTP handler: checks, routing, header rewriting, streaming.
 //! - [`error`]: proxy-path errors and the one place they become responses.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`telemetry`]: metric names and log set-up.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod proxy;
@@ -34,42 +36,90 @@ pub struct AppState {
     pub config: Config,
     pub registry: Arc<Registry>,
     pub hub: Hub,
+    pub peers: cluster::PeerPool,
     pub metrics: Metrics,
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Self {
-        let registry = Registry::in_memory(&config.domain, &config.clusters);
-        AppState {
+    pub fn new(config: Config) -> Result<Self, String> {
+        let metrics = Metrics::default();
+        let registry = match &config.redis_url {
+            None => Registry::in_memory(&config.domain, &config.clusters),
+            Some(url) => {
+                let calls = metrics.backend_calls.clone();
+                let count: registry::redis::CallCounter = Arc::new(move |op| {
+                    calls
+                        .get_or_create(&telemetry::metrics::OpLabels { op })
+                        .inc();
+                });
+                Registry::with_redis(
+                    &config.domain,
+                    config.node_id(),
+                    &config.clusters,
+                    url,
+                    count,
+                )
+                .map_err(|e| e.to_string())?
+            }
+        };
+        Ok(AppState {
             config,
             registry,
             hub: Hub::default(),
-            metrics: Metrics::default(),
-        }
+            peers: cluster::PeerPool::default(),
+            metrics,
+        })
     }
 }
 
-/// Builds the server on an already bound listener. Await the returned [`Server`] inside an
-/// actix system; its handle stops it.
+/// Builds the node on an already bound public listener (and the peer listener, with Redis).
+/// Await the returned [`Server`] inside an actix system; its handle stops it.
 pub fn run(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     let workers = config.workers;
-    let state = web::Data::new(AppState::new(config));
+    let peer_listen = config.peer_listen.filter(|_| config.redis_url.is_some());
+    let state = web::Data::new(AppState::new(config).map_err(std::io::Error::other)?);
+    if state.registry.is_shared() {
+        let st = state.clone().into_inner();
+        actix_rt::spawn(async move {
+            if let Err(e) = st.registry.sync_clusters().await {
+                tracing::warn!(error = %e, "registry unreachable at start; retrying in the background");
+            }
+        });
+        actix_rt::spawn(cluster::run_membership(state.clone().into_inner()));
+        actix_rt::spawn(state.registry.clone().listen_events());
+    }
+    if let Some(addr) = peer_listen {
+        let st = state.clone();
+        let peer = HttpServer::new(move || {
+            App::new()
+                .app_data(st.clone())
+                .route("/v1/peer", web::get().to(cluster::peer_server::accept))
+        })
+        .on_connect(set_nodelay)
+        .workers(1)
+        .bind(addr)?
+        .run();
+        tracing::info!(addr = %addr, "peer endpoint listening");
+        actix_rt::spawn(peer);
+    }
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(usize::MAX))
             .default_service(web::to(proxy::dispatch))
     })
-    .on_connect(|conn, _ext| {
-        // Tunnels carry many small frames each way; Nagle's algorithm would hold each one
-        // back for the peer's delayed ACK (tens of milliseconds per request).
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            let _ = tcp.set_nodelay(true);
-        }
-    })
+    .on_connect(set_nodelay)
     .listen(listener)?;
     if let Some(w) = workers {
         server = server.workers(w.max(1));
     }
     Ok(server.run())
+}
+
+/// Tunnels carry many small frames each way; Nagle's algorithm would hold each one back for
+/// the peer's delayed ACK (tens of milliseconds per request).
+fn set_nodelay(conn: &dyn std::any::Any, _ext: &mut actix_web::dev::Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let _ = tcp.set_nodelay(true);
+    }
 }

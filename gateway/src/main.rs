@@ -36,7 +36,8 @@ fn main() -> ExitCode {
     }
     tracing::info!(
         addr = %addr, node_id = config.node_id(), domain = %config.domain,
-        clusters = config.clusters.len(), registry = "memory", "gateway listening"
+        clusters = config.clusters.len(),
+        registry = if config.redis_url.is_some() { "redis" } else { "memory" }, "gateway listening"
     );
     let result = actix_rt::System::new().block_on(async move { run(config, listener)?.await });
     match result {

@@ -14,5 +14,5 @@ pub mod outbox;
 pub mod pipe;
 
 pub use credit::SendCredit;
-pub use outbox::{Board, Outbox, OutboxClosed, OutboxRx, Outgoing, outbox};
+pub use outbox::{Board, Outbox, OutboxClosed, OutboxRx, Outgoing, outbox, write_loop};
 pub use pipe::{PipeError, PipeReader, PipeWriter, PushError, pipe};

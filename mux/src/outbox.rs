@@ -216,6 +216,39 @@ impl OutboxRx {
     }
 }
 
+/// The writer loop every tunnel end uses: takes messages from `rx`, converts them with `conv`
+/// into the socket's message type, feeds what is already queued and flushes once. Ends when
+/// the outbox closes, the sink fails, or after sending a close.
+pub async fn write_loop<S, M, F>(mut rx: OutboxRx, mut sink: S, conv: F)
+where
+    S: futures_util::Sink<M> + Unpin,
+    F: Fn(Outgoing) -> M,
+{
+    use futures_util::SinkExt;
+    while let Some(first) = rx.next().await {
+        let mut msg = Some(first);
+        while let Some(m) = msg.take() {
+            let closing = matches!(m, Outgoing::Close { .. });
+            if sink.feed(conv(m)).await.is_err() {
+                rx.close();
+                return;
+            }
+            if closing {
+                let _ = sink.flush().await;
+                let _ = sink.close().await;
+                rx.close();
+                return;
+            }
+            msg = rx.try_next();
+        }
+        if sink.flush().await.is_err() {
+            break;
+        }
+    }
+    rx.close();
+    let _ = sink.close().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,8 @@ fn codec(c: &mut Criterion) {
         ],
         body: false,
         request_id: None,
+        cluster: None,
+        hops: 0,
     });
     let json = req.to_json();
     c.bench_function("control/encode_proxy_request", |b| {

@@ -41,6 +41,11 @@ pub struct Register {
     pub agent_version: String,
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Stable id of this connection slot across reconnects (agent instance and slot). A
+    /// reconnect with the same id takes the ownership lease over with a newer epoch, which
+    /// fences the stale connection out.
+    #[serde(default)]
+    pub connection_id: Option<String>,
 }
 
 /// Gateway → agent: the tunnel is live, and the parameters both sides use on it.
@@ -134,6 +139,16 @@ pub struct ProxyRequest {
     pub body: bool,
     #[serde(default)]
     pub request_id: Option<String>,
+    /// Set only on a peer link: the cluster whose tunnel must serve the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Gateway hops taken so far; a node never forwards a request that already took one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hops: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// Agent → gateway: the upstream's response head. When `body` is true DATA frames and an END
@@ -178,6 +193,8 @@ pub enum ProxyErrorKind {
     NoRoute,
     /// The agent refuses the stream (overloaded, shutting down); safe to retry elsewhere.
     Refused,
+    /// On a peer link: this node holds no tunnel of the cluster (any more); try another.
+    NotHere,
 }
 
 /// Agent → gateway: stream `stream_id` failed before a response head.
@@ -279,6 +296,7 @@ mod tests {
                 cluster: "demo".into(),
                 agent_version: "0.1.0".into(),
                 hostname: None,
+                connection_id: None,
             }),
             Control::IngressRoutes(IngressRoutes {
                 action: RouteAction::Sync,
@@ -301,6 +319,8 @@ mod tests {
                 ],
                 body: true,
                 request_id: None,
+                cluster: None,
+                hops: 0,
             }),
             Control::ProxyError(ProxyError {
                 stream_id: 3,

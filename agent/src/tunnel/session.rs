@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -13,7 +12,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tunnelgate_mux::{Outbox, OutboxRx, Outgoing, PipeWriter, PushError, SendCredit, outbox, pipe};
+use tunnelgate_mux::{
+    Outbox, Outgoing, PipeWriter, PushError, SendCredit, outbox, pipe, write_loop,
+};
 use tunnelgate_proto::control::{Heartbeat, IngressRoutes, Register, RegisterSuccess, RouteAction};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
@@ -44,6 +45,10 @@ pub enum SessionError {
     Register(String),
     #[error("tunnel lost: {0}")]
     Lost(String),
+    #[error(
+        "node {0} already carries another tunnel of this agent; dialling again for another node"
+    )]
+    Duplicate(String),
 }
 
 struct Entry {
@@ -78,7 +83,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-async fn connect(shared: &Shared, gateway: &str) -> Result<Ws, SessionError> {
+async fn connect(shared: &Shared, gateway: &str) -> Result<(Ws, Option<String>), SessionError> {
     let url = tunnel_url(gateway).map_err(SessionError::Connect)?;
     let mut req = url
         .as_str()
@@ -108,7 +113,14 @@ async fn connect(shared: &Shared, gateway: &str) -> Result<Ws, SessionError> {
         Err(_) => Err(SessionError::Connect(format!(
             "no answer from {url} within {REGISTER_TIMEOUT:?}"
         ))),
-        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Ok((ws, resp))) => {
+            let node = resp
+                .headers()
+                .get("x-tunnelgate-node")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            Ok((ws, node))
+        }
         Ok(Err(tungstenite::Error::Http(resp))) => Err(SessionError::Refused {
             status: resp.status().as_u16(),
             body: resp
@@ -122,11 +134,16 @@ async fn connect(shared: &Shared, gateway: &str) -> Result<Ws, SessionError> {
 }
 
 /// Waits for `register_success`, answering nothing else.
-async fn register(ws: &mut Ws, shared: &Shared) -> Result<RegisterSuccess, SessionError> {
+async fn register(
+    ws: &mut Ws,
+    shared: &Shared,
+    slot: usize,
+) -> Result<RegisterSuccess, SessionError> {
     let reg = Control::Register(Register {
         cluster: shared.config.cluster().to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         hostname: std::env::var("HOSTNAME").ok(),
+        connection_id: Some(format!("{}-{slot}", shared.instance)),
     });
     ws.send(Message::Text(reg.to_json().into()))
         .await
@@ -163,45 +180,41 @@ async fn register(ws: &mut Ws, shared: &Shared) -> Result<RegisterSuccess, Sessi
         .map_err(|_| SessionError::Register("no register_success in time".into()))?
 }
 
-async fn write_loop(mut sink: SplitSink<Ws, Message>, mut rx: OutboxRx) {
-    while let Some(first) = rx.next().await {
-        let mut msg = Some(first);
-        while let Some(m) = msg.take() {
-            let sent = match m {
-                Outgoing::Text(s) => sink.feed(Message::Text(s.into())).await,
-                Outgoing::Binary(b) => sink.feed(Message::Binary(b)).await,
-                Outgoing::Close { code, reason } => {
-                    let frame = CloseFrame {
-                        code: code.into(),
-                        reason: reason.into(),
-                    };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    return;
-                }
-            };
-            if sent.is_err() {
-                return;
-            }
-            msg = rx.try_next();
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
+fn to_ws(m: Outgoing) -> Message {
+    match m {
+        Outgoing::Text(s) => Message::Text(s.into()),
+        Outgoing::Binary(b) => Message::Binary(b),
+        Outgoing::Close { code, reason } => Message::Close(Some(CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        })),
     }
 }
 
 /// Runs one session against `gateway` until it ends.
 pub async fn run(
     shared: &Shared,
+    slot: usize,
     gateway: &str,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<End, SessionError> {
-    let mut ws = connect(shared, gateway).await?;
-    let ok = register(&mut ws, shared).await?;
+    let (mut ws, node) = connect(shared, gateway).await?;
+    // One tunnel per node: the point of several is to survive a node's loss.
+    let _held = match node {
+        Some(n) => match shared.hold(&n) {
+            Some(h) => Some(h),
+            None => {
+                let _ = ws.close(None).await;
+                return Err(SessionError::Duplicate(n));
+            }
+        },
+        None => None,
+    };
+    let ok = register(&mut ws, shared, slot).await?;
     tracing::info!(gateway, node_id = %ok.node_id, tunnel_id = %ok.tunnel_id, "tunnel registered");
     let (sink, mut stream) = ws.split();
     let (out, rx) = outbox(OUTBOX_CAPACITY);
-    let mut writer = tokio::spawn(write_loop(sink, rx));
+    let mut writer = tokio::spawn(write_loop(rx, sink, to_ws));
     let table: Table = Arc::default();
     // Aborts the writer and every stream task however this future ends, also when it is
     // dropped midway (the caller was cancelled): nothing outlives the session.
@@ -390,6 +403,7 @@ fn on_control(
                 node_id: ok.node_id.clone(),
                 accepted: ack.accepted.len(),
                 rejected: ack.rejected,
+                nodes: shared.held_nodes(),
             });
         }
         Control::HeartbeatAck(_) => {}

@@ -14,7 +14,9 @@ use tunnelgate_proto::control::ProxyRequest;
 use crate::AppState;
 use crate::error::ProxyError;
 use crate::registry::RouteEntry;
-use crate::tunnel::{ClientGone, OpenError, OpenStream, Opened, StreamActor, StreamParts};
+use crate::tunnel::{
+    ClientGone, OpenError, OpenStream, Opened, StreamActor, StreamParts, payload_body,
+};
 use headers::{
     check_request, has_body, keep_response_header, response_connection_tokens,
     upstream_request_headers,
@@ -32,7 +34,18 @@ pub async fn dispatch(
         Ok(h) => h,
         Err(e) => return fail(&state, &req, "", e),
     };
-    let Some(route) = state.registry.lookup(&host, req.uri().path()) else {
+    let route = match state.registry.lookup(&host, req.uri().path()).await {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                &state,
+                &req,
+                "",
+                ProxyError::RegistryUnavailable(e.to_string()),
+            );
+        }
+    };
+    let Some(route) = route else {
         return match req.uri().path() {
             "/v1/tunnel" => crate::tunnel::accept(req, payload, state).await,
             "/healthz" => crate::admin::healthz(),
@@ -58,6 +71,9 @@ fn fail(state: &AppState, req: &HttpRequest, cluster: &str, e: ProxyError) -> Ht
     e.to_response()
 }
 
+/// Owners tried for one request before giving up (the first may be stale).
+const MAX_OWNER_TRIES: usize = 2;
+
 async fn proxy(
     req: &HttpRequest,
     payload: web::Payload,
@@ -67,80 +83,166 @@ async fn proxy(
     started: Instant,
 ) -> Result<HttpResponse, ProxyError> {
     let cluster = &route.cluster;
-    let tunnel = state
-        .hub
-        .pick(cluster)
-        .ok_or_else(|| ProxyError::ClusterOffline(cluster.clone()))?;
     let headers = upstream_request_headers(req.headers(), req.peer_addr().map(|a| a.ip()))?;
     let with_body = has_body(req.headers());
-    let Opened {
-        id,
-        head,
-        mut body,
-        shared,
-        outbox,
-        gone,
-    } = match tunnel.open.send(OpenStream).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(OpenError::Busy)) => return Err(ProxyError::TunnelBusy),
-        Ok(Err(OpenError::Closed)) | Err(_) => {
-            return Err(ProxyError::ClusterOffline(cluster.clone()));
-        }
-    };
-    let request = ProxyRequest {
-        stream_id: id,
-        method: req.method().as_str().to_string(),
-        host,
-        path: req.uri().path().to_string(),
-        query: req.uri().query().map(str::to_string),
-        headers,
-        body: with_body,
-        request_id: None,
-    };
-    let actor = StreamActor::new(StreamParts {
-        id,
-        shared,
-        outbox,
-        gone,
-        request,
-        payload: with_body.then_some(payload),
-        response_timeout: state.config.response_timeout,
-    })
-    .start();
-    body.on_drop(move || actor.do_send(ClientGone));
-    let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
-    let status = StatusCode::from_u16(head.status)
-        .ok()
-        .filter(|s| !s.is_informational())
-        .ok_or_else(|| ProxyError::UpstreamFailed(format!("invalid status {}", head.status)))?;
-    state.metrics.request(
+    let mut body = with_body.then(|| payload_body(payload));
+    let target = Target {
+        req,
+        state,
+        host: &host,
         cluster,
-        status.as_u16(),
-        Some(started.elapsed().as_secs_f64()),
-    );
-    let listed = response_connection_tokens(&head.headers);
-    let mut resp = HttpResponse::build(status);
-    let mut content_length = None;
-    for (name, value) in &head.headers {
-        let lower = name.to_ascii_lowercase();
-        if lower == "content-length" {
-            content_length = value.trim().parse::<u64>().ok();
-        } else if keep_response_header(&lower, &listed) {
-            resp.append_header((lower, value.as_str()));
+        headers,
+        with_body,
+        started,
+    };
+    if let Some(t) = state.hub.pick(cluster) {
+        return target.forward(t.open, false, body).await;
+    }
+    if !state.registry.is_shared() {
+        return Err(ProxyError::ClusterOffline(cluster.clone()));
+    }
+    let owners = state
+        .registry
+        .remote_owners(cluster)
+        .await
+        .map_err(|_| ProxyError::ClusterOffline(cluster.clone()))?;
+    let arc = state.clone().into_inner();
+    for owner in owners.iter().take(MAX_OWNER_TRIES) {
+        let link = match state.peers.link(&arc, owner).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%cluster, peer_node = %owner.node_id, error = %e, "owner unreachable; trying the next");
+                state
+                    .metrics
+                    .forwarded
+                    .get_or_create(&crate::telemetry::metrics::ReasonLabels {
+                        reason: "peer_unreachable",
+                    })
+                    .inc();
+                state.registry.drop_owner(cluster, &owner.node_id);
+                continue;
+            }
+        };
+        // A request body can be sent only once: with one, the first owner reached is the last.
+        if with_body && body.is_none() {
+            break;
+        }
+        match target.forward(link, true, body.take()).await {
+            Err(ProxyError::NotHere) => {
+                tracing::info!(%cluster, peer_node = %owner.node_id, "owner no longer holds the tunnel");
+                state
+                    .metrics
+                    .forwarded
+                    .get_or_create(&crate::telemetry::metrics::ReasonLabels { reason: "not_here" })
+                    .inc();
+                state.registry.drop_owner(cluster, &owner.node_id);
+            }
+            other => {
+                state
+                    .metrics
+                    .forwarded
+                    .get_or_create(&crate::telemetry::metrics::ReasonLabels {
+                        reason: "forwarded",
+                    })
+                    .inc();
+                return other;
+            }
         }
     }
-    if req.method() == Method::HEAD {
-        // The size a GET would have; actix sends the head alone for HEAD.
-        return Ok(match content_length {
+    Err(ProxyError::ClusterOffline(cluster.clone()))
+}
+
+/// One request on its way to a tunnel, directly or over a peer link.
+struct Target<'a> {
+    req: &'a HttpRequest,
+    state: &'a web::Data<AppState>,
+    host: &'a str,
+    cluster: &'a str,
+    headers: tunnelgate_proto::control::HeaderList,
+    with_body: bool,
+    started: Instant,
+}
+
+impl Target<'_> {
+    async fn forward(
+        &self,
+        open: actix::Recipient<OpenStream>,
+        via_peer: bool,
+        payload: Option<crate::tunnel::BodySource>,
+    ) -> Result<HttpResponse, ProxyError> {
+        let (req, state, cluster) = (self.req, self.state, self.cluster);
+        let Opened {
+            id,
+            head,
+            mut body,
+            shared,
+            outbox,
+            gone,
+        } = match open.send(OpenStream).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(OpenError::Busy)) => return Err(ProxyError::TunnelBusy),
+            Ok(Err(OpenError::Closed)) | Err(_) => {
+                return Err(ProxyError::ClusterOffline(cluster.to_string()));
+            }
+        };
+        let request = ProxyRequest {
+            stream_id: id,
+            method: req.method().as_str().to_string(),
+            host: self.host.to_string(),
+            path: req.uri().path().to_string(),
+            query: req.uri().query().map(str::to_string),
+            headers: self.headers.clone(),
+            body: self.with_body,
+            request_id: None,
+            cluster: via_peer.then(|| cluster.to_string()),
+            hops: u8::from(via_peer),
+        };
+        let actor = StreamActor::new(StreamParts {
+            id,
+            shared,
+            outbox,
+            gone,
+            request,
+            payload,
+            response_timeout: state.config.response_timeout,
+        })
+        .start();
+        body.on_drop(move || actor.do_send(ClientGone));
+        let started = self.started;
+        let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
+        let status = StatusCode::from_u16(head.status)
+            .ok()
+            .filter(|s| !s.is_informational())
+            .ok_or_else(|| ProxyError::UpstreamFailed(format!("invalid status {}", head.status)))?;
+        state.metrics.request(
+            cluster,
+            status.as_u16(),
+            Some(started.elapsed().as_secs_f64()),
+        );
+        let listed = response_connection_tokens(&head.headers);
+        let mut resp = HttpResponse::build(status);
+        let mut content_length = None;
+        for (name, value) in &head.headers {
+            let lower = name.to_ascii_lowercase();
+            if lower == "content-length" {
+                content_length = value.trim().parse::<u64>().ok();
+            } else if keep_response_header(&lower, &listed) {
+                resp.append_header((lower, value.as_str()));
+            }
+        }
+        if req.method() == Method::HEAD {
+            // The size a GET would have; actix sends the head alone for HEAD.
+            return Ok(match content_length {
+                Some(n) => resp.body(SizedStream::new(n, body)),
+                None => resp.finish(),
+            });
+        }
+        if !head.body {
+            return Ok(resp.finish());
+        }
+        Ok(match content_length {
             Some(n) => resp.body(SizedStream::new(n, body)),
-            None => resp.finish(),
-        });
+            None => resp.streaming(body),
+        })
     }
-    if !head.body {
-        return Ok(resp.finish());
-    }
-    Ok(match content_length {
-        Some(n) => resp.body(SizedStream::new(n, body)),
-        None => resp.streaming(body),
-    })
 }

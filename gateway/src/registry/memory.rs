@@ -15,7 +15,6 @@ pub(super) struct Memory {
 
 #[derive(Default)]
 struct Inner {
-    tokens: HashMap<[u8; 32], String>,
     /// host → routes of that host (each with its path), with expiry.
     hosts: HashMap<String, Vec<Stored>>,
 }
@@ -35,14 +34,6 @@ impl Memory {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn add_cluster(&self, id: &str, token_hash: [u8; 32]) {
-        self.write().tokens.insert(token_hash, id.to_string());
-    }
-
-    pub fn cluster_by_token(&self, hash: &[u8; 32]) -> Option<String> {
-        self.read().tokens.get(hash).cloned()
-    }
-
     pub fn upsert(&self, cluster: &str, routes: Vec<RouteSpec>, ttl: Duration) {
         let expires = Instant::now() + ttl;
         let mut g = self.write();
@@ -53,6 +44,7 @@ impl Memory {
                 entry: Arc::new(RouteEntry {
                     cluster: cluster.to_string(),
                     spec,
+                    updated_at: super::now_ms(),
                 }),
                 expires,
             });

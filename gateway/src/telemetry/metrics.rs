@@ -23,6 +23,11 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
 type HistogramFamily = Family<ClusterLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -49,6 +54,10 @@ pub struct Metrics {
     pub tunnel_errors: Family<ReasonLabels, Counter>,
     /// `gateway_tunnel_auth_failures_total{reason}`: refused agent connections.
     pub auth_failures: Family<ReasonLabels, Counter>,
+    /// `gateway_registry_backend_calls_total{op}`: operations sent to Redis.
+    pub backend_calls: Family<OpLabels, Counter>,
+    /// `gateway_forwarded_requests_total{outcome}`: requests sent over a peer link.
+    pub forwarded: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,7 +112,21 @@ impl Default for Metrics {
             "Refused agent connections, by reason",
             auth_failures.clone(),
         );
+        let backend_calls = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "gateway_registry_backend_calls",
+            "Operations sent to the shared registry (Redis), by operation",
+            backend_calls.clone(),
+        );
+        let forwarded = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gateway_forwarded_requests",
+            "Requests forwarded to the node owning the cluster's tunnel, by outcome",
+            forwarded.clone(),
+        );
         Metrics {
+            backend_calls,
+            forwarded,
             registry,
             requests,
             request_duration,

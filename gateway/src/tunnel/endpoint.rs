@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use actix::{Actor, AsyncContext};
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{CloseCode, CloseReason, Session};
-use futures_util::SinkExt;
-use tunnelgate_mux::{OutboxRx, Outgoing, outbox};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use futures_util::StreamExt;
+use tunnelgate_mux::{Outgoing, outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
-use super::tunnel_actor::TunnelActor;
+use super::tunnel_actor::{Role, TunnelActor, WsIn};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 
@@ -60,7 +60,7 @@ pub async fn accept(
             &format!("this token does not belong to cluster {claimed:?}"),
         );
     }
-    let (response, session, stream) = match actix_ws::handle(&req, payload) {
+    let (mut response, session, stream) = match actix_ws::handle(&req, payload) {
         Ok(parts) => parts,
         Err(e) => {
             state.metrics.auth_failure("bad_upgrade");
@@ -74,46 +74,43 @@ pub async fn accept(
         .max_frame_size(MAX_WS_MESSAGE)
         .aggregate_continuations()
         .max_continuation_size(MAX_WS_MESSAGE);
+    // Which node answered, so an agent that already holds a tunnel here can hang up before
+    // registering and dial again for another node.
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(state.config.node_id()) {
+        response.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(crate::cluster::NODE_HEADER),
+            v,
+        );
+    }
     let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
-    actix_rt::spawn(write_loop(session, rx));
+    actix_rt::spawn(write_loop(rx, session, to_actix));
     let state = Arc::clone(&state.into_inner());
     TunnelActor::create(move |ctx| {
-        ctx.add_stream(stream);
-        TunnelActor::new(cluster, peer, out, state)
+        ctx.add_stream(stream.map(from_actix));
+        TunnelActor::new(cluster, peer, out, state, Role::Agent)
     });
     response
 }
 
-/// The tunnel's single writer: owns the session, so frames leave in queue order.
-async fn write_loop(mut session: Session, mut rx: OutboxRx) {
-    while let Some(first) = rx.next().await {
-        let mut msg = Some(first);
-        // Feed what is already queued, then flush once.
-        while let Some(m) = msg.take() {
-            let sent = match m {
-                Outgoing::Text(s) => session.feed(actix_ws::Message::Text(s.into())).await,
-                Outgoing::Binary(b) => session.feed(actix_ws::Message::Binary(b)).await,
-                Outgoing::Close { code, reason } => {
-                    let _ = session
-                        .close(Some(CloseReason {
-                            code: CloseCode::from(code),
-                            description: Some(reason),
-                        }))
-                        .await;
-                    rx.close();
-                    return;
-                }
-            };
-            if sent.is_err() {
-                rx.close();
-                return;
-            }
-            msg = rx.try_next();
-        }
-        if session.flush().await.is_err() {
-            break;
-        }
+/// Outgoing messages as actix-ws messages, for [`write_loop`].
+pub fn to_actix(m: Outgoing) -> actix_ws::Message {
+    match m {
+        Outgoing::Text(s) => actix_ws::Message::Text(s.into()),
+        Outgoing::Binary(b) => actix_ws::Message::Binary(b),
+        Outgoing::Close { code, reason } => actix_ws::Message::Close(Some(CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason),
+        })),
     }
-    rx.close();
-    let _ = session.close(None).await;
+}
+
+/// Incoming actix-ws messages as the tunnel actor reads them.
+pub fn from_actix(m: Result<AggregatedMessage, ProtocolError>) -> WsIn {
+    match m {
+        Ok(AggregatedMessage::Text(t)) => WsIn::Text(t.to_string()),
+        Ok(AggregatedMessage::Binary(b)) => WsIn::Binary(b),
+        Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_)) => WsIn::Other,
+        Ok(AggregatedMessage::Close(r)) => WsIn::Close(r.and_then(|r| r.description)),
+        Err(e) => WsIn::Error(e.to_string()),
+    }
 }

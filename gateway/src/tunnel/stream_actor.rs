@@ -24,6 +24,20 @@ use crate::error::ProxyError;
 #[rtype(result = "()")]
 pub struct ClientGone;
 
+/// A request body: the client's payload, or a peer's DATA frames through a pipe.
+pub type BodySource =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, String>>>>;
+
+/// The client's request body as a [`BodySource`].
+pub fn payload_body(p: web::Payload) -> BodySource {
+    Box::pin(p.map(|r| r.map_err(|e| e.to_string())))
+}
+
+/// A pipe (a peer's upload) as a [`BodySource`].
+pub fn pipe_body(r: tunnelgate_mux::PipeReader) -> BodySource {
+    Box::pin(r.map(|r| r.map_err(|e| e.0)))
+}
+
 /// What a stream actor needs to run.
 pub struct StreamParts {
     pub id: StreamId,
@@ -31,8 +45,8 @@ pub struct StreamParts {
     pub outbox: Outbox,
     pub gone: Recipient<StreamGone>,
     pub request: ProxyRequest,
-    /// The client's request body, when it has one.
-    pub payload: Option<web::Payload>,
+    /// The request body, when it has one.
+    pub payload: Option<BodySource>,
     pub response_timeout: Duration,
 }
 
@@ -66,7 +80,7 @@ async fn upload(
     outbox: Outbox,
     shared: Arc<StreamShared>,
     request: ProxyRequest,
-    payload: Option<web::Payload>,
+    payload: Option<BodySource>,
 ) -> Result<(), UploadError> {
     outbox
         .send_control(&Control::ProxyRequest(request))
@@ -76,7 +90,7 @@ async fn upload(
         return Ok(());
     };
     while let Some(chunk) = payload.next().await {
-        let mut chunk = chunk.map_err(|e| UploadError::Client(e.to_string()))?;
+        let mut chunk = chunk.map_err(UploadError::Client)?;
         while !chunk.is_empty() {
             let piece = chunk.split_to(chunk.len().min(MAX_FRAME_PAYLOAD));
             shared

@@ -2,28 +2,33 @@
 //! message the agent sends, and dispatches it to the stream it names. Writes go through the
 //! tunnel's [`Outbox`] to the writer task that owns the socket.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix::{
-    Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, StreamHandler,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient,
+    StreamHandler, WrapFuture,
 };
-use actix_ws::{AggregatedMessage, ProtocolError};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 use tunnelgate_mux::{
     Outbox, Outgoing, PipeError, PipeReader, PipeWriter, PushError, SendCredit, pipe,
 };
-use tunnelgate_proto::control::{ProxyResponse, RegisterError, RegisterSuccess};
+use tunnelgate_proto::control::{ProxyResponse, RegisterError, RegisterSuccess, RouteAction};
+use tunnelgate_proto::routes::RouteSpec;
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
 use super::hub::TunnelRef;
 use crate::AppState;
 use crate::config::REGISTER_TIMEOUT;
 use crate::error::ProxyError;
+use crate::registry::LeaseState;
+
+/// Routes one cluster may publish through one tunnel; more are refused in `routes_ack`.
+pub const MAX_ROUTES_PER_TUNNEL: usize = 10_000;
 
 /// Opens a stream on this tunnel for one proxied request.
 #[derive(Message)]
@@ -99,6 +104,27 @@ struct Slot {
 
 static NEXT_TUNNEL_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A WebSocket message as the actor reads it, whichever library carried it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum WsIn {
+    Text(String),
+    Binary(Bytes),
+    Close(Option<String>),
+    /// Ping, pong: liveness only.
+    Other,
+    Error(String),
+}
+
+/// Who is on the other end of the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// An agent: it registers, publishes routes, heartbeats, and answers streams.
+    Agent,
+    /// Another gateway node (this node dialled it): it answers streams for its local tunnels.
+    Peer { node_id: String },
+}
+
 /// One agent connection.
 pub struct TunnelActor {
     id: u64,
@@ -114,6 +140,14 @@ pub struct TunnelActor {
     close_reason: Option<String>,
     /// A close is already in the writer's queue behind a final message.
     close_queued: bool,
+    /// The routes this tunnel's agent published, kept to publish again if the registry
+    /// loses them (Redis restarted empty).
+    routes: BTreeMap<(String, String), RouteSpec>,
+    /// The ownership lease: connection id, and the epoch once claimed.
+    conn_id: String,
+    epoch: Option<u64>,
+    lease_busy: bool,
+    role: Role,
 }
 
 impl TunnelActor {
@@ -122,6 +156,7 @@ impl TunnelActor {
         peer: Option<SocketAddr>,
         out: Outbox,
         state: Arc<AppState>,
+        role: Role,
     ) -> Self {
         let now = Instant::now();
         TunnelActor {
@@ -132,12 +167,23 @@ impl TunnelActor {
             state,
             streams: HashMap::new(),
             next_stream: 1,
-            registered: false,
             opened_at: now,
             last_seen: now,
             close_reason: None,
             close_queued: false,
+            routes: BTreeMap::new(),
+            conn_id: String::new(),
+            epoch: None,
+            lease_busy: false,
+            // A peer link needs no registration: it is usable as soon as it is up.
+            registered: role != Role::Agent,
+            role,
         }
+    }
+
+    /// This tunnel's id on this node.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Closes the whole tunnel: the agent broke the protocol or went silent.
@@ -246,38 +292,34 @@ impl TunnelActor {
         if !self.registered && !matches!(msg, Control::Register(_)) {
             return self.protocol_error(ctx, "the first message must be register".into());
         }
+        if matches!(self.role, Role::Peer { .. })
+            && !matches!(msg, Control::ProxyResponse(_) | Control::ProxyError(_))
+        {
+            return self.protocol_error(
+                ctx,
+                format!("peer sent {}, which a peer link does not carry", msg.name()),
+            );
+        }
         match msg {
             Control::Register(r) => self.on_register(ctx, r),
             Control::Heartbeat(h) => {
-                self.state.registry.touch(&self.cluster);
                 let ack = Control::HeartbeatAck(tunnelgate_proto::control::HeartbeatAck {
                     sent_at_ms: h.sent_at_ms,
                 });
                 // An agent that does not read its acks loses them; nothing else queues.
                 self.out.try_send(Outgoing::Text(ack.to_json()));
-            }
-            Control::IngressRoutes(m) => {
-                let count = m.routes.len();
-                let ack = self
-                    .state
-                    .registry
-                    .apply_routes(&self.cluster, m.action, m.routes);
-                for r in &ack.rejected {
-                    tracing::warn!(cluster = %self.cluster, host = %r.host, path = %r.path, reason = %r.reason, "route rejected");
-                }
-                tracing::info!(
-                    cluster = %self.cluster, action = ?m.action, routes = count,
-                    accepted = ack.accepted.len(), rejected = ack.rejected.len(), "routes updated"
+                let (reg, cluster) = (self.state.registry.clone(), self.cluster.clone());
+                ctx.spawn(
+                    async move { reg.touch(&cluster).await }
+                        .into_actor(self)
+                        .map(|res, act, ctx| {
+                            if let Ok(false) = res {
+                                act.republish_routes(ctx);
+                            }
+                        }),
                 );
-                let routes = self.state.registry.route_count(&self.cluster);
-                self.state.metrics.set_cluster(&self.cluster, true, routes);
-                if !self
-                    .out
-                    .try_send(Outgoing::Text(Control::RoutesAck(ack).to_json()))
-                {
-                    tracing::warn!(cluster = %self.cluster, "routes_ack dropped: agent is not reading");
-                }
             }
+            Control::IngressRoutes(m) => self.on_routes(ctx, m),
             Control::ProxyResponse(r) => {
                 let id = r.stream_id;
                 let Some(slot) = self.slot_for(ctx, id, "proxy_response") else {
@@ -314,6 +356,128 @@ impl TunnelActor {
         }
     }
 
+    fn on_routes(&mut self, ctx: &mut Context<Self>, m: tunnelgate_proto::control::IngressRoutes) {
+        let count = m.routes.len();
+        let (mut good, mut ack) = self.state.registry.vet_routes(&self.cluster, m.routes);
+        if m.action == RouteAction::Sync {
+            self.routes.clear();
+        }
+        let key = |r: &RouteSpec| (r.host.clone(), r.path.clone());
+        if m.action == RouteAction::Delete {
+            for r in &good {
+                self.routes.remove(&key(r));
+            }
+        } else {
+            let room = MAX_ROUTES_PER_TUNNEL.saturating_sub(self.routes.len());
+            if good.len() > room {
+                for r in good.split_off(room) {
+                    ack.accepted
+                        .retain(|k| !(k.host == r.host && k.path == r.path));
+                    ack.rejected
+                        .push(tunnelgate_proto::control::RouteRejection {
+                            host: r.host,
+                            path: r.path,
+                            reason: format!("more than {MAX_ROUTES_PER_TUNNEL} routes"),
+                        });
+                }
+            }
+            for r in &good {
+                self.routes.insert(key(r), r.clone());
+            }
+        }
+        for r in &ack.rejected {
+            tracing::warn!(cluster = %self.cluster, host = %r.host, path = %r.path, reason = %r.reason, "route rejected");
+        }
+        tracing::info!(
+            cluster = %self.cluster, action = ?m.action, routes = count,
+            accepted = ack.accepted.len(), rejected = ack.rejected.len(), "routes updated"
+        );
+        let (reg, cluster) = (self.state.registry.clone(), self.cluster.clone());
+        // `wait`: later messages from this agent are handled after the routes are stored, so
+        // updates apply in order and the ack means "routable on every node".
+        ctx.wait(
+            async move { reg.store_routes(&cluster, m.action, good).await }
+                .into_actor(self)
+                .map(move |res, act, _ctx| {
+                    if let Err(e) = res {
+                        tracing::warn!(cluster = %act.cluster, error = %e, "routes kept on this node; published when the registry is back");
+                    }
+                    let routes = act.state.registry.route_count(&act.cluster);
+                    act.state.metrics.set_cluster(&act.cluster, true, routes);
+                    if !act.out.try_send(Outgoing::Text(Control::RoutesAck(ack).to_json())) {
+                        tracing::warn!(cluster = %act.cluster, "routes_ack dropped: agent is not reading");
+                    }
+                }),
+        );
+    }
+
+    /// Publishes this tunnel's routes again (the registry lost them).
+    fn republish_routes(&mut self, ctx: &mut Context<Self>) {
+        if self.routes.is_empty() {
+            return;
+        }
+        tracing::info!(cluster = %self.cluster, routes = self.routes.len(), "registry lost the routes; publishing them again");
+        let routes: Vec<RouteSpec> = self.routes.values().cloned().collect();
+        let (reg, cluster) = (self.state.registry.clone(), self.cluster.clone());
+        ctx.spawn(
+            async move {
+                if let Err(e) = reg.store_routes(&cluster, RouteAction::Sync, routes).await {
+                    tracing::warn!(%cluster, error = %e, "publishing routes again failed");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn lease_duration(&self) -> std::time::Duration {
+        self.state.config.heartbeat_interval * 3
+    }
+
+    /// Claims or refreshes this tunnel's ownership lease; closes the tunnel when a newer
+    /// connection holds it.
+    fn keep_lease(&mut self, ctx: &mut Context<Self>) {
+        if !self.registered
+            || self.lease_busy
+            || self.role != Role::Agent
+            || !self.state.registry.is_shared()
+        {
+            return;
+        }
+        self.lease_busy = true;
+        let (reg, cluster, conn, lease, epoch) = (
+            self.state.registry.clone(),
+            self.cluster.clone(),
+            self.conn_id.clone(),
+            self.lease_duration(),
+            self.epoch,
+        );
+        let work = async move {
+            match epoch {
+                Some(e) => match reg.refresh_tunnel(&cluster, &conn, e, lease).await? {
+                    LeaseState::Held => Ok(Some(e)),
+                    LeaseState::Lost => reg.claim_tunnel(&cluster, &conn, lease).await.map(Some),
+                    LeaseState::Fenced => Ok(None),
+                },
+                None => reg.claim_tunnel(&cluster, &conn, lease).await.map(Some),
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
+            act.lease_busy = false;
+            match res {
+                Ok(Some(e)) => act.epoch = Some(e),
+                Ok(None) => act.close(
+                    ctx,
+                    1008,
+                    "a newer connection holds this tunnel's lease".into(),
+                    "fenced",
+                ),
+                Err(e) => {
+                    tracing::debug!(cluster = %act.cluster, error = %e, "lease not refreshed")
+                }
+            }
+        }));
+    }
+
     fn on_register(&mut self, ctx: &mut Context<Self>, r: tunnelgate_proto::control::Register) {
         if self.registered {
             return self.protocol_error(ctx, "register sent twice".into());
@@ -336,6 +500,33 @@ impl TunnelActor {
             self.close_queued = true;
             return ctx.stop();
         }
+        self.registered = true;
+        self.conn_id = r
+            .connection_id
+            .clone()
+            .filter(|c| !c.is_empty() && c.len() <= 128 && !c.contains('|'))
+            .unwrap_or_else(|| format!("{}-{}", self.state.config.node_id(), self.id));
+        let (reg, cluster, conn, lease) = (
+            self.state.registry.clone(),
+            self.cluster.clone(),
+            self.conn_id.clone(),
+            self.lease_duration(),
+        );
+        // `wait`: nothing else from this agent is handled until the tunnel is on record.
+        ctx.wait(
+            async move { reg.claim_tunnel(&cluster, &conn, lease).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    match res {
+                        Ok(epoch) => act.epoch = Some(epoch),
+                        Err(e) => tracing::warn!(cluster = %act.cluster, error = %e, "tunnel serves through this node only until the registry is back"),
+                    }
+                    act.finish_register(ctx, r);
+                }),
+        );
+    }
+
+    fn finish_register(&mut self, ctx: &mut Context<Self>, r: tunnelgate_proto::control::Register) {
         let cfg = &self.state.config;
         let ok = RegisterSuccess {
             node_id: cfg.node_id().to_string(),
@@ -353,13 +544,12 @@ impl TunnelActor {
                 open: ctx.address().recipient(),
             },
         );
-        self.registered = true;
         self.state.metrics.tunnels.inc();
         let routes = self.state.registry.route_count(&self.cluster);
         self.state.metrics.set_cluster(&self.cluster, true, routes);
         tracing::info!(
-            cluster = %self.cluster, tunnel = self.id, peer = ?self.peer,
-            agent_version = %r.agent_version, agent_host = ?r.hostname, "tunnel registered"
+            cluster = %self.cluster, tunnel = self.id, peer = ?self.peer, connection = %self.conn_id,
+            epoch = ?self.epoch, agent_version = %r.agent_version, agent_host = ?r.hostname, "tunnel registered"
         );
     }
 }
@@ -368,6 +558,10 @@ impl Actor for TunnelActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Role::Peer { node_id } = &self.role {
+            tracing::info!(peer_node = %node_id, "peer link up");
+            return;
+        }
         let interval = self.state.config.heartbeat_interval;
         ctx.run_interval(interval / 2, move |act, ctx| {
             if !act.registered && act.opened_at.elapsed() > REGISTER_TIMEOUT {
@@ -377,7 +571,9 @@ impl Actor for TunnelActor {
                     "no register message in time".into(),
                     "register_timeout",
                 );
-            } else if act.last_seen.elapsed() > interval * 3 {
+            } else if act.last_seen.elapsed() <= interval * 3 {
+                act.keep_lease(ctx);
+            } else {
                 act.close(
                     ctx,
                     1001,
@@ -403,7 +599,18 @@ impl Actor for TunnelActor {
                 .unwrap_or_else(|| "tunnel closed".into());
             self.out.close(1000, reason);
         }
-        if self.registered {
+        if let Some(epoch) = self.epoch.take() {
+            let (reg, cluster, conn) = (
+                self.state.registry.clone(),
+                self.cluster.clone(),
+                self.conn_id.clone(),
+            );
+            actix_rt::spawn(async move { reg.release_tunnel(&cluster, &conn, epoch).await });
+        }
+        if let Role::Peer { node_id } = &self.role {
+            self.state.peers.remove(node_id, self.id);
+            tracing::info!(peer_node = %node_id, reason = self.close_reason.as_deref().unwrap_or("closed"), "peer link down");
+        } else if self.registered {
             self.state.metrics.tunnels.dec();
             let left = self.state.hub.remove(&self.cluster, self.id);
             if left == 0 {
@@ -419,23 +626,26 @@ impl Actor for TunnelActor {
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for TunnelActor {
-    fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+impl StreamHandler<WsIn> for TunnelActor {
+    fn handle(&mut self, msg: WsIn, ctx: &mut Context<Self>) {
         self.last_seen = Instant::now();
         match msg {
-            Ok(AggregatedMessage::Binary(b)) => {
+            WsIn::Binary(b) => {
                 if !self.registered {
                     return self.protocol_error(ctx, "the first message must be register".into());
                 }
                 self.on_frame(ctx, b)
             }
-            Ok(AggregatedMessage::Text(t)) => self.on_control(ctx, &t),
-            Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(reason)) => {
-                self.close_reason = Some(format!("agent closed the tunnel: {reason:?}"));
+            WsIn::Text(t) => self.on_control(ctx, &t),
+            WsIn::Other => {}
+            WsIn::Close(reason) => {
+                self.close_reason = Some(format!(
+                    "the other end closed the tunnel: {}",
+                    reason.unwrap_or_default()
+                ));
                 ctx.stop();
             }
-            Err(e) => {
+            WsIn::Error(e) => {
                 self.close(ctx, 1002, format!("WebSocket error: {e}"), "websocket");
             }
         }

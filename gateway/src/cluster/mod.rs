@@ -1,0 +1,60 @@
+//! The gateway as one node of many: peer links to the nodes that own other clusters' tunnels
+//! ([`peers`]), the peer endpoint other nodes dial ([`peer_server`]), and this node's
+//! membership record ([`run_membership`]).
+//!
+//! A request that lands on a node without the cluster's tunnel is forwarded over a peer link
+//! to a node that has one: it is one more stream on that link, with the same frames and flow
+//! control as a tunnel. A node answers forwarded requests only from its own tunnels, so a
+//! request takes at most one hop.
+
+pub mod peer_server;
+pub mod peers;
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::registry::{NodeRecord, now_ms};
+
+pub use peers::PeerPool;
+
+/// Header carrying the dialling node's id on a peer link.
+pub const NODE_HEADER: &str = "x-tunnelgate-node";
+
+/// Compares secrets by their digests, so the time taken says nothing about the secret.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    Sha256::digest(a.as_bytes()) == Sha256::digest(b.as_bytes())
+}
+
+/// Keeps this node's record and the cluster list current, every heartbeat interval; brings
+/// everything back by itself when Redis returns, also when it returns empty.
+pub async fn run_membership(state: Arc<AppState>) {
+    let cfg = &state.config;
+    let Some(peer_addr) = cfg
+        .peer_advertise
+        .clone()
+        .or_else(|| cfg.peer_listen.map(|a| a.to_string()))
+    else {
+        return;
+    };
+    let record = NodeRecord {
+        peer_addr,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: now_ms(),
+    };
+    let ttl = cfg.heartbeat_interval * 3;
+    let mut tick = tokio::time::interval(cfg.heartbeat_interval);
+    let mut clusters_synced = false;
+    loop {
+        tick.tick().await;
+        let was_healthy = state.registry.is_healthy();
+        if state.registry.announce_node(&record, ttl).await.is_err() {
+            clusters_synced = false;
+            continue;
+        }
+        if !clusters_synced || !was_healthy {
+            clusters_synced = state.registry.sync_clusters().await.is_ok();
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! `GET /v1/peer` on the peer listener: another node forwards requests for clusters whose
+//! tunnels live here. [`PeerServer`] answers each forwarded stream from a local tunnel, bridging
+//! frames and credit between the peer link and the tunnel; it never forwards further.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, SpawnHandle, StreamHandler,
+    WrapFuture,
+};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use tunnelgate_mux::{
+    Outbox, Outgoing, PipeWriter, PushError, SendCredit, outbox, pipe, write_loop,
+};
+use tunnelgate_proto::control::{ProxyError as ProxyErrorMsg, ProxyErrorKind, ProxyRequest};
+use tunnelgate_proto::limits::{MAX_FRAME_PAYLOAD, MAX_WS_MESSAGE};
+use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
+
+use super::{NODE_HEADER, same_secret};
+use crate::AppState;
+use crate::config::TUNNEL_OUTBOX_CAPACITY;
+use crate::tunnel::{
+    ClientGone, OpenError, OpenStream, Opened, StreamActor, StreamParts, WsIn, from_actix,
+    pipe_body, to_actix,
+};
+
+fn refuse(status: StatusCode, why: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("{}: {why}\n", status.as_u16()))
+}
+
+/// Authenticates a node and upgrades its peer link.
+pub async fn accept(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(secret) = state.config.peer_secret.as_ref() else {
+        return refuse(StatusCode::NOT_FOUND, "this node takes no peer links");
+    };
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same_secret(presented, secret.expose()) {
+        state.metrics.auth_failure("bad_peer_secret");
+        tracing::warn!(peer = ?req.peer_addr(), "peer link refused: wrong secret");
+        return refuse(StatusCode::UNAUTHORIZED, "invalid peer secret");
+    }
+    let Some(node) = req
+        .headers()
+        .get(NODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return refuse(StatusCode::BAD_REQUEST, "missing x-tunnelgate-node header");
+    };
+    let (response, session, stream) = match actix_ws::handle(&req, payload) {
+        Ok(parts) => parts,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("WebSocket upgrade required: {e}"),
+            );
+        }
+    };
+    let stream = stream
+        .max_frame_size(MAX_WS_MESSAGE)
+        .aggregate_continuations()
+        .max_continuation_size(MAX_WS_MESSAGE);
+    let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
+    actix_rt::spawn(write_loop(rx, session, to_actix));
+    let state = Arc::clone(&state.into_inner());
+    tracing::info!(peer_node = %node, "peer link accepted");
+    PeerServer::create(move |ctx| {
+        ctx.add_stream(stream.map(from_actix));
+        PeerServer {
+            node,
+            out,
+            state,
+            streams: HashMap::new(),
+        }
+    });
+    response
+}
+
+struct Bridge {
+    upload: Option<PipeWriter>,
+    credit: Arc<SendCredit>,
+    task: SpawnHandle,
+}
+
+/// The serving end of one peer link.
+pub struct PeerServer {
+    node: String,
+    out: Outbox,
+    state: Arc<AppState>,
+    streams: HashMap<StreamId, Bridge>,
+}
+
+impl PeerServer {
+    fn fail(&self, stream_id: StreamId, kind: ProxyErrorKind, message: String) {
+        let msg = Control::ProxyError(ProxyErrorMsg {
+            stream_id,
+            kind,
+            message,
+        });
+        self.out.try_send(Outgoing::Text(msg.to_json()));
+    }
+
+    fn protocol_error(&mut self, ctx: &mut Context<Self>, why: String) {
+        tracing::warn!(peer_node = %self.node, %why, "closing peer link");
+        self.state.metrics.tunnel_error("peer_protocol");
+        self.out.close(1002, why);
+        ctx.stop();
+    }
+
+    fn open(&mut self, ctx: &mut Context<Self>, req: ProxyRequest) {
+        let sid = req.stream_id;
+        if sid == 0 || self.streams.contains_key(&sid) {
+            return self.protocol_error(ctx, format!("stream id {sid} reused"));
+        }
+        let Some(cluster) = req.cluster.clone() else {
+            return self.protocol_error(ctx, "forwarded request without a cluster".into());
+        };
+        if req.hops > 1 {
+            return self.fail(sid, ProxyErrorKind::NotHere, "hop limit reached".into());
+        }
+        let Some(tunnel) = self.state.hub.pick(&cluster) else {
+            let msg = format!(
+                "node {} holds no tunnel of cluster {cluster}",
+                self.state.config.node_id()
+            );
+            return self.fail(sid, ProxyErrorKind::NotHere, msg);
+        };
+        let window = self.state.config.stream_window;
+        let (upload, reader) = match req.body {
+            true => {
+                let (w, r) = pipe(sid, window, self.out.board());
+                (Some(w), Some(r))
+            }
+            false => (None, None),
+        };
+        let credit = Arc::new(SendCredit::new(window));
+        let fut = bridge(
+            self.state.clone(),
+            tunnel.open,
+            req,
+            reader,
+            credit.clone(),
+            self.out.clone(),
+        );
+        let task = ctx.spawn(fut.into_actor(self).map(move |_, act, _| {
+            act.streams.remove(&sid);
+        }));
+        self.streams.insert(
+            sid,
+            Bridge {
+                upload,
+                credit,
+                task,
+            },
+        );
+    }
+
+    fn on_frame(&mut self, ctx: &mut Context<Self>, msg: bytes::Bytes) {
+        let frame = match Frame::decode(msg) {
+            Ok(f) => f,
+            Err(e) => return self.protocol_error(ctx, format!("malformed frame: {e}")),
+        };
+        let sid = frame.stream();
+        let Some(b) = self.streams.get(&sid) else {
+            return;
+        };
+        match frame {
+            Frame::Data { data, .. } => {
+                let err = match &b.upload {
+                    Some(w) => w.push(data).err(),
+                    None => Some(PushError::Ended),
+                };
+                if let Some(e) = err.filter(|e| *e != PushError::ReaderGone) {
+                    tracing::warn!(peer_node = %self.node, stream = sid, error = %e, "resetting forwarded stream");
+                    self.cancel(ctx, sid);
+                    self.out.reset(sid, ResetCode::FLOW_CONTROL);
+                }
+            }
+            Frame::End { .. } => {
+                if let Some(w) = &b.upload {
+                    w.finish();
+                }
+            }
+            Frame::Window { credit, .. } => {
+                if b.credit.grant(credit).is_err() {
+                    self.cancel(ctx, sid);
+                    self.out.reset(sid, ResetCode::FLOW_CONTROL);
+                }
+            }
+            Frame::Reset { .. } => self.cancel(ctx, sid),
+            Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
+                self.cancel(ctx, sid);
+                self.out.reset(sid, ResetCode::PROTOCOL);
+            }
+        }
+    }
+
+    /// Drops a forwarded stream: its bridge future ends, which resets the tunnel stream.
+    fn cancel(&mut self, ctx: &mut Context<Self>, sid: StreamId) {
+        if let Some(b) = self.streams.remove(&sid) {
+            b.credit.close();
+            ctx.cancel_future(b.task);
+        }
+    }
+}
+
+/// Serves one forwarded stream from a local tunnel.
+async fn bridge(
+    state: Arc<AppState>,
+    tunnel: actix::Recipient<OpenStream>,
+    req: ProxyRequest,
+    upload: Option<tunnelgate_mux::PipeReader>,
+    credit: Arc<SendCredit>,
+    out: Outbox,
+) {
+    let sid = req.stream_id;
+    let fail = |kind, message: String| {
+        let msg = Control::ProxyError(ProxyErrorMsg {
+            stream_id: sid,
+            kind,
+            message,
+        });
+        out.try_send(Outgoing::Text(msg.to_json()));
+    };
+    let Opened {
+        id,
+        head,
+        mut body,
+        shared,
+        outbox,
+        gone,
+    } = match tunnel.send(OpenStream).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(OpenError::Busy)) => {
+            return fail(ProxyErrorKind::Refused, "tunnel at its stream limit".into());
+        }
+        _ => return fail(ProxyErrorKind::NotHere, "tunnel closed".into()),
+    };
+    let mut request = req;
+    request.stream_id = id;
+    request.cluster = None;
+    request.hops = 0;
+    let actor = StreamActor::new(StreamParts {
+        id,
+        shared,
+        outbox,
+        gone,
+        request,
+        payload: upload.map(pipe_body),
+        response_timeout: state.config.response_timeout,
+    })
+    .start();
+    body.on_drop(move || actor.do_send(ClientGone));
+    let mut head = match head.await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            let (kind, message) = e.to_peer();
+            return fail(kind, message);
+        }
+        Err(_) => return fail(ProxyErrorKind::UpstreamFailed, "tunnel lost".into()),
+    };
+    head.stream_id = sid;
+    let has_body = head.body;
+    if out
+        .send_control(&Control::ProxyResponse(head))
+        .await
+        .is_err()
+        || !has_body
+    {
+        return;
+    }
+    while let Some(chunk) = body.next().await {
+        let Ok(mut data) = chunk else {
+            out.reset(sid, ResetCode::UPSTREAM);
+            return;
+        };
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(MAX_FRAME_PAYLOAD));
+            if credit.acquire(piece.len()).await.is_err() {
+                return;
+            }
+            if out
+                .send_frame(&Frame::Data {
+                    stream: sid,
+                    data: piece,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    let _ = out.send_frame(&Frame::End { stream: sid }).await;
+}
+
+impl Actor for PeerServer {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        for (_, b) in self.streams.drain() {
+            b.credit.close();
+        }
+        self.out.close(1000, "peer link closed");
+        tracing::info!(peer_node = %self.node, "peer link closed");
+    }
+}
+
+impl StreamHandler<WsIn> for PeerServer {
+    fn handle(&mut self, msg: WsIn, ctx: &mut Context<Self>) {
+        match msg {
+            WsIn::Binary(b) => self.on_frame(ctx, b),
+            WsIn::Text(t) => match Control::from_json(&t) {
+                Ok(Control::ProxyRequest(r)) => self.open(ctx, r),
+                Ok(other) => self.protocol_error(
+                    ctx,
+                    format!(
+                        "peer sent {}, which a peer link does not carry",
+                        other.name()
+                    ),
+                ),
+                Err(e) => self.protocol_error(ctx, e.to_string()),
+            },
+            WsIn::Other => {}
+            WsIn::Close(_) => ctx.stop(),
+            WsIn::Error(e) => self.protocol_error(ctx, format!("WebSocket error: {e}")),
+        }
+    }
+}

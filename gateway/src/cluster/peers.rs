@@ -1,0 +1,136 @@
+//! Outgoing peer links: one per remote node, dialled on first use and reused. A link is a
+//! [`TunnelActor`] in the peer role over a WebSocket this node opened.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext, Recipient};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tunnelgate_mux::{Outgoing, outbox, write_loop};
+use tunnelgate_proto::limits::MAX_WS_MESSAGE;
+
+use super::NODE_HEADER;
+use crate::AppState;
+use crate::config::TUNNEL_OUTBOX_CAPACITY;
+use crate::registry::Owner;
+use crate::tunnel::{OpenStream, Role, TunnelActor, WsIn};
+
+/// Time to open a peer link before the owner counts as unreachable.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+pub struct PeerPool {
+    links: Mutex<HashMap<String, (u64, Recipient<OpenStream>)>>,
+}
+
+fn to_tungstenite(m: Outgoing) -> Message {
+    match m {
+        Outgoing::Text(s) => Message::Text(s.into()),
+        Outgoing::Binary(b) => Message::Binary(b),
+        Outgoing::Close { code, reason } => Message::Close(Some(CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        })),
+    }
+}
+
+fn from_tungstenite(m: Result<Message, tungstenite::Error>) -> WsIn {
+    match m {
+        Ok(Message::Text(t)) => WsIn::Text(t.to_string()),
+        Ok(Message::Binary(b)) => WsIn::Binary(b),
+        Ok(Message::Close(c)) => WsIn::Close(c.map(|c| c.reason.to_string())),
+        Ok(_) => WsIn::Other,
+        Err(e) => WsIn::Error(e.to_string()),
+    }
+}
+
+impl PeerPool {
+    /// The link to `owner`, dialling it if there is none.
+    pub async fn link(
+        &self,
+        state: &Arc<AppState>,
+        owner: &Owner,
+    ) -> Result<Recipient<OpenStream>, String> {
+        if let Some((_, r)) = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&owner.node_id)
+        {
+            if r.connected() {
+                return Ok(r.clone());
+            }
+        }
+        let secret = state
+            .config
+            .peer_secret
+            .as_ref()
+            .ok_or("no --peer-secret configured")?
+            .expose()
+            .to_string();
+        let url = format!("ws://{}/v1/peer", owner.peer_addr);
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        let h = req.headers_mut();
+        h.insert(
+            "authorization",
+            format!("Bearer {secret}")
+                .parse()
+                .map_err(|_| "bad secret")?,
+        );
+        h.insert(
+            NODE_HEADER,
+            state.config.node_id().parse().map_err(|_| "bad node id")?,
+        );
+        let cfg = WebSocketConfig::default()
+            .max_message_size(Some(MAX_WS_MESSAGE + 16))
+            .max_frame_size(Some(MAX_WS_MESSAGE + 16));
+        let connect = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+        let (ws, _) = tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                format!(
+                    "peer {} at {url}: no answer in {PEER_CONNECT_TIMEOUT:?}",
+                    owner.node_id
+                )
+            })?
+            .map_err(|e| format!("peer {} at {url}: {e}", owner.node_id))?;
+        let (sink, stream) = ws.split();
+        let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
+        actix_rt::spawn(write_loop(rx, sink, to_tungstenite));
+        let actor = TunnelActor::new(
+            owner.node_id.clone(),
+            None,
+            out,
+            state.clone(),
+            Role::Peer {
+                node_id: owner.node_id.clone(),
+            },
+        );
+        let id = actor.id();
+        let addr = TunnelActor::create(move |ctx| {
+            ctx.add_stream(stream.map(from_tungstenite));
+            actor
+        });
+        let r = addr.recipient::<OpenStream>();
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(owner.node_id.clone(), (id, r.clone()));
+        Ok(r)
+    }
+
+    /// Forgets the link `id` to `node_id` (it closed); a newer link stays.
+    pub fn remove(&self, node_id: &str, id: u64) {
+        let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if g.get(node_id).is_some_and(|(i, _)| *i == id) {
+            g.remove(node_id);
+        }
+    }
+}
