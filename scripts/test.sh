@@ -21,6 +21,7 @@ apt_install() {
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 command -v curl >/dev/null || { say "installing curl"; apt_install curl ca-certificates; }
+command -v redis-server >/dev/null || { say "installing redis-server"; apt_install redis-server; }
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -77,6 +77,15 @@ impl AppState {
 pub fn run(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     let workers = config.workers;
     let peer_listen = config.peer_listen.filter(|_| config.redis_url.is_some());
+    // Bind the peer listener first: with port 0 the real port is what other nodes must be told.
+    let peer_listener = match peer_listen {
+        Some(addr) => Some(TcpListener::bind(addr)?),
+        None => None,
+    };
+    let mut config = config;
+    if let (Some(l), None) = (&peer_listener, &config.peer_advertise) {
+        config.peer_advertise = Some(l.local_addr()?.to_string());
+    }
     let state = web::Data::new(AppState::new(config).map_err(std::io::Error::other)?);
     if state.registry.is_shared() {
         let st = state.clone().into_inner();
@@ -88,7 +97,8 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<Server> {
         actix_rt::spawn(cluster::run_membership(state.clone().into_inner()));
         actix_rt::spawn(state.registry.clone().listen_events());
     }
-    if let Some(addr) = peer_listen {
+    if let Some(listener) = peer_listener {
+        let addr = listener.local_addr()?;
         let st = state.clone();
         let peer = HttpServer::new(move || {
             App::new()
@@ -97,9 +107,10 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<Server> {
         })
         .on_connect(set_nodelay)
         .workers(1)
-        .bind(addr)?
+        .disable_signals()
+        .listen(listener)?
         .run();
-        tracing::info!(addr = %addr, "peer endpoint listening");
+        tracing::info!(addr = %addr, advertised = ?state.config.peer_advertise, "peer endpoint listening");
         actix_rt::spawn(peer);
     }
     let mut server = HttpServer::new(move || {

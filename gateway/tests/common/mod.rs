@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tunnelgate_agent::Status;
 
+pub use redis::Redis;
 pub use upstream::Upstream;
 
 /// Cluster ids and tokens every test gateway knows.
@@ -31,7 +33,34 @@ pub struct Gateway {
     logs: Arc<Mutex<Vec<String>>>,
 }
 
+/// The secret test nodes share on peer links.
+pub const PEER_SECRET: &str = "peer-secret-for-tests";
+
 impl Gateway {
+    /// A node of a cluster sharing `redis`, with a peer endpoint on a free port.
+    pub fn node(redis: &Redis, extra: &[&str]) -> Gateway {
+        let url = redis.url();
+        let mut args = vec![
+            "--redis-url",
+            url.as_str(),
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--peer-secret",
+            PEER_SECRET,
+            "--heartbeat-interval",
+            "500ms",
+        ];
+        args.extend_from_slice(extra);
+        Gateway::start(&args)
+    }
+
+    /// The peer endpoint's address, from the node's log.
+    pub async fn peer_addr(&self) -> String {
+        let line = self.wait_log("peer endpoint listening").await;
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        v["addr"].as_str().expect("addr").to_string()
+    }
+
     pub fn start(extra: &[&str]) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunnelgate-gateway"));
         cmd.args([
@@ -153,10 +182,21 @@ impl Agent {
         routes: &[(&str, String)],
         extra: &[&str],
     ) -> Agent {
+        Agent::spawn_to(&[gw], cluster, routes, extra)
+    }
+
+    /// An agent given several gateway URLs (tried in turn).
+    pub fn spawn_to(
+        gws: &[&Gateway],
+        cluster: (&str, &str),
+        routes: &[(&str, String)],
+        extra: &[&str],
+    ) -> Agent {
+        let urls: Vec<String> = gws.iter().map(|g| g.ws_url()).collect();
         let mut args: Vec<String> = vec![
             "tunnelgate-agent".into(),
             "--gateway".into(),
-            gw.ws_url(),
+            urls.join(","),
             "--cluster".into(),
             cluster.0.into(),
             "--token".into(),
@@ -189,6 +229,22 @@ impl Agent {
             .expect("agent connected in time")
             .expect("agent alive");
         s.clone()
+    }
+
+    /// Waits until the agent holds tunnels to `n` distinct nodes.
+    pub async fn nodes(&self, n: usize) -> Vec<String> {
+        let mut rx = self.status.clone();
+        let s = tokio::time::timeout(
+            HANG,
+            rx.wait_for(|s| matches!(s, Status::Connected { nodes, .. } if nodes.len() >= n)),
+        )
+        .await
+        .expect("agent holds enough tunnels in time")
+        .expect("agent alive");
+        match &*s {
+            Status::Connected { nodes, .. } => nodes.clone(),
+            _ => unreachable!(),
+        }
     }
 
     /// Stops gracefully (closes the tunnel) and waits for the agent to finish.

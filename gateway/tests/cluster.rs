@@ -1,0 +1,365 @@
+//! Several gateway nodes sharing a real Redis: routing from any node, forwarding over peer
+//! links, node loss, Redis loss, and the flood gate.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::upstream::expect_pattern;
+use common::{Agent, DEMO, Gateway, HANG, PEER_SECRET, Redis, Upstream, client};
+use futures_util::StreamExt;
+
+const APP: &str = "app.demo.localhost";
+
+async fn metric(gw: &Gateway, prefix: &str) -> u64 {
+    let text = client()
+        .get(format!("http://{}/metrics", gw.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Retries a GET until it answers 200 (every attempt bounded, the whole wait too; a node that
+/// has not yet heard of the route may say 404 meanwhile); returns how
+/// long it took.
+async fn until_ok(gw: &Gateway, path: &str) -> Duration {
+    let start = Instant::now();
+    let c = client();
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(5), c.get(gw.url(APP, path)).send())
+            .await
+            .expect("no request hangs");
+        if let Ok(r) = r {
+            if r.status() == 200 {
+                return start.elapsed();
+            }
+            assert!(
+                [404, 502, 503].contains(&r.status().as_u16()),
+                "unexpected status {}",
+                r.status()
+            );
+        }
+        assert!(start.elapsed() < HANG, "no recovery within {HANG:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_reaches_the_cluster() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let nodes = [
+        Gateway::node(&redis, &[]),
+        Gateway::node(&redis, &[]),
+        Gateway::node(&redis, &[]),
+    ];
+    let _agent = Agent::spawn_to(
+        &[&nodes[0]],
+        DEMO,
+        &[(APP, up.url())],
+        &["--connections", "1"],
+    );
+    _agent.connected().await;
+    let c = client();
+    for (i, gw) in nodes.iter().enumerate() {
+        let r = c.get(gw.url(APP, "/hello")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "through node {i}");
+        assert_eq!(r.text().await.unwrap(), "hello");
+        let body = format!("posted through node {i}").repeat(1000);
+        let r = c
+            .post(gw.url(APP, "/echo"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), body);
+    }
+    // 100 MiB streamed across a peer hop.
+    let r = c
+        .get(nodes[2].url(APP, "/bytes?n=104857600"))
+        .send()
+        .await
+        .unwrap();
+    expect_pattern(r, 100 << 20).await;
+    assert!(
+        metric(
+            &nodes[2],
+            "gateway_forwarded_requests_total{reason=\"forwarded\"}"
+        )
+        .await
+            >= 3
+    );
+    // Unknown hosts are still 404 on every node.
+    let r = c
+        .get(nodes[1].url("nobody.demo.localhost", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_with_two_tunnels_loses_a_node_without_failures() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let n1 = Gateway::node(&redis, &[]);
+    let n2 = Gateway::node(&redis, &[]);
+    let n3 = Gateway::node(&redis, &[]);
+    let agent = Agent::spawn_to(
+        &[&n1, &n2],
+        DEMO,
+        &[(APP, up.url())],
+        &["--connections", "2"],
+    );
+    agent.nodes(2).await;
+    let c = client();
+    // Warm the peer links from node 3 to both owners.
+    for _ in 0..4 {
+        assert_eq!(
+            c.get(n3.url(APP, "/hello")).send().await.unwrap().status(),
+            200
+        );
+    }
+    drop(n1);
+    let mut failures = 0;
+    for _ in 0..50 {
+        for gw in [&n2, &n3] {
+            let r =
+                tokio::time::timeout(Duration::from_secs(5), c.get(gw.url(APP, "/hello")).send())
+                    .await
+                    .expect("no request hangs")
+                    .unwrap();
+            if r.status() != 200 {
+                failures += 1;
+            }
+        }
+    }
+    assert_eq!(
+        failures, 0,
+        "requests failed after losing one of two tunnels"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_killed_mid_traffic_recovers_after_reconnect() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let n1 = Gateway::node(&redis, &[]);
+    let n2 = Gateway::node(&redis, &[]);
+    let agent = Agent::spawn_to(
+        &[&n1, &n2],
+        DEMO,
+        &[(APP, up.url())],
+        &["--connections", "1"],
+    );
+    let first = agent.nodes(1).await;
+    let c = client();
+    // A download through node 2, served by node 1's tunnel.
+    let resp = c
+        .get(n2.url(APP, "/bytes?n=1073741824"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(n1);
+    let cut = tokio::time::timeout(HANG, async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("the cut download must end, not hang");
+    assert!(cut, "a download cut by a node's death must end in an error");
+    // The agent rotates to node 2; requests through node 2 work again.
+    let mut status = agent.status.clone();
+    tokio::time::timeout(HANG, status.wait_for(|s| matches!(s, tunnelgate_agent::Status::Connected { nodes, .. } if !nodes.is_empty() && *nodes != first)))
+        .await
+        .expect("agent reconnected to another node")
+        .unwrap();
+    let took = until_ok(&n2, "/hello").await;
+    eprintln!("recovered {took:?} after the agent's reconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_is_repopulated() {
+    let mut redis = Redis::start();
+    let up = Upstream::start().await;
+    let n1 = Gateway::node(&redis, &[]);
+    let n2 = Gateway::node(&redis, &[]);
+    let agent = Agent::spawn_to(&[&n1], DEMO, &[(APP, up.url())], &["--connections", "1"]);
+    agent.connected().await;
+    let c = client();
+    assert_eq!(
+        c.get(n2.url(APP, "/hello")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        c.get(n1.url(APP, "/hello")).send().await.unwrap().status(),
+        200
+    );
+
+    redis.stop();
+    // The owner keeps serving its own tunnel from cache, and says it is degraded.
+    assert_eq!(
+        c.get(n1.url(APP, "/hello")).send().await.unwrap().status(),
+        200
+    );
+    let start = Instant::now();
+    loop {
+        let r = c
+            .get(format!("http://{}/readyz", n1.addr))
+            .send()
+            .await
+            .unwrap();
+        if r.text().await.unwrap().contains("degraded") {
+            break;
+        }
+        assert!(start.elapsed() < HANG, "readyz never said degraded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    redis.restart_empty();
+    // A node started now knows only what is in Redis: clusters, routes and ownership must
+    // all have been written again by the others.
+    let n3 = Gateway::node(&redis, &[]);
+    let took = until_ok(&n3, "/hello").await;
+    eprintln!("routes and ownership back {took:?} after Redis restarted empty (heartbeat 500ms)");
+    let start = Instant::now();
+    loop {
+        let r = c
+            .get(format!("http://{}/readyz", n1.addr))
+            .send()
+            .await
+            .unwrap();
+        if r.text().await.unwrap() == "ready\n" {
+            break;
+        }
+        assert!(start.elapsed() < HANG, "readyz never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(n2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_host_flood_costs_a_bounded_number_of_redis_calls() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let gw = Gateway::node(&redis, &[]);
+    let agent = Agent::spawn_to(&[&gw], DEMO, &[(APP, up.url())], &["--connections", "1"]);
+    agent.connected().await;
+    let c = client();
+    assert_eq!(
+        c.get(gw.url(APP, "/hello")).send().await.unwrap().status(),
+        200
+    );
+    let lookups = "gateway_registry_backend_calls_total{op=\"cluster_hosts\"}";
+    let mgets = "gateway_registry_backend_calls_total{op=\"route_mget\"}";
+    let before = metric(&gw, lookups).await + metric(&gw, mgets).await;
+    let flood = futures_util::stream::iter(0..10_000u32)
+        .map(|i| {
+            let c = c.clone();
+            // Half name unknown clusters, half unpublished names of a real one.
+            let host = if i % 2 == 0 {
+                format!("r{i}.localhost")
+            } else {
+                format!("r{i}.demo.localhost")
+            };
+            let url = gw.url(&host, "/");
+            async move { c.get(url).send().await.map(|r| r.status().as_u16()) }
+        })
+        .buffer_unordered(32);
+    let statuses: Vec<_> = flood.collect().await;
+    assert!(
+        statuses.iter().all(|s| matches!(s, Ok(404))),
+        "every flood request is a 404"
+    );
+    let after = metric(&gw, lookups).await + metric(&gw, mgets).await;
+    eprintln!("10k random hosts cost {} Redis lookups", after - before);
+    assert!(
+        after - before <= 5,
+        "the flood reached Redis {} times",
+        after - before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_on_the_peer_port() {
+    let redis = Redis::start();
+    let gw = Gateway::node(&redis, &[]);
+    let peer = gw.peer_addr().await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    for secret in [None, Some("wrong-secret-wrong"), Some(PEER_SECRET)] {
+        let mut req = format!("ws://{peer}/v1/peer")
+            .into_client_request()
+            .unwrap();
+        if let Some(s) = secret {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {s}").parse().unwrap());
+        }
+        req.headers_mut()
+            .insert("x-tunnelgate-node", "test-node".parse().unwrap());
+        let r = tokio_tungstenite::connect_async(req).await;
+        match secret {
+            Some(PEER_SECRET) => assert!(r.is_ok(), "the right secret is accepted"),
+            _ => match r {
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                    assert_eq!(resp.status(), 401)
+                }
+                other => panic!("a stranger got {other:?}"),
+            },
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_connection_is_fenced_by_a_newer_epoch() {
+    use tunnelgate_gateway::registry::{LeaseState, Registry};
+    let redis = Redis::start();
+    let count: tunnelgate_gateway::registry::redis::CallCounter = std::sync::Arc::new(|_| {});
+    let a = Registry::with_redis("localhost", "node-a", &[], &redis.url(), count.clone()).unwrap();
+    let b = Registry::with_redis("localhost", "node-b", &[], &redis.url(), count).unwrap();
+    let lease = Duration::from_secs(5);
+    let old = a.claim_tunnel("demo", "agent-1-0", lease).await.unwrap();
+    assert_eq!(
+        a.refresh_tunnel("demo", "agent-1-0", old, lease)
+            .await
+            .unwrap(),
+        LeaseState::Held
+    );
+    // The agent reconnects to node b with the same connection id: a newer epoch.
+    let new = b.claim_tunnel("demo", "agent-1-0", lease).await.unwrap();
+    assert!(new > old);
+    // Node a's stale refresh cannot take it back, and learns it is fenced.
+    assert_eq!(
+        a.refresh_tunnel("demo", "agent-1-0", old, lease)
+            .await
+            .unwrap(),
+        LeaseState::Fenced
+    );
+    assert_eq!(
+        b.refresh_tunnel("demo", "agent-1-0", new, lease)
+            .await
+            .unwrap(),
+        LeaseState::Held
+    );
+    // A stale release does not remove the newer lease either.
+    a.release_tunnel("demo", "agent-1-0", old).await;
+    assert_eq!(
+        b.refresh_tunnel("demo", "agent-1-0", new, lease)
+            .await
+            .unwrap(),
+        LeaseState::Held
+    );
+}
