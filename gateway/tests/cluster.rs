@@ -363,3 +363,23 @@ async fn a_stale_connection_is_fenced_by_a_newer_epoch() {
         LeaseState::Held
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_across_a_peer_hop() {
+    use common::upstream::{WsUpstream, ws_connect, ws_echo_roundtrip};
+    let redis = Redis::start();
+    let ws_up = WsUpstream::start().await;
+    let n1 = Gateway::node(&redis, &[]);
+    let n2 = Gateway::node(&redis, &[]);
+    let agent = Agent::spawn_to(
+        &[&n1],
+        DEMO,
+        &[("ws.demo.localhost", ws_up.url())],
+        &["--connections", "1"],
+    );
+    agent.connected().await;
+    let (mut ws, resp) = ws_connect(n2.addr, "ws.demo.localhost", "/", Some("chat")).await;
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+    ws_echo_roundtrip(&mut ws).await;
+}

@@ -231,3 +231,32 @@ async fn slow_reader_does_not_stall_a_fast_one() {
     );
     drop(slow_body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_through_the_tunnel() {
+    use common::upstream::{WsUpstream, ws_connect, ws_echo_roundtrip};
+    let ws_up = WsUpstream::start().await;
+    let gw = Gateway::start(&[]);
+    let _agent = Agent::start(&gw, DEMO, &[("ws.demo.localhost", ws_up.url())]).await;
+    let (mut ws, resp) = ws_connect(
+        gw.addr,
+        "ws.demo.localhost",
+        "/chat?room=1",
+        Some("superchat, chat"),
+    )
+    .await;
+    assert_eq!(resp.status(), 101);
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "chat",
+        "the upstream's choice reaches the client"
+    );
+    ws_echo_roundtrip(&mut ws).await;
+    // Plain HTTP to a WebSocket-only upstream is the upstream's answer, not a hang.
+    let r = client()
+        .get(gw.url("ws.demo.localhost", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error() || r.status().is_server_error());
+}

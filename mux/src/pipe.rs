@@ -19,6 +19,90 @@ use tunnelgate_proto::window::{FlowError, RecvWindow};
 
 use crate::outbox::Board;
 
+/// What a pipe carries: body chunks ([`Bytes`]) or WebSocket messages ([`WsMsg`]).
+pub trait Item: Send + 'static {
+    /// Credit this item takes from the stream's window.
+    fn cost(&self) -> usize;
+    /// Merges `next` into `self` when both are small pieces of one byte stream; gives `next`
+    /// back otherwise (messages keep their boundaries).
+    fn merge(&mut self, next: Self) -> Option<Self>
+    where
+        Self: Sized;
+}
+
+impl Item for Bytes {
+    fn cost(&self) -> usize {
+        self.len()
+    }
+
+    fn merge(&mut self, next: Bytes) -> Option<Bytes> {
+        if next.len() < MERGE_BELOW && self.len() < MERGE_BELOW {
+            let mut merged = BytesMut::with_capacity(self.len() + next.len());
+            merged.extend_from_slice(self);
+            merged.extend_from_slice(&next);
+            *self = merged.freeze();
+            None
+        } else {
+            Some(next)
+        }
+    }
+}
+
+/// Credit each WebSocket message takes on top of its payload, so a window bounds the number
+/// of queued messages as well as their bytes (a flood of empty messages costs something).
+pub const WS_MESSAGE_OVERHEAD: usize = 64;
+
+/// One message of a proxied WebSocket session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsMsg {
+    Text(Bytes),
+    Binary(Bytes),
+    Close(u16, Bytes),
+}
+
+impl WsMsg {
+    pub fn payload_len(&self) -> usize {
+        match self {
+            WsMsg::Text(b) | WsMsg::Binary(b) | WsMsg::Close(_, b) => b.len(),
+        }
+    }
+
+    /// The frame carrying this message on `stream`.
+    pub fn to_frame(self, stream: tunnelgate_proto::StreamId) -> tunnelgate_proto::Frame {
+        use tunnelgate_proto::Frame;
+        match self {
+            WsMsg::Text(data) => Frame::WsText { stream, data },
+            WsMsg::Binary(data) => Frame::WsBinary { stream, data },
+            WsMsg::Close(code, reason) => Frame::WsClose {
+                stream,
+                code,
+                reason,
+            },
+        }
+    }
+
+    /// The message a WS_* frame carries; None for other frames.
+    pub fn from_frame(frame: tunnelgate_proto::Frame) -> Option<WsMsg> {
+        use tunnelgate_proto::Frame;
+        match frame {
+            Frame::WsText { data, .. } => Some(WsMsg::Text(data)),
+            Frame::WsBinary { data, .. } => Some(WsMsg::Binary(data)),
+            Frame::WsClose { code, reason, .. } => Some(WsMsg::Close(code, reason)),
+            _ => None,
+        }
+    }
+}
+
+impl Item for WsMsg {
+    fn cost(&self) -> usize {
+        self.payload_len() + WS_MESSAGE_OVERHEAD
+    }
+
+    fn merge(&mut self, next: WsMsg) -> Option<WsMsg> {
+        Some(next)
+    }
+}
+
 /// Chunks smaller than this are merged with the previous one while buffered, so a peer that
 /// sends one-byte frames cannot make the queue hold a window's worth of tiny allocations.
 const MERGE_BELOW: usize = 4 * 1024;
@@ -48,8 +132,8 @@ enum State {
     Done,
 }
 
-struct Inner {
-    chunks: VecDeque<Bytes>,
+struct Inner<T> {
+    chunks: VecDeque<T>,
     window: RecvWindow,
     state: State,
     waker: Option<Waker>,
@@ -64,24 +148,28 @@ struct CreditReturn {
 }
 
 /// The producing end (the tunnel reader).
-pub struct PipeWriter {
-    inner: Arc<Mutex<Inner>>,
+pub struct PipeWriter<T: Item = Bytes> {
+    inner: Arc<Mutex<Inner<T>>>,
 }
 
-/// The consuming end: a stream of body chunks.
-pub struct PipeReader {
-    inner: Arc<Mutex<Inner>>,
+/// The consuming end: a stream of body chunks (or messages).
+pub struct PipeReader<T: Item = Bytes> {
+    inner: Arc<Mutex<Inner<T>>>,
     credit: CreditReturn,
     done: bool,
 }
 
-fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+fn lock<T>(inner: &Mutex<Inner<T>>) -> MutexGuard<'_, Inner<T>> {
     // Nothing panics while the lock is held; recover rather than spread a poison panic.
     inner.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A pipe for `stream` whose peer may send `window` bytes before credit returns via `board`.
-pub fn pipe(stream: StreamId, window: u32, board: Arc<Board>) -> (PipeWriter, PipeReader) {
+pub fn pipe<T: Item>(
+    stream: StreamId,
+    window: u32,
+    board: Arc<Board>,
+) -> (PipeWriter<T>, PipeReader<T>) {
     let inner = Arc::new(Mutex::new(Inner {
         chunks: VecDeque::new(),
         window: RecvWindow::new(window),
@@ -102,9 +190,9 @@ pub fn pipe(stream: StreamId, window: u32, board: Arc<Board>) -> (PipeWriter, Pi
     )
 }
 
-impl PipeWriter {
-    /// Hands one DATA payload to the consumer. Never waits.
-    pub fn push(&self, data: Bytes) -> Result<(), PushError> {
+impl<T: Item> PipeWriter<T> {
+    /// Hands one DATA payload (or message) to the consumer. Never waits.
+    pub fn push(&self, data: T) -> Result<(), PushError> {
         let waker = {
             let mut p = lock(&self.inner);
             if p.reader_gone {
@@ -113,18 +201,16 @@ impl PipeWriter {
             if !matches!(p.state, State::Open) {
                 return Err(PushError::Ended);
             }
-            p.window.on_data(data.len())?;
-            if data.is_empty() {
+            p.window.on_data(data.cost())?;
+            if data.cost() == 0 {
                 return Ok(());
             }
-            match p.chunks.back_mut() {
-                Some(last) if data.len() < MERGE_BELOW && last.len() < MERGE_BELOW => {
-                    let mut merged = BytesMut::with_capacity(last.len() + data.len());
-                    merged.extend_from_slice(last);
-                    merged.extend_from_slice(&data);
-                    *last = merged.freeze();
-                }
-                _ => p.chunks.push_back(data),
+            let rest = match p.chunks.back_mut() {
+                Some(last) => last.merge(data),
+                None => Some(data),
+            };
+            if let Some(d) = rest {
+                p.chunks.push_back(d);
             }
             p.waker.take()
         };
@@ -164,7 +250,7 @@ impl PipeWriter {
     }
 }
 
-impl PipeReader {
+impl<T: Item> PipeReader<T> {
     /// Runs `hook` once when this reader is dropped (the consumer finished or went away).
     pub fn on_drop(&mut self, hook: impl FnOnce() + Send + 'static) {
         lock(&self.inner).on_reader_drop = Some(Box::new(hook));
@@ -172,12 +258,12 @@ impl PipeReader {
 
     /// Bytes buffered and not yet read.
     pub fn buffered(&self) -> usize {
-        lock(&self.inner).chunks.iter().map(Bytes::len).sum()
+        lock(&self.inner).chunks.iter().map(Item::cost).sum()
     }
 }
 
-impl Stream for PipeReader {
-    type Item = Result<Bytes, PipeError>;
+impl<T: Item> Stream for PipeReader<T> {
+    type Item = Result<T, PipeError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
@@ -186,7 +272,7 @@ impl Stream for PipeReader {
         let (item, credit) = {
             let mut p = lock(&self.inner);
             if let Some(chunk) = p.chunks.pop_front() {
-                let credit = p.window.on_consumed(chunk.len());
+                let credit = p.window.on_consumed(chunk.cost());
                 (Some(Ok(chunk)), credit)
             } else {
                 match std::mem::replace(&mut p.state, State::Done) {
@@ -210,7 +296,7 @@ impl Stream for PipeReader {
     }
 }
 
-impl Drop for PipeReader {
+impl<T: Item> Drop for PipeReader<T> {
     fn drop(&mut self) {
         let hook = {
             let mut p = lock(&self.inner);
@@ -235,7 +321,7 @@ mod tests {
     async fn delivers_in_order_returns_credit_and_ends() {
         let (out, mut rx) = outbox(4);
         let board = out_board(&out);
-        let (w, mut r) = pipe(7, 16 * 1024, board);
+        let (w, mut r) = pipe::<Bytes>(7, 16 * 1024, board);
         w.push(Bytes::from(vec![1u8; 8 * 1024])).unwrap();
         w.push(Bytes::from(vec![2u8; 8 * 1024])).unwrap();
         assert!(matches!(
@@ -258,7 +344,7 @@ mod tests {
     #[tokio::test]
     async fn merges_tiny_chunks() {
         let (out, _rx) = outbox(4);
-        let (w, mut r) = pipe(1, 64 * 1024, out_board(&out));
+        let (w, mut r) = pipe::<Bytes>(1, 64 * 1024, out_board(&out));
         for _ in 0..1000 {
             w.push(Bytes::from_static(b"ab")).unwrap();
         }
@@ -275,7 +361,7 @@ mod tests {
     #[tokio::test]
     async fn reader_drop_runs_hook_and_refuses_pushes() {
         let (out, _rx) = outbox(4);
-        let (w, mut r) = pipe(1, 1024, out_board(&out));
+        let (w, mut r) = pipe::<Bytes>(1, 1024, out_board(&out));
         let (tx, rx) = tokio::sync::oneshot::channel();
         r.on_drop(move || {
             let _ = tx.send(());
@@ -284,6 +370,24 @@ mod tests {
         rx.await.unwrap();
         assert!(w.reader_gone());
         assert_eq!(w.push(Bytes::from_static(b"x")), Err(PushError::ReaderGone));
+    }
+
+    #[tokio::test]
+    async fn messages_keep_their_boundaries_and_pay_overhead() {
+        let (out, _rx) = outbox(4);
+        let (w, mut r) = pipe::<WsMsg>(1, 1024, out_board(&out));
+        w.push(WsMsg::Text(Bytes::from_static(b"a"))).unwrap();
+        w.push(WsMsg::Text(Bytes::from_static(b"b"))).unwrap();
+        assert_eq!(
+            r.next().await.unwrap().unwrap(),
+            WsMsg::Text(Bytes::from_static(b"a"))
+        );
+        // 1024 credit / 64 overhead: a flood of empty messages is cut off at the window.
+        let mut pushed = 0;
+        while w.push(WsMsg::Binary(Bytes::new())).is_ok() {
+            pushed += 1;
+        }
+        assert!(pushed < 1024 / WS_MESSAGE_OVERHEAD);
     }
 
     fn out_board(out: &crate::outbox::Outbox) -> Arc<Board> {

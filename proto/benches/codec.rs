@@ -52,6 +52,7 @@ fn codec(c: &mut Criterion) {
         request_id: None,
         cluster: None,
         hops: 0,
+        websocket: false,
     });
     let json = req.to_json();
     c.bench_function("control/encode_proxy_request", |b| {

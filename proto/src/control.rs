@@ -145,6 +145,10 @@ pub struct ProxyRequest {
     /// Gateway hops taken so far; a node never forwards a request that already took one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hops: u8,
+    /// The client asked for a WebSocket upgrade: the agent opens a WebSocket to the upstream
+    /// and answers 101; messages then flow as WS_* frames both ways.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
 }
 
 fn is_zero(n: &u8) -> bool {
@@ -321,6 +325,7 @@ mod tests {
                 request_id: None,
                 cluster: None,
                 hops: 0,
+                websocket: false,
             }),
             Control::ProxyError(ProxyError {
                 stream_id: 3,

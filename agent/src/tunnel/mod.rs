@@ -12,3 +12,4 @@
 
 pub mod session;
 pub mod stream;
+pub mod websocket;

@@ -13,13 +13,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tunnelgate_mux::{
-    Outbox, Outgoing, PipeWriter, PushError, SendCredit, outbox, pipe, write_loop,
+    Outbox, Outgoing, PipeWriter, PushError, SendCredit, WsMsg, outbox, pipe, write_loop,
 };
 use tunnelgate_proto::control::{Heartbeat, IngressRoutes, Register, RegisterSuccess, RouteAction};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
 use super::stream::StreamTask;
+use super::websocket::WsTask;
 use crate::config::{OUTBOX_CAPACITY, REGISTER_TIMEOUT};
 use crate::{Shared, Status};
 
@@ -53,6 +54,7 @@ pub enum SessionError {
 
 struct Entry {
     upload: Option<PipeWriter>,
+    ws: Option<PipeWriter<WsMsg>>,
     credit: Arc<SendCredit>,
     abort: AbortHandle,
 }
@@ -370,11 +372,22 @@ fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String
                 out.reset(id, ResetCode::FLOW_CONTROL);
             }
         }
-        Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
-            if let Some(e) = t.remove(&id) {
-                e.abort.abort();
+        ws @ (Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. }) => {
+            let pushed = match (&entry.ws, WsMsg::from_frame(ws)) {
+                (Some(w), Some(m)) => w.push(m),
+                _ => Err(PushError::Ended),
+            };
+            if let Some(e) = pushed.err().filter(|e| *e != PushError::ReaderGone) {
+                let code = if matches!(e, PushError::Flow(_)) {
+                    ResetCode::FLOW_CONTROL
+                } else {
+                    ResetCode::PROTOCOL
+                };
+                if let Some(e) = t.remove(&id) {
+                    e.abort.abort();
+                }
+                out.reset(id, code);
             }
-            out.reset(id, ResetCode::PROTOCOL);
         }
     }
     Ok(())
@@ -416,13 +429,38 @@ fn on_control(
                 out.reset(id, ResetCode::PROTOCOL);
                 return;
             }
+            let credit = Arc::new(SendCredit::new(ok.stream_window));
+            if req.websocket {
+                let (w, r) = pipe::<WsMsg>(id, ok.stream_window, out.board());
+                let task = WsTask {
+                    request: req,
+                    from_gateway: r,
+                    credit: credit.clone(),
+                    outbox: out.clone(),
+                    rules: shared.rules.clone(),
+                };
+                let done = table.clone();
+                let handle = tokio::spawn(async move {
+                    task.run().await;
+                    lock(&done).remove(&id);
+                });
+                t.insert(
+                    id,
+                    Entry {
+                        upload: None,
+                        ws: Some(w),
+                        credit,
+                        abort: handle.abort_handle(),
+                    },
+                );
+                return;
+            }
             let (upload, reader) = if req.body {
                 let (w, r) = pipe(id, ok.stream_window, out.board());
                 (Some(w), Some(r))
             } else {
                 (None, None)
             };
-            let credit = Arc::new(SendCredit::new(ok.stream_window));
             let task = StreamTask {
                 request: req,
                 upload: reader,
@@ -440,6 +478,7 @@ fn on_control(
                 id,
                 Entry {
                     upload,
+                    ws: None,
                     credit,
                     abort: handle.abort_handle(),
                 },

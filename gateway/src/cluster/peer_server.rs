@@ -13,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use tunnelgate_mux::{
-    Outbox, Outgoing, PipeWriter, PushError, SendCredit, outbox, pipe, write_loop,
+    Item, Outbox, Outgoing, PipeWriter, PushError, SendCredit, WsMsg, outbox, pipe, write_loop,
 };
 use tunnelgate_proto::control::{ProxyError as ProxyErrorMsg, ProxyErrorKind, ProxyRequest};
 use tunnelgate_proto::limits::{MAX_FRAME_PAYLOAD, MAX_WS_MESSAGE};
@@ -92,6 +92,8 @@ pub async fn accept(
 
 struct Bridge {
     upload: Option<PipeWriter>,
+    /// Messages from the entry node for a WebSocket session.
+    ws_up: Option<PipeWriter<WsMsg>>,
     credit: Arc<SendCredit>,
     task: SpawnHandle,
 }
@@ -147,12 +149,20 @@ impl PeerServer {
             }
             false => (None, None),
         };
+        let (ws_up, ws_reader) = match req.websocket {
+            true => {
+                let (w, r) = pipe::<WsMsg>(sid, window, self.out.board());
+                (Some(w), Some(r))
+            }
+            false => (None, None),
+        };
         let credit = Arc::new(SendCredit::new(window));
         let fut = bridge(
             self.state.clone(),
             tunnel.open,
             req,
             reader,
+            ws_reader,
             credit.clone(),
             self.out.clone(),
         );
@@ -163,6 +173,7 @@ impl PeerServer {
             sid,
             Bridge {
                 upload,
+                ws_up,
                 credit,
                 task,
             },
@@ -202,9 +213,16 @@ impl PeerServer {
                 }
             }
             Frame::Reset { .. } => self.cancel(ctx, sid),
-            Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
-                self.cancel(ctx, sid);
-                self.out.reset(sid, ResetCode::PROTOCOL);
+            ws @ (Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. }) => {
+                let pushed = match (&b.ws_up, WsMsg::from_frame(ws)) {
+                    (Some(w), Some(m)) => w.push(m),
+                    _ => Err(PushError::Ended),
+                };
+                if let Some(e) = pushed.err().filter(|e| *e != PushError::ReaderGone) {
+                    tracing::warn!(peer_node = %self.node, stream = sid, error = %e, "resetting forwarded stream");
+                    self.cancel(ctx, sid);
+                    self.out.reset(sid, ResetCode::PROTOCOL);
+                }
             }
         }
     }
@@ -224,6 +242,7 @@ async fn bridge(
     tunnel: actix::Recipient<OpenStream>,
     req: ProxyRequest,
     upload: Option<tunnelgate_mux::PipeReader>,
+    ws_up: Option<tunnelgate_mux::PipeReader<WsMsg>>,
     credit: Arc<SendCredit>,
     out: Outbox,
 ) {
@@ -236,14 +255,16 @@ async fn bridge(
         });
         out.try_send(Outgoing::Text(msg.to_json()));
     };
+    let websocket = req.websocket;
     let Opened {
         id,
         head,
         mut body,
+        ws,
         shared,
         outbox,
         gone,
-    } = match tunnel.send(OpenStream).await {
+    } = match tunnel.send(OpenStream { websocket }).await {
         Ok(Ok(o)) => o,
         Ok(Err(OpenError::Busy)) => {
             return fail(ProxyErrorKind::Refused, "tunnel at its stream limit".into());
@@ -254,6 +275,7 @@ async fn bridge(
     request.stream_id = id;
     request.cluster = None;
     request.hops = 0;
+    let (tunnel_credit, tunnel_out) = (shared.clone(), outbox.clone());
     let actor = StreamActor::new(StreamParts {
         id,
         shared,
@@ -262,9 +284,14 @@ async fn bridge(
         request,
         payload: upload.map(pipe_body),
         response_timeout: state.config.response_timeout,
+        websocket,
     })
     .start();
-    body.on_drop(move || actor.do_send(ClientGone));
+    let mut ws = ws;
+    match ws.as_mut() {
+        Some(w) => w.on_drop(move || actor.do_send(ClientGone)),
+        None => body.on_drop(move || actor.do_send(ClientGone)),
+    }
     let mut head = match head.await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
@@ -275,12 +302,39 @@ async fn bridge(
     };
     head.stream_id = sid;
     let has_body = head.body;
+    let upgraded = head.status == 101;
     if out
         .send_control(&Control::ProxyResponse(head))
         .await
         .is_err()
-        || !has_body
     {
+        return;
+    }
+    if let (true, Some(mut down), Some(mut up)) = (upgraded, ws, ws_up) {
+        // Entry node → tunnel, under the tunnel stream's credit.
+        let to_tunnel = async {
+            while let Some(Ok(m)) = up.next().await {
+                if tunnel_credit.credit.acquire(m.cost()).await.is_err()
+                    || tunnel_out.send_frame(&m.to_frame(id)).await.is_err()
+                {
+                    break;
+                }
+            }
+        };
+        // Tunnel → entry node, under the entry node's credit.
+        let to_entry = async {
+            while let Some(Ok(m)) = down.next().await {
+                if credit.acquire(m.cost()).await.is_err()
+                    || out.send_frame(&m.to_frame(sid)).await.is_err()
+                {
+                    break;
+                }
+            }
+        };
+        futures_util::future::join(to_tunnel, to_entry).await;
+        return;
+    }
+    if !has_body {
         return;
     }
     while let Some(chunk) = body.next().await {

@@ -55,15 +55,14 @@ impl PeerPool {
         state: &Arc<AppState>,
         owner: &Owner,
     ) -> Result<Recipient<OpenStream>, String> {
-        if let Some((_, r)) = self
+        let existing = self
             .links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&owner.node_id)
-        {
-            if r.connected() {
-                return Ok(r.clone());
-            }
+            .map(|(_, r)| r.clone());
+        if let Some(r) = existing.filter(|r| r.connected()) {
+            return Ok(r);
         }
         let secret = state
             .config

@@ -35,6 +35,15 @@ const EDGE_OWNED: &[&str] = &[
     "forwarded",
 ];
 
+/// WebSocket handshake headers that belong to one connection: each hop does its own
+/// handshake (the subprotocol list is end to end and passes).
+const WS_HANDSHAKE: &[&str] = &[
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-accept",
+];
+
 /// The framing and `Host` checks; returns the normalised host.
 pub fn check_request(req: &HttpRequest, max_header_bytes: usize) -> Result<String, ProxyError> {
     let h = req.headers();
@@ -73,6 +82,19 @@ pub fn check_request(req: &HttpRequest, max_header_bytes: usize) -> Result<Strin
     Ok(host)
 }
 
+/// True for a WebSocket upgrade request (`GET` with `Upgrade: websocket`).
+pub fn is_websocket_upgrade(req: &HttpRequest) -> bool {
+    req.method() == actix_web::http::Method::GET
+        && req
+            .headers()
+            .get_all(header::UPGRADE)
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+            })
+}
+
 /// True when the request carries a body the upstream must receive.
 pub fn has_body(headers: &HeaderMap) -> bool {
     if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -109,7 +131,10 @@ pub fn upstream_request_headers(
     let mut out = HeaderList::with_capacity(headers.len() + 3);
     let mut original_host = None;
     for (name, value) in headers.iter() {
-        if is_hop(name, &listed) || EDGE_OWNED.contains(&name.as_str()) {
+        if is_hop(name, &listed)
+            || EDGE_OWNED.contains(&name.as_str())
+            || WS_HANDSHAKE.contains(&name.as_str())
+        {
             continue;
         }
         let value = value.to_str().map_err(|_| {

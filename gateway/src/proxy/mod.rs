@@ -2,6 +2,7 @@
 //! routed on its `Host`, and streamed through the owning cluster's tunnel.
 
 pub mod headers;
+pub mod websocket;
 
 use std::time::Instant;
 
@@ -84,13 +85,20 @@ async fn proxy(
 ) -> Result<HttpResponse, ProxyError> {
     let cluster = &route.cluster;
     let headers = upstream_request_headers(req.headers(), req.peer_addr().map(|a| a.ip()))?;
-    let with_body = has_body(req.headers());
-    let mut body = with_body.then(|| payload_body(payload));
+    let websocket = headers::is_websocket_upgrade(req);
+    let with_body = has_body(req.headers()) && !websocket;
+    let (mut body, upgrade) = match (websocket, with_body) {
+        (true, _) => (None, Some(payload)),
+        (false, true) => (Some(payload_body(payload)), None),
+        (false, false) => (None, None),
+    };
     let target = Target {
         req,
         state,
         host: &host,
         cluster,
+        websocket,
+        upgrade: std::cell::RefCell::new(upgrade),
         headers,
         with_body,
         started,
@@ -161,6 +169,9 @@ struct Target<'a> {
     headers: tunnelgate_proto::control::HeaderList,
     with_body: bool,
     started: Instant,
+    websocket: bool,
+    /// The client's connection, kept until the upstream accepted the upgrade.
+    upgrade: std::cell::RefCell<Option<web::Payload>>,
 }
 
 impl Target<'_> {
@@ -175,10 +186,16 @@ impl Target<'_> {
             id,
             head,
             mut body,
+            ws,
             shared,
             outbox,
             gone,
-        } = match open.send(OpenStream).await {
+        } = match open
+            .send(OpenStream {
+                websocket: self.websocket,
+            })
+            .await
+        {
             Ok(Ok(o)) => o,
             Ok(Err(OpenError::Busy)) => return Err(ProxyError::TunnelBusy),
             Ok(Err(OpenError::Closed)) | Err(_) => {
@@ -196,7 +213,10 @@ impl Target<'_> {
             request_id: None,
             cluster: via_peer.then(|| cluster.to_string()),
             hops: u8::from(via_peer),
+            websocket: self.websocket,
         };
+        let ws_credit = shared.clone();
+        let ws_outbox = outbox.clone();
         let actor = StreamActor::new(StreamParts {
             id,
             shared,
@@ -205,11 +225,30 @@ impl Target<'_> {
             request,
             payload,
             response_timeout: state.config.response_timeout,
+            websocket: self.websocket,
         })
         .start();
-        body.on_drop(move || actor.do_send(ClientGone));
+        let mut ws = ws;
+        match ws.as_mut() {
+            // A WebSocket session lasts as long as its message pipe is read.
+            Some(w) => w.on_drop(move || actor.do_send(ClientGone)),
+            None => body.on_drop(move || actor.do_send(ClientGone)),
+        }
         let started = self.started;
         let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
+        if let (101, Some(ws)) = (head.status, ws) {
+            state
+                .metrics
+                .request(cluster, 101, Some(started.elapsed().as_secs_f64()));
+            let payload = self
+                .upgrade
+                .borrow_mut()
+                .take()
+                .ok_or(ProxyError::TunnelLost)?;
+            return crate::proxy::websocket::bridge(
+                req, payload, &head, id, ws, ws_credit, ws_outbox,
+            );
+        }
         let status = StatusCode::from_u16(head.status)
             .ok()
             .filter(|s| !s.is_informational())

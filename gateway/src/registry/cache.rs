@@ -41,10 +41,13 @@ struct HostRoutes {
     paths: HashMap<String, Option<Arc<RouteEntry>>>,
 }
 
+/// A value and when it was fetched.
+type Dated<T> = (Instant, Arc<T>);
+
 pub struct Cache {
-    hosts: Mutex<LruCache<String, (Instant, Arc<HashSet<String>>)>>,
+    hosts: Mutex<LruCache<String, Dated<HashSet<String>>>>,
     routes: Mutex<LruCache<String, HostRoutes>>,
-    owners: Mutex<LruCache<String, (Instant, Arc<Vec<Owner>>)>>,
+    owners: Mutex<LruCache<String, Dated<Vec<Owner>>>>,
 }
 
 impl Default for Cache {

@@ -136,7 +136,7 @@ pub fn now_ms() -> u64 {
 
 enum Store {
     Memory(Memory),
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
 }
 
 /// The registry every part of the gateway calls.
@@ -171,7 +171,7 @@ impl Registry {
         url: &str,
         count: CallCounter,
     ) -> Result<Arc<Registry>, RegistryError> {
-        let store = Store::Redis(RedisStore::new(url, count)?);
+        let store = Store::Redis(Box::new(RedisStore::new(url, count)?));
         Ok(Arc::new(Registry::with_store(
             domain, node_id, clusters, store,
         )))

@@ -28,4 +28,6 @@ pub use endpoint::accept;
 pub use endpoint::{from_actix, to_actix};
 pub use hub::{Hub, TunnelRef};
 pub use stream_actor::{BodySource, ClientGone, StreamActor, StreamParts, payload_body, pipe_body};
-pub use tunnel_actor::{OpenError, OpenStream, Opened, Role, StreamGone, TunnelActor, WsIn};
+pub use tunnel_actor::{
+    OpenError, OpenStream, Opened, Role, StreamGone, StreamShared, TunnelActor, WsIn,
+};

@@ -48,6 +48,9 @@ pub struct StreamParts {
     /// The request body, when it has one.
     pub payload: Option<BodySource>,
     pub response_timeout: Duration,
+    /// A WebSocket session: the agent is always told when it ends (RESET), since the stream
+    /// outlives the response head.
+    pub websocket: bool,
 }
 
 pub struct StreamActor {
@@ -148,7 +151,7 @@ impl Actor for StreamActor {
     fn stopping(&mut self, _ctx: &mut Context<Self>) -> actix::Running {
         // Whatever happens, nobody waits for a head that can no longer come.
         self.parts.shared.resolve(Err(ProxyError::TunnelLost));
-        let clean = self.upload_done && self.parts.shared.remote_done();
+        let clean = self.upload_done && self.parts.shared.remote_done() && !self.parts.websocket;
         let reset = self.reset.or((!clean).then_some(ResetCode::CANCEL));
         self.parts.gone.do_send(StreamGone {
             id: self.parts.id,

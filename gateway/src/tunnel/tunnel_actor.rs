@@ -15,7 +15,7 @@ use actix::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 use tunnelgate_mux::{
-    Outbox, Outgoing, PipeError, PipeReader, PipeWriter, PushError, SendCredit, pipe,
+    Outbox, Outgoing, PipeError, PipeReader, PipeWriter, PushError, SendCredit, WsMsg, pipe,
 };
 use tunnelgate_proto::control::{ProxyResponse, RegisterError, RegisterSuccess, RouteAction};
 use tunnelgate_proto::routes::RouteSpec;
@@ -31,9 +31,12 @@ use crate::registry::LeaseState;
 pub const MAX_ROUTES_PER_TUNNEL: usize = 10_000;
 
 /// Opens a stream on this tunnel for one proxied request.
-#[derive(Message)]
+#[derive(Message, Default)]
 #[rtype(result = "Result<Opened, OpenError>")]
-pub struct OpenStream;
+pub struct OpenStream {
+    /// The request is a WebSocket upgrade: the stream also carries messages.
+    pub websocket: bool,
+}
 
 /// A stream's side of the dance is over; `reset` says whether the agent must be told to stop.
 #[derive(Message)]
@@ -61,6 +64,8 @@ pub struct Opened {
     pub head: oneshot::Receiver<Result<ProxyResponse, ProxyError>>,
     /// The response body as the agent sends it.
     pub body: PipeReader,
+    /// WebSocket messages from the upstream, for an upgrade.
+    pub ws: Option<PipeReader<WsMsg>>,
     pub shared: Arc<StreamShared>,
     pub outbox: Outbox,
     pub gone: Recipient<StreamGone>,
@@ -100,6 +105,18 @@ impl StreamShared {
 struct Slot {
     shared: Arc<StreamShared>,
     body: PipeWriter,
+    ws: Option<PipeWriter<WsMsg>>,
+}
+
+impl Slot {
+    /// Ends both directions towards the consumer with `why`.
+    fn fail(&self, why: &str) {
+        self.body.fail(PipeError(why.to_string()));
+        if let Some(w) = &self.ws {
+            w.fail(PipeError(why.to_string()));
+        }
+        self.shared.credit.close();
+    }
 }
 
 static NEXT_TUNNEL_ID: AtomicU64 = AtomicU64::new(1);
@@ -212,8 +229,7 @@ impl TunnelActor {
             slot.shared.resolve(Err(ProxyError::UpstreamFailed(format!(
                 "tunnel protocol error: {why}"
             ))));
-            slot.body.fail(PipeError(format!("stream reset: {why}")));
-            slot.shared.credit.close();
+            slot.fail(&format!("stream reset: {why}"));
         }
     }
 
@@ -266,11 +282,7 @@ impl TunnelActor {
                     self.state.metrics.streams.dec();
                     slot.shared.set_remote_done();
                     slot.shared.resolve(Err(err));
-                    slot.body.fail(PipeError(format!(
-                        "agent reset the stream ({})",
-                        code.name()
-                    )));
-                    slot.shared.credit.close();
+                    slot.fail(&format!("agent reset the stream ({})", code.name()));
                 }
             }
             Frame::Window { credit, .. } => {
@@ -278,8 +290,22 @@ impl TunnelActor {
                     self.reset_stream(id, ResetCode::FLOW_CONTROL, &e.to_string());
                 }
             }
-            Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
-                self.reset_stream(id, ResetCode::PROTOCOL, "WebSocket frame on an HTTP stream")
+            ws @ (Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. }) => {
+                let pushed = match (&slot.ws, WsMsg::from_frame(ws)) {
+                    (Some(w), Some(m)) => w.push(m),
+                    _ => Err(PushError::Ended),
+                };
+                match pushed {
+                    Ok(()) | Err(PushError::ReaderGone) => {}
+                    Err(PushError::Ended) => self.reset_stream(
+                        id,
+                        ResetCode::PROTOCOL,
+                        "WebSocket frame on an HTTP stream",
+                    ),
+                    Err(PushError::Flow(e)) => {
+                        self.reset_stream(id, ResetCode::FLOW_CONTROL, &e.to_string())
+                    }
+                }
             }
         }
     }
@@ -340,8 +366,7 @@ impl TunnelActor {
                     return;
                 };
                 slot.shared.set_remote_done();
-                slot.shared.credit.close();
-                slot.body.fail(PipeError(format!("agent: {}", e.message)));
+                slot.fail(&format!("agent: {}", e.message));
                 slot.shared
                     .resolve(Err(ProxyError::from_agent(e.kind, e.message)));
             }
@@ -588,8 +613,7 @@ impl Actor for TunnelActor {
         for (_, slot) in self.streams.drain() {
             self.state.metrics.streams.dec();
             slot.shared.resolve(Err(ProxyError::TunnelLost));
-            slot.body.fail(PipeError("agent disconnected".into()));
-            slot.shared.credit.close();
+            slot.fail("agent disconnected");
         }
         // The writer ends when it sees the close, or when the last outbox handle goes.
         if !self.close_queued {
@@ -655,7 +679,7 @@ impl StreamHandler<WsIn> for TunnelActor {
 impl Handler<OpenStream> for TunnelActor {
     type Result = Result<Opened, OpenError>;
 
-    fn handle(&mut self, _msg: OpenStream, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: OpenStream, ctx: &mut Context<Self>) -> Self::Result {
         if !self.registered || self.close_reason.is_some() || self.out.is_closed() {
             return Err(OpenError::Closed);
         }
@@ -676,6 +700,13 @@ impl Handler<OpenStream> for TunnelActor {
         let window = self.state.config.stream_window;
         let (head_tx, head) = oneshot::channel();
         let (writer, body) = pipe(id, window, self.out.board());
+        let (ws_writer, ws) = match msg.websocket {
+            true => {
+                let (w, r) = pipe::<WsMsg>(id, window, self.out.board());
+                (Some(w), Some(r))
+            }
+            false => (None, None),
+        };
         let shared = Arc::new(StreamShared {
             head: Mutex::new(Some(head_tx)),
             credit: SendCredit::new(window),
@@ -686,6 +717,7 @@ impl Handler<OpenStream> for TunnelActor {
             Slot {
                 shared: shared.clone(),
                 body: writer,
+                ws: ws_writer,
             },
         );
         self.state.metrics.streams.inc();
@@ -693,6 +725,7 @@ impl Handler<OpenStream> for TunnelActor {
             id,
             head,
             body,
+            ws,
             shared,
             outbox: self.out.clone(),
             gone: ctx.address().recipient(),
@@ -709,8 +742,7 @@ impl Handler<StreamGone> for TunnelActor {
             if let Some(code) = msg.reset {
                 self.out.reset(msg.id, code);
             }
-            slot.body.fail(PipeError("stream closed".into()));
-            slot.shared.credit.close();
+            slot.fail("stream closed");
         }
     }
 }

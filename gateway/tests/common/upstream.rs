@@ -244,3 +244,128 @@ pub fn pattern_upload(n: u64) -> reqwest::Body {
     });
     reqwest::Body::wrap_stream(stream)
 }
+
+/// A real WebSocket upstream (tokio-tungstenite) that echoes every message, selects the
+/// subprotocol `chat` when offered, and closes when told `close-me`.
+pub struct WsUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WsUpstream {
+    pub async fn start() -> WsUpstream {
+        use tokio_tungstenite::tungstenite::handshake::server::{
+            Request as WsRequest, Response as WsResponse,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind ws upstream");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    break;
+                };
+                tokio::spawn(async move {
+                    #[allow(clippy::result_large_err)]
+                    // the handshake callback's type is tungstenite's
+                    let pick = |req: &WsRequest, mut resp: WsResponse| {
+                        let offered = req
+                            .headers()
+                            .get("sec-websocket-protocol")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        if offered.split(',').any(|p| p.trim() == "chat") {
+                            resp.headers_mut()
+                                .insert("sec-websocket-protocol", "chat".parse().unwrap());
+                        }
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(sock, pick).await else {
+                        return;
+                    };
+                    use futures_util::SinkExt;
+                    while let Some(Ok(m)) = ws.next().await {
+                        if m.is_close() {
+                            return;
+                        }
+                        if m.is_text() && m.to_text().is_ok_and(|t| t == "close-me") {
+                            let _ = ws.close(None).await;
+                            return;
+                        }
+                        if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        WsUpstream { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for WsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Opens a WebSocket through the gateway at `gw` to `host` (connecting to the gateway's
+/// socket directly, naming `host` as a browser would), offering `protocols`.
+pub async fn ws_connect(
+    gw: SocketAddr,
+    host: &str,
+    path: &str,
+    protocols: Option<&str>,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    hyper::http::Response<Option<Vec<u8>>>,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{host}:{}{path}", gw.port())
+        .into_client_request()
+        .unwrap();
+    if let Some(p) = protocols {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    let sock = tokio::net::TcpStream::connect(gw)
+        .await
+        .expect("connect gateway");
+    tokio_tungstenite::client_async(req, sock)
+        .await
+        .expect("WebSocket handshake through the gateway")
+}
+
+/// Sends `msgs` and checks each comes back, then closes and checks the close is answered.
+pub async fn ws_echo_roundtrip(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let msgs = vec![
+        Message::Text("hello".into()),
+        Message::Binary(Bytes::from(vec![7u8; 40_000])),
+        Message::Text("ünïcödé ✓".into()),
+    ];
+    for m in msgs {
+        ws.send(m.clone()).await.unwrap();
+        let back = tokio::time::timeout(super::HANG, ws.next())
+            .await
+            .expect("echo in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, m);
+    }
+    ws.send(Message::Text("close-me".into())).await.unwrap();
+    match tokio::time::timeout(super::HANG, ws.next())
+        .await
+        .expect("close in time")
+    {
+        Some(Ok(Message::Close(_))) | None => {}
+        Some(Ok(other)) => panic!("unexpected {other:?}"),
+        Some(Err(e)) => panic!("error instead of close: {e}"),
+    }
+}
