@@ -405,3 +405,39 @@ async fn quickstart_with_curl() {
         .expect("curl runs");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 200");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_tunnel_answers_busy_and_recovers() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&["--max-streams-per-tunnel", "2"]);
+    let _agent = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    let c = client();
+    // Two requests held open by the upstream fill the tunnel.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let c = c.clone();
+            let url = gw.url(APP, "/gate");
+            tokio::spawn(async move { c.get(url).send().await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    loop {
+        let r = c.get(gw.url(APP, "/hello")).send().await.unwrap();
+        if r.status() == 503 {
+            expect_error(r, 503, "tunnel_busy", "stream limit").await;
+            break;
+        }
+        // The held requests may not have opened their streams yet.
+        assert_eq!(r.status(), 200);
+        assert!(start.elapsed() < HANG, "the tunnel never filled");
+        tokio::task::yield_now().await;
+    }
+    up.gate.add_permits(2);
+    for h in held {
+        assert_eq!(h.await.unwrap(), "opened");
+    }
+    assert_eq!(
+        c.get(gw.url(APP, "/hello")).send().await.unwrap().status(),
+        200
+    );
+}

@@ -13,7 +13,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::Semaphore;
 
 use super::{pattern_byte, pattern_source};
 
@@ -25,8 +25,8 @@ const CHUNK: usize = 64 * 1024;
 pub struct Upstream {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
-    /// Released by a test to let `/gate` answer.
-    pub gate: Arc<Notify>,
+    /// Each permit a test adds lets one `/gate` request answer.
+    pub gate: Arc<Semaphore>,
 }
 
 impl Upstream {
@@ -35,7 +35,7 @@ impl Upstream {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
-        let gate = Arc::new(Notify::new());
+        let gate = Arc::new(Semaphore::new(0));
         let g = gate.clone();
         let task = tokio::spawn(async move {
             let source = pattern_source(CHUNK);
@@ -107,7 +107,7 @@ fn pattern_body(n: u64, source: Bytes) -> Body {
 async fn handle(
     req: Request<Incoming>,
     source: Bytes,
-    gate: Arc<Notify>,
+    gate: Arc<Semaphore>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let resp = match path.as_str() {
@@ -180,7 +180,9 @@ async fn handle(
             r
         }
         "/gate" => {
-            gate.notified().await;
+            if let Ok(p) = gate.acquire().await {
+                p.forget();
+            }
             Response::new(full("opened"))
         }
         "/hang" => {
