@@ -35,3 +35,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+say "k8s manifests"
+./k8s/validate.sh
