@@ -146,6 +146,27 @@ pub struct Config {
     #[arg(long, env = "TG_CONNECTIONS", default_value_t = DEFAULT_CONNECTIONS)]
     pub connections: usize,
 
+    /// Discover routes from Kubernetes Ingress objects (in-cluster config, or --kubeconfig).
+    #[arg(long, env = "TG_KUBERNETES")]
+    pub kubernetes: bool,
+
+    /// Kubeconfig file for running outside the cluster (default: in-cluster, then KUBECONFIG).
+    #[arg(long, env = "TG_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespaces to watch (repeat or comma-separate; default: all).
+    #[arg(long = "namespace", env = "TG_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Only Ingresses of this IngressClass (spec.ingressClassName or the legacy annotation).
+    #[arg(long, env = "TG_INGRESS_CLASS")]
+    pub ingress_class: Option<String>,
+
+    /// Send Kubernetes routes through the ingress controller at this URL (keeping Host)
+    /// instead of straight to each Service.
+    #[arg(long, env = "TG_INGRESS_CONTROLLER_URL")]
+    pub ingress_controller_url: Option<String>,
+
     /// First reconnect delay (doubles up to --reconnect-max, with jitter).
     #[arg(long, env = "TG_RECONNECT_MIN", default_value = DEFAULT_RECONNECT_MIN, value_parser = parse_duration)]
     pub reconnect_min: Duration,

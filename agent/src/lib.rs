@@ -6,10 +6,12 @@
 //! - [`config`]: command line, environment and config file.
 //! - [`backoff`]: reconnect delays with jitter.
 //! - [`upstream`]: rule matching and the pooled upstream HTTP client.
+//! - [`ingress`]: Kubernetes mode: routes from Ingress objects (watcher + pure translation).
 //! - [`tunnel`]: a session per connection, a task per stream.
 
 pub mod backoff;
 pub mod config;
+pub mod ingress;
 pub mod tunnel;
 pub mod upstream;
 
@@ -46,13 +48,19 @@ pub enum Status {
 }
 
 /// What sessions share.
+/// The routes this agent publishes, by (host, path).
+pub type RouteSet =
+    Arc<std::collections::BTreeMap<(String, String), tunnelgate_proto::routes::RouteSpec>>;
+
 pub struct Shared {
     pub config: Config,
+    /// The published routes; sessions send the changes to the gateway.
+    pub routes: watch::Sender<RouteSet>,
     /// This agent instance's id; slot `n`'s connection id is `{instance}-{n}`, stable across
     /// reconnects.
     pub instance: String,
     held: std::sync::Mutex<Vec<String>>,
-    pub rules: Arc<Rules>,
+    rules: std::sync::RwLock<Arc<Rules>>,
     pub client: UpstreamClient,
     pub status: watch::Sender<Status>,
 }
@@ -73,6 +81,29 @@ impl Drop for Held<'_> {
 }
 
 impl Shared {
+    /// The current matching table.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the routes (and the table that serves them); connected sessions publish the
+    /// difference.
+    pub fn set_routes(&self, routes: Vec<(tunnelgate_proto::routes::RouteSpec, upstream::Target)>) {
+        let set: std::collections::BTreeMap<_, _> = routes
+            .iter()
+            .map(|(s, _)| ((s.host.clone(), s.path.clone()), s.clone()))
+            .collect();
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Rules::from_pairs(routes);
+        self.routes.send_if_modified(|cur| {
+            if **cur == set {
+                false
+            } else {
+                *cur = Arc::new(set);
+                true
+            }
+        });
+    }
+
     /// Claims `node` for one slot; None when another slot holds a tunnel there.
     pub fn hold(&self, node: &str) -> Option<Held<'_>> {
         let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -109,16 +140,21 @@ pub async fn run(
     status: watch::Sender<Status>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let rules = Rules::new(&config.routes)?;
     let client = upstream::client(config.upstream_connect_timeout);
     let shared = Arc::new(Shared {
         instance: format!("agent-{:016x}", rand::random::<u64>()),
         held: Default::default(),
+        routes: watch::channel(RouteSet::default()).0,
+        rules: Default::default(),
         config,
-        rules,
         client,
         status,
     });
+    shared.set_routes(Rules::pairs(&shared.config.routes)?);
+    if shared.config.kubernetes {
+        let source = ingress::IngressSource::connect(&shared.config).await?;
+        tokio::spawn(source.run(shared.clone()));
+    }
     let slots: Vec<_> = (0..shared.config.connections)
         .map(|slot| tokio::spawn(run_slot(shared.clone(), slot, shutdown.clone())))
         .collect();

@@ -62,13 +62,19 @@ impl Target {
 }
 
 /// The agent's rules, ready for matching.
+#[derive(Default)]
 pub struct Rules {
     rules: Vec<(RouteSpec, Target)>,
 }
 
 impl Rules {
     pub fn new(rules: &[Rule]) -> Result<Arc<Rules>, String> {
-        let rules = rules
+        Ok(Rules::from_pairs(Rules::pairs(rules)?))
+    }
+
+    /// Static rules as routes and their targets.
+    pub fn pairs(rules: &[Rule]) -> Result<Vec<(RouteSpec, Target)>, String> {
+        rules
             .iter()
             .map(|r| {
                 Ok((
@@ -82,8 +88,11 @@ impl Rules {
                     Target::parse(&r.service)?,
                 ))
             })
-            .collect::<Result<_, String>>()?;
-        Ok(Arc::new(Rules { rules }))
+            .collect()
+    }
+
+    pub fn from_pairs(rules: Vec<(RouteSpec, Target)>) -> Arc<Rules> {
+        Arc::new(Rules { rules })
     }
 
     /// The target for a request, by the same rules the gateway used to route it here.

@@ -270,9 +270,11 @@ async fn serve(
     stream: &mut futures_util::stream::SplitStream<Ws>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<End, SessionError> {
+    let mut routes_rx = shared.routes.subscribe();
+    let mut sent = routes_rx.borrow_and_update().clone();
     let sync = Control::IngressRoutes(IngressRoutes {
         action: RouteAction::Sync,
-        routes: shared.config.route_specs(),
+        routes: sent.values().cloned().collect(),
     });
     out.send_control(&sync)
         .await
@@ -283,6 +285,13 @@ async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(End::Shutdown),
+            Ok(()) = routes_rx.changed() => {
+                let now = routes_rx.borrow_and_update().clone();
+                for msg in route_changes(&sent, &now) {
+                    out.send_control(&msg).await.map_err(|_| SessionError::Lost("writer closed".into()))?;
+                }
+                sent = now;
+            }
             _ = ticker.tick() => {
                 if last_seen.elapsed() > beat * 3 {
                     return Err(SessionError::Lost("gateway silent for three heartbeat intervals".into()));
@@ -322,6 +331,34 @@ async fn serve(
             }
         }
     }
+}
+
+/// The `ingress_routes` messages that turn the published set `old` into `new`.
+pub fn route_changes(old: &crate::RouteSet, new: &crate::RouteSet) -> Vec<Control> {
+    let added: Vec<_> = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let removed: Vec<_> = old
+        .iter()
+        .filter(|(k, _)| !new.contains_key(*k))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let mut out = Vec::new();
+    if !added.is_empty() {
+        out.push(Control::IngressRoutes(IngressRoutes {
+            action: RouteAction::Update,
+            routes: added,
+        }));
+    }
+    if !removed.is_empty() {
+        out.push(Control::IngressRoutes(IngressRoutes {
+            action: RouteAction::Delete,
+            routes: removed,
+        }));
+    }
+    out
 }
 
 fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String> {
@@ -437,7 +474,7 @@ fn on_control(
                     from_gateway: r,
                     credit: credit.clone(),
                     outbox: out.clone(),
-                    rules: shared.rules.clone(),
+                    rules: shared.rules(),
                 };
                 let done = table.clone();
                 let handle = tokio::spawn(async move {
@@ -466,7 +503,7 @@ fn on_control(
                 upload: reader,
                 credit: credit.clone(),
                 outbox: out.clone(),
-                rules: shared.rules.clone(),
+                rules: shared.rules(),
                 client: shared.client.clone(),
             };
             let done = table.clone();
