@@ -222,10 +222,15 @@ impl Config {
         if self.token.as_ref().is_none_or(|t| t.expose().is_empty()) {
             return Err("no token: give --token TOKEN (or TG_TOKEN)".into());
         }
-        if self.routes.is_empty() {
+        if self.routes.is_empty() && !self.kubernetes {
             return Err(
-                "no routes: give --route HOST=URL or --config FILE with ingress rules".into(),
+                "no routes: give --route HOST=URL, --config FILE with ingress rules, or --kubernetes"
+                    .into(),
             );
+        }
+        if let Some(u) = &self.ingress_controller_url {
+            crate::upstream::Target::parse(u)
+                .map_err(|e| format!("--ingress-controller-url: {e}"))?;
         }
         for r in &mut self.routes {
             r.hostname = r.hostname.trim_end_matches('.').to_ascii_lowercase();
