@@ -52,8 +52,21 @@ pub enum Status {
 pub type RouteSet =
     Arc<std::collections::BTreeMap<(String, String), tunnelgate_proto::routes::RouteSpec>>;
 
+/// What the gateway said of the routes, passed to the Kubernetes source (status, Events).
+#[derive(Debug, Clone)]
+pub struct AckReport {
+    pub public_host: Option<String>,
+    pub accepted: Vec<tunnelgate_proto::control::RouteKey>,
+    pub rejected: Vec<RouteRejection>,
+}
+
+/// Acknowledgements queued for the Kubernetes source before new ones are dropped.
+const ACK_QUEUE: usize = 64;
+
 pub struct Shared {
     pub config: Config,
+    /// Where route acknowledgements go, in Kubernetes mode.
+    pub acks: Option<tokio::sync::mpsc::Sender<AckReport>>,
     /// The published routes; sessions send the changes to the gateway.
     pub routes: watch::Sender<RouteSet>,
     /// This agent instance's id; slot `n`'s connection id is `{instance}-{n}`, stable across
@@ -141,7 +154,9 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let client = upstream::client(config.upstream_connect_timeout);
+    let (ack_tx, ack_rx) = tokio::sync::mpsc::channel(ACK_QUEUE);
     let shared = Arc::new(Shared {
+        acks: config.kubernetes.then_some(ack_tx),
         instance: format!("agent-{:016x}", rand::random::<u64>()),
         held: Default::default(),
         routes: watch::channel(RouteSet::default()).0,
@@ -153,7 +168,7 @@ pub async fn run(
     shared.set_routes(Rules::pairs(&shared.config.routes)?);
     if shared.config.kubernetes {
         let source = ingress::IngressSource::connect(&shared.config).await?;
-        tokio::spawn(source.run(shared.clone()));
+        tokio::spawn(source.run(shared.clone(), ack_rx));
     }
     let slots: Vec<_> = (0..shared.config.connections)
         .map(|slot| tokio::spawn(run_slot(shared.clone(), slot, shutdown.clone())))

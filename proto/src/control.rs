@@ -57,6 +57,10 @@ pub struct RegisterSuccess {
     /// Initial credit of every stream, in both directions.
     pub stream_window: u32,
     pub max_streams: u32,
+    /// The name the cluster's public hosts are CNAMEd to (`{cluster}.{domain}`), for an
+    /// agent to write into Ingress status.
+    #[serde(default)]
+    pub public_host: Option<String>,
 }
 
 /// Gateway → agent: registration refused; the gateway closes the tunnel after sending it.

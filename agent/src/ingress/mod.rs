@@ -2,22 +2,29 @@
 //! for named ports) keep local copies current through list/watch — re-listing by themselves
 //! after a broken watch or 410 Gone — and every change recomputes the route set with the pure
 //! [`translate`]. Connected sessions then send the gateway the difference.
+//!
+//! The cluster sees what the gateway did: each Ingress with a published route gets the
+//! gateway's name in `status.loadBalancer`, and a host the gateway refused becomes a Warning
+//! Event on its Ingress, so `kubectl describe ingress` explains it.
 
 pub mod translate;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
+use tokio::sync::mpsc;
 
-use crate::Shared;
 use crate::config::Config;
 use crate::upstream::{Rules, Target};
+use crate::{AckReport, Shared};
 use translate::{Skipped, UpstreamMode, in_class, translate};
 
 /// Watches Ingresses and Services and publishes the routes they describe.
@@ -57,7 +64,7 @@ impl IngressSource {
     }
 
     /// Runs until the agent stops.
-    pub async fn run(self, shared: Arc<Shared>) {
+    pub async fn run(self, shared: Arc<Shared>, mut acks: mpsc::Receiver<AckReport>) {
         let (ingresses, ing_writer) = reflector::store::<Ingress>();
         let (services, svc_writer) = reflector::store::<Service>();
         let ing_events = reflector::reflector(
@@ -81,7 +88,18 @@ impl IngressSource {
         let mut events = std::pin::pin!(futures_util::stream::select(ing_events, svc_events));
         let statics = Rules::pairs(&shared.config.routes).unwrap_or_default();
         let mut last_skipped: Vec<Skipped> = Vec::new();
-        while let Some(ev) = events.next().await {
+        let mut feedback = Feedback::new(self.client.clone());
+        loop {
+            let ev = tokio::select! {
+                ev = events.next() => match ev {
+                    Some(ev) => ev,
+                    None => return,
+                },
+                Some(ack) = acks.recv() => {
+                    feedback.report(&ingresses, ack).await;
+                    continue;
+                }
+            };
             match ev {
                 Ok(false) => continue,
                 Ok(true) => {}
@@ -161,6 +179,101 @@ impl IngressSource {
         }
         (pairs, skipped)
     }
+}
+
+/// Writes what the gateway did back into the cluster: Ingress status and Events.
+struct Feedback {
+    client: Client,
+    recorder: Recorder,
+    /// (namespace, name, host, reason) already reported, so an Event is recorded once.
+    reported: HashSet<(String, String, String, String)>,
+    accepted: HashSet<(String, String)>,
+}
+
+impl Feedback {
+    fn new(client: Client) -> Self {
+        let reporter = Reporter {
+            controller: "tunnelgate-agent".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        };
+        Feedback {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            reported: HashSet::new(),
+            accepted: HashSet::new(),
+        }
+    }
+
+    async fn report(&mut self, ingresses: &Store<Ingress>, ack: AckReport) {
+        self.accepted
+            .extend(ack.accepted.into_iter().map(|k| (k.host, k.path)));
+        for ing in ingresses.state() {
+            let (Some(ns), Some(name)) =
+                (ing.metadata.namespace.clone(), ing.metadata.name.clone())
+            else {
+                continue;
+            };
+            let keys = ingress_keys(&ing);
+            for r in ack
+                .rejected
+                .iter()
+                .filter(|r| keys.contains(&(r.host.clone(), r.path.clone())))
+            {
+                let seen = (ns.clone(), name.clone(), r.host.clone(), r.reason.clone());
+                if !self.reported.insert(seen) {
+                    continue;
+                }
+                let ev = KubeEvent {
+                    type_: EventType::Warning,
+                    reason: "HostRejected".into(),
+                    note: Some(format!(
+                        "gateway refused {}{}: {}",
+                        r.host, r.path, r.reason
+                    )),
+                    action: "Publish".into(),
+                    secondary: None,
+                };
+                if let Err(e) = self.recorder.publish(&ev, &ing.object_ref(&())).await {
+                    tracing::warn!(namespace = %ns, ingress = %name, error = %e, "cannot record Event");
+                }
+            }
+            let Some(hostname) = ack.public_host.as_deref() else {
+                continue;
+            };
+            let published = keys.iter().any(|k| self.accepted.contains(k));
+            let current = ing
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .and_then(|i| i.first())
+                .and_then(|i| i.hostname.as_deref());
+            if published && current != Some(hostname) {
+                let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
+                let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"hostname": hostname}]}}});
+                if let Err(e) = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    tracing::warn!(namespace = %ns, ingress = %name, error = %e, "cannot write Ingress status");
+                }
+            }
+        }
+    }
+}
+
+/// The (host, path) pairs an Ingress describes, as routes name them.
+fn ingress_keys(ing: &Ingress) -> Vec<(String, String)> {
+    ing.spec
+        .iter()
+        .flat_map(|s| s.rules.iter().flatten())
+        .filter_map(|r| Some((r.host.clone()?, r.http.as_ref()?)))
+        .flat_map(|(h, http)| {
+            http.paths
+                .iter()
+                .map(move |p| (h.clone(), p.path.clone().unwrap_or_else(|| "/".into())))
+        })
+        .collect()
 }
 
 /// Whether a watcher event changes what is published: the initial list counts once, when done.

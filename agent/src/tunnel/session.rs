@@ -448,6 +448,14 @@ fn on_control(
                 rejected = ack.rejected.len(),
                 "routes published"
             );
+            if let Some(tx) = &shared.acks {
+                // Dropped when the source is behind: the next ack carries the same news.
+                let _ = tx.try_send(crate::AckReport {
+                    public_host: ok.public_host.clone(),
+                    accepted: ack.accepted.clone(),
+                    rejected: ack.rejected.clone(),
+                });
+            }
             shared.status.send_replace(Status::Connected {
                 gateway: gateway.to_string(),
                 node_id: ok.node_id.clone(),

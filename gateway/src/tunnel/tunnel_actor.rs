@@ -559,6 +559,7 @@ impl TunnelActor {
             heartbeat_interval_ms: cfg.heartbeat_interval.as_millis() as u64,
             stream_window: cfg.stream_window,
             max_streams: cfg.max_streams_per_tunnel,
+            public_host: Some(format!("{}.{}", self.cluster, cfg.domain)),
         };
         self.out
             .try_send(Outgoing::Text(Control::RegisterSuccess(ok).to_json()));

@@ -38,12 +38,48 @@ struct Inner {
     objects: BTreeMap<(String, String, String), Value>,
     /// (resourceVersion, kind, event type, object)
     history: Vec<(u64, String, &'static str, Value)>,
+    /// Events (events.k8s.io/v1) clients recorded.
+    posted_events: Vec<Value>,
+}
+
+/// What the server and the test share.
+struct State {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<(u64, String, &'static str, Value)>,
+}
+
+impl State {
+    fn record(&self, kind: String, kind_event: &'static str, obj: Value) {
+        let mut g = self.inner.lock().unwrap();
+        let rv = g.rv;
+        g.history.push((rv, kind.clone(), kind_event, obj.clone()));
+        drop(g);
+        let _ = self.events.send((rv, kind, kind_event, obj));
+    }
+
+    /// Creates or replaces an object (ADDED or MODIFIED to watchers); returns it as stored.
+    fn apply(&self, mut obj: Value) -> Value {
+        let k = key(&obj);
+        let event = {
+            let mut g = self.inner.lock().unwrap();
+            g.rv += 1;
+            let rv = g.rv;
+            let meta = obj["metadata"].as_object_mut().expect("metadata");
+            meta.insert("resourceVersion".into(), json!(rv.to_string()));
+            meta.entry("uid")
+                .or_insert(json!(format!("uid-{}-{}", k.1, k.2)));
+            meta.entry("namespace").or_insert(json!("default"));
+            let existed = g.objects.insert(key(&obj), obj.clone()).is_some();
+            if existed { "MODIFIED" } else { "ADDED" }
+        };
+        self.record(k.0, event, obj.clone());
+        obj
+    }
 }
 
 pub struct KubeApi {
     pub addr: SocketAddr,
-    inner: Arc<Mutex<Inner>>,
-    events: broadcast::Sender<(u64, String, &'static str, Value)>,
+    state: Arc<State>,
     generation: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -77,20 +113,22 @@ impl KubeApi {
             .await
             .expect("bind fake apiserver");
         let addr = listener.local_addr().unwrap();
-        let inner = Arc::new(Mutex::new(Inner::default()));
         let (events, _) = broadcast::channel(1024);
+        let state = Arc::new(State {
+            inner: Mutex::new(Inner::default()),
+            events,
+        });
         let (generation, _) = watch::channel(0u64);
-        let (i, e, g) = (inner.clone(), events.clone(), generation.clone());
+        let (st, g) = (state.clone(), generation.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     break;
                 };
-                let (i, e, g) = (i.clone(), e.clone(), g.clone());
+                let (st, g) = (st.clone(), g.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        serve(req, i.clone(), e.clone(), g.clone())
-                    });
+                    let svc =
+                        hyper::service::service_fn(move |req| serve(req, st.clone(), g.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(sock), svc)
                         .await;
@@ -99,8 +137,7 @@ impl KubeApi {
         });
         KubeApi {
             addr,
-            inner,
-            events,
+            state,
             generation,
             task,
         }
@@ -117,36 +154,31 @@ impl KubeApi {
         path
     }
 
-    fn record(&self, kind: String, kind_event: &'static str, obj: Value) {
-        let mut g = self.inner.lock().unwrap();
-        let rv = g.rv;
-        g.history.push((rv, kind.clone(), kind_event, obj.clone()));
-        drop(g);
-        let _ = self.events.send((rv, kind, kind_event, obj));
+    /// Creates or replaces an object (ADDED or MODIFIED to watchers).
+    pub fn apply(&self, obj: Value) {
+        self.state.apply(obj);
     }
 
-    /// Creates or replaces an object (ADDED or MODIFIED to watchers).
-    pub fn apply(&self, mut obj: Value) {
-        let k = key(&obj);
-        let event = {
-            let mut g = self.inner.lock().unwrap();
-            g.rv += 1;
-            let rv = g.rv;
-            let meta = obj["metadata"].as_object_mut().expect("metadata");
-            meta.insert("resourceVersion".into(), json!(rv.to_string()));
-            meta.entry("uid")
-                .or_insert(json!(format!("uid-{}-{}", k.1, k.2)));
-            meta.entry("namespace").or_insert(json!("default"));
-            let existed = g.objects.insert(key(&obj), obj.clone()).is_some();
-            if existed { "MODIFIED" } else { "ADDED" }
-        };
-        self.record(k.0, event, obj);
+    /// The stored object, if any.
+    pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        self.state
+            .inner
+            .lock()
+            .unwrap()
+            .objects
+            .get(&(kind.into(), ns.into(), name.into()))
+            .cloned()
+    }
+
+    /// Events clients recorded (events.k8s.io/v1).
+    pub fn recorded_events(&self) -> Vec<Value> {
+        self.state.inner.lock().unwrap().posted_events.clone()
     }
 
     /// Deletes an object (DELETED to watchers).
     pub fn delete(&self, kind: &str, ns: &str, name: &str) {
         let obj = {
-            let mut g = self.inner.lock().unwrap();
+            let mut g = self.state.inner.lock().unwrap();
             g.rv += 1;
             let rv = g.rv;
             let Some(mut obj) = g.objects.remove(&(kind.into(), ns.into(), name.into())) else {
@@ -155,7 +187,7 @@ impl KubeApi {
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
             obj
         };
-        self.record(kind.into(), "DELETED", obj);
+        self.state.record(kind.into(), "DELETED", obj);
     }
 
     /// Ends every open watch (as an apiserver restart or a proxy timeout would).
@@ -165,7 +197,7 @@ impl KubeApi {
 
     /// Forgets history up to now: a watch from an older version gets 410 Gone.
     pub fn compact(&self) {
-        let mut g = self.inner.lock().unwrap();
+        let mut g = self.state.inner.lock().unwrap();
         g.compacted = g.rv;
         g.history.clear();
     }
@@ -187,12 +219,81 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Writes: merge-patching an Ingress's status, and recording Events.
+async fn write(req: Request<Incoming>, state: &State) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let Ok(doc) = serde_json::from_slice::<Value>(&body) else {
+        return json_response(400, &status(400, "BadRequest", "body is not JSON"));
+    };
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method.as_str(), parts.as_slice()) {
+        (
+            "PATCH",
+            [
+                "apis",
+                "networking.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "ingresses",
+                name,
+                "status",
+            ],
+        ) => {
+            let found = state
+                .inner
+                .lock()
+                .unwrap()
+                .objects
+                .get(&("Ingress".into(), ns.to_string(), name.to_string()))
+                .cloned();
+            let Some(mut obj) = found else {
+                return json_response(
+                    404,
+                    &status(404, "NotFound", &format!("ingresses {name:?} not found")),
+                );
+            };
+            obj["status"] = doc["status"].clone();
+            json_response(200, &state.apply(obj))
+        }
+        ("POST", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => {
+            let mut ev = doc;
+            ev["metadata"]["namespace"] = json!(ns);
+            ev["metadata"]["resourceVersion"] = json!("1");
+            state.inner.lock().unwrap().posted_events.push(ev.clone());
+            json_response(201, &ev)
+        }
+        ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", _, "events", _]) => {
+            json_response(200, &doc)
+        }
+        _ => json_response(
+            405,
+            &status(
+                405,
+                "MethodNotAllowed",
+                &format!("{method} {path} is not served"),
+            ),
+        ),
+    }
+}
+
 async fn serve(
     req: Request<Incoming>,
-    inner: Arc<Mutex<Inner>>,
-    events: broadcast::Sender<(u64, String, &'static str, Value)>,
+    state: Arc<State>,
     generation: watch::Sender<u64>,
 ) -> Result<Response<Body>, Infallible> {
+    if req.method() != hyper::Method::GET {
+        return Ok(write(req, &state).await);
+    }
+    let inner = &state.inner;
+    let events = &state.events;
     let path = req.uri().path().to_string();
     let Some(&(_, kind, list_kind, api_version)) = KINDS.iter().find(|(p, ..)| *p == path) else {
         return Ok(json_response(
