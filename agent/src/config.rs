@@ -167,6 +167,20 @@ pub struct Config {
     #[arg(long, env = "TG_INGRESS_CONTROLLER_URL")]
     pub ingress_controller_url: Option<String>,
 
+    /// The ingress controller's Service, `NAMESPACE/NAME`, judged to tell a private cluster
+    /// from a public one.
+    #[arg(long, env = "TG_DETECT_SERVICE", default_value = crate::ingress::detect::DEFAULT_CONTROLLER_SERVICE)]
+    pub detect_service: String,
+
+    /// How long a LoadBalancer may wait for an external address before the cluster counts
+    /// as private.
+    #[arg(long, env = "TG_DETECT_WAIT", default_value = crate::ingress::detect::DEFAULT_LB_WAIT, value_parser = parse_duration)]
+    pub detect_wait: Duration,
+
+    /// Publish no Ingress routes when the cluster is judged public (reachable without us).
+    #[arg(long, env = "TG_SKIP_IF_PUBLIC")]
+    pub skip_if_public: bool,
+
     /// First reconnect delay (doubles up to --reconnect-max, with jitter).
     #[arg(long, env = "TG_RECONNECT_MIN", default_value = DEFAULT_RECONNECT_MIN, value_parser = parse_duration)]
     pub reconnect_min: Duration,

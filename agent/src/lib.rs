@@ -67,6 +67,8 @@ pub struct Shared {
     pub config: Config,
     /// Where route acknowledgements go, in Kubernetes mode.
     pub acks: Option<tokio::sync::mpsc::Sender<AckReport>>,
+    /// Whether the cluster was judged private (0 unknown, 1 private, 2 public).
+    private: std::sync::atomic::AtomicU8,
     /// The published routes; sessions send the changes to the gateway.
     pub routes: watch::Sender<RouteSet>,
     /// This agent instance's id; slot `n`'s connection id is `{instance}-{n}`, stable across
@@ -94,6 +96,24 @@ impl Drop for Held<'_> {
 }
 
 impl Shared {
+    pub fn set_private(&self, private: Option<bool>) {
+        let v = match private {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        self.private.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What detection found, for heartbeats.
+    pub fn is_private(&self) -> Option<bool> {
+        match self.private.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
     /// The current matching table.
     pub fn rules(&self) -> Arc<Rules> {
         self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -157,6 +177,7 @@ pub async fn run(
     let (ack_tx, ack_rx) = tokio::sync::mpsc::channel(ACK_QUEUE);
     let shared = Arc::new(Shared {
         acks: config.kubernetes.then_some(ack_tx),
+        private: Default::default(),
         instance: format!("agent-{:016x}", rand::random::<u64>()),
         held: Default::default(),
         routes: watch::channel(RouteSet::default()).0,

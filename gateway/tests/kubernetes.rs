@@ -203,3 +203,51 @@ async fn broken_watches_and_410_gone_converge() {
     eprintln!("converged {took:?} after 410 Gone");
     until_status(&s.gw, "a.demo.localhost", "/hello", 404).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_found_public_can_opt_out() {
+    let api = KubeApi::start().await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&[]);
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "tg-kube-pub-{}-{}",
+        std::process::id(),
+        api.addr.port()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let kubeconfig = api.kubeconfig(&dir.0);
+    let controller = up.url();
+    let agent = Agent::spawn(
+        &gw,
+        DEMO,
+        &[],
+        &[
+            "--kubernetes",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--ingress-controller-url",
+            &controller,
+            "--connections",
+            "1",
+            "--skip-if-public",
+        ],
+    );
+    agent.connected().await;
+    // No ingress controller Service: private, so the Ingress is published.
+    api.apply(ingress(
+        "web",
+        "app.demo.localhost",
+        "/",
+        json!({"number": 80}),
+    ));
+    until_status(&gw, "app.demo.localhost", "/hello", 200).await;
+    // The controller gets a public address: the cluster is reachable without us, and the
+    // operator asked not to publish then.
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "ingress-nginx-controller", "namespace": "ingress-nginx"},
+        "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}
+    }));
+    until_status(&gw, "app.demo.localhost", "/hello", 404).await;
+}

@@ -7,6 +7,7 @@
 //! gateway's name in `status.loadBalancer`, and a host the gateway refused becomes a Warning
 //! Event on its Ingress, so `kubectl describe ingress` explains it.
 
+pub mod detect;
 pub mod translate;
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +34,10 @@ pub struct IngressSource {
     namespaces: Vec<String>,
     class: Option<String>,
     mode: UpstreamMode,
+    /// The ingress controller's Service (namespace, name), for detection.
+    controller: (String, String),
+    lb_wait: std::time::Duration,
+    skip_if_public: bool,
 }
 
 impl IngressSource {
@@ -60,6 +65,13 @@ impl IngressSource {
                 Some(u) => UpstreamMode::Controller(u.clone()),
                 None => UpstreamMode::Service,
             },
+            controller: config
+                .detect_service
+                .split_once('/')
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .ok_or("--detect-service must be NAMESPACE/NAME")?,
+            lb_wait: config.detect_wait,
+            skip_if_public: config.skip_if_public,
         })
     }
 
@@ -89,8 +101,13 @@ impl IngressSource {
         let statics = Rules::pairs(&shared.config.routes).unwrap_or_default();
         let mut last_skipped: Vec<Skipped> = Vec::new();
         let mut feedback = Feedback::new(self.client.clone());
+        let started = std::time::Instant::now();
+        let mut detection = detect::Detection::Pending;
+        // Re-judges a LoadBalancer still waiting for its address.
+        let mut recheck = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             let ev = tokio::select! {
+                _ = recheck.tick() => Ok(matches!(detection, detect::Detection::Pending)),
                 ev = events.next() => match ev {
                     Some(ev) => ev,
                     None => return,
@@ -108,7 +125,24 @@ impl IngressSource {
                     continue;
                 }
             }
-            let (pairs, skipped) = self.routes(&ingresses, &services);
+            let judged = {
+                let (ns, name) = &self.controller;
+                let state = services.state();
+                let svc = state.iter().find(|s| {
+                    s.metadata.namespace.as_deref() == Some(ns.as_str())
+                        && s.metadata.name.as_deref() == Some(name.as_str())
+                });
+                detect::classify(svc.map(|s| s.as_ref()), started.elapsed(), self.lb_wait)
+            };
+            if judged != detection {
+                tracing::info!(detection = ?judged, "cluster type");
+                detection = judged;
+                shared.set_private(detection.is_private());
+            }
+            let (mut pairs, skipped) = self.routes(&ingresses, &services);
+            if self.skip_if_public && matches!(detection, detect::Detection::Public(_)) {
+                pairs.clear();
+            }
             if skipped != last_skipped {
                 for s in &skipped {
                     tracing::warn!(host = ?s.host, path = %s.path, reason = %s.reason, "ingress path not published");

@@ -296,7 +296,7 @@ async fn serve(
                 if last_seen.elapsed() > beat * 3 {
                     return Err(SessionError::Lost("gateway silent for three heartbeat intervals".into()));
                 }
-                let hb = Control::Heartbeat(Heartbeat { sent_at_ms: now_ms(), is_private: None, gateway_routes: u32::try_from(sent.len()).ok() });
+                let hb = Control::Heartbeat(Heartbeat { sent_at_ms: now_ms(), is_private: shared.is_private(), gateway_routes: u32::try_from(sent.len()).ok() });
                 out.try_send(Outgoing::Text(hb.to_json()));
             }
             msg = stream.next() => {
