@@ -251,3 +251,40 @@ async fn a_cluster_found_public_can_opt_out() {
     }));
     until_status(&gw, "app.demo.localhost", "/hello", 404).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reads_the_fake_api_server_unmodified() {
+    let api = KubeApi::start().await;
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "tg-kubectl-{}-{}",
+        std::process::id(),
+        api.addr.port()
+    )));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let kubeconfig = api.kubeconfig(&dir.0);
+    api.apply(ingress(
+        "web",
+        "app.demo.localhost",
+        "/",
+        json!({"number": 80}),
+    ));
+    api.apply(service());
+    let Ok(out) = tokio::process::Command::new("kubectl")
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "--cache-dir"])
+        .arg(dir.0.join("cache"))
+        .args(["get", "ingresses,services", "-A", "-o", "name"])
+        .output()
+        .await
+    else {
+        eprintln!("kubectl is not installed; the kube-rs tests cover the server");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ingress.networking.k8s.io/web"), "{stdout}");
+    assert!(stdout.contains("service/web"), "{stdout}");
+}

@@ -219,6 +219,30 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Discovery documents, so `kubectl` finds the resources served.
+fn discovery(path: &str) -> Option<Value> {
+    let resource = |name: &str, kind: &str, ns: bool| {
+        json!({"name": name, "singularName": "", "namespaced": ns, "kind": kind,
+               "verbs": ["get", "list", "watch"]})
+    };
+    Some(match path {
+        "/version" => json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0-tunnelgate-test",
+                             "platform": "linux/amd64"}),
+        "/api" => json!({"kind": "APIVersions", "versions": ["v1"],
+                         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
+            "name": "networking.k8s.io",
+            "versions": [{"groupVersion": "networking.k8s.io/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": "networking.k8s.io/v1", "version": "v1"}}]}),
+        "/api/v1" => json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+                            "resources": [resource("services", "Service", true)]}),
+        "/apis/networking.k8s.io/v1" => json!({"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": "networking.k8s.io/v1",
+            "resources": [resource("ingresses", "Ingress", true), resource("ingresses/status", "Ingress", true)]}),
+        _ => return None,
+    })
+}
+
 /// Writes: merge-patching an Ingress's status, and recording Events.
 async fn write(req: Request<Incoming>, state: &State) -> Response<Body> {
     let path = req.uri().path().to_string();
@@ -295,6 +319,9 @@ async fn serve(
     let inner = &state.inner;
     let events = &state.events;
     let path = req.uri().path().to_string();
+    if let Some(doc) = discovery(&path) {
+        return Ok(json_response(200, &doc));
+    }
     let Some(&(_, kind, list_kind, api_version)) = KINDS.iter().find(|(p, ..)| *p == path) else {
         return Ok(json_response(
             404,
