@@ -1,12 +1,12 @@
 //! The agent's configuration: command line, then environment, then the `--config` file, then
 //! defaults. Every key is listed in `docs/config.md`.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+pub use tunnelgate_mux::config::{Secret, parse_duration};
 use tunnelgate_proto::routes::{PathType, RouteSpec, check_route_host};
 
 /// Tunnels an agent holds, each to a distinct gateway node.
@@ -23,48 +23,6 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "10s";
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued for the tunnel writer before stream tasks wait.
 pub const OUTBOX_CAPACITY: usize = 256;
-
-/// A secret that never shows in logs or `Debug` output.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"********\"")
-    }
-}
-
-/// Parses `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("{s:?} must be a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]

@@ -1,11 +1,11 @@
 //! The gateway's configuration: command line, then environment, then defaults. Every key is
 //! listed in `docs/config.md`.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+pub use tunnelgate_mux::config::{Secret, parse_duration};
 use tunnelgate_proto::limits::{DEFAULT_STREAM_WINDOW, MAX_STREAM_WINDOW, MIN_STREAM_WINDOW};
 
 /// Wait for the first response byte from the upstream before answering 504.
@@ -20,25 +20,6 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const TUNNEL_OUTBOX_CAPACITY: usize = 256;
 /// Time an agent has to send `register` after the upgrade.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A secret that never shows in logs or `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"********\"")
-    }
-}
 
 /// A cluster given on the command line: its id and its agent token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,29 +42,6 @@ fn parse_cluster(s: &str) -> Result<ClusterArg, String> {
         id: id.to_string(),
         token: Secret::new(token),
     })
-}
-
-/// Parses `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("{s:?} must be a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Log line format.
@@ -211,17 +169,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
 
     #[test]
     fn clusters_and_masking() {

@@ -6,9 +6,11 @@
 //! - [`pipe`]: a byte-bounded single-producer pipe from the tunnel reader to one consumer
 //!   (an HTTP body), which returns credit to the peer as the consumer reads.
 //! - [`credit`]: the sending side's credit ([`credit::SendCredit`]), awaited before each DATA.
+//! - [`config`]: durations and masked secrets for both binaries' configuration.
 //! - [`outbox`]: the one bounded queue into a tunnel's single writer, with a side board for
 //!   WINDOW and RESET frames that must never wait behind data.
 
+pub mod config;
 pub mod credit;
 pub mod outbox;
 pub mod pipe;

@@ -475,6 +475,23 @@ fn on_control(
                 return;
             }
             let credit = Arc::new(SendCredit::new(ok.stream_window));
+            // The task removes its own entry when it ends; the entry lets frames reach it.
+            let spawn = |t: &mut HashMap<StreamId, Entry>, fut, upload, ws| {
+                let done = table.clone();
+                let handle = tokio::spawn(async move {
+                    fut.await;
+                    lock(&done).remove(&id);
+                });
+                t.insert(
+                    id,
+                    Entry {
+                        upload,
+                        ws,
+                        credit: credit.clone(),
+                        abort: handle.abort_handle(),
+                    },
+                );
+            };
             if req.websocket {
                 let (w, r) = pipe::<WsMsg>(id, ok.stream_window, out.board());
                 let task = WsTask {
@@ -484,27 +501,16 @@ fn on_control(
                     outbox: out.clone(),
                     rules: shared.rules(),
                 };
-                let done = table.clone();
-                let handle = tokio::spawn(async move {
-                    task.run().await;
-                    lock(&done).remove(&id);
-                });
-                t.insert(
-                    id,
-                    Entry {
-                        upload: None,
-                        ws: Some(w),
-                        credit,
-                        abort: handle.abort_handle(),
-                    },
-                );
+                let fut: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(task.run());
+                spawn(&mut t, fut, None, Some(w));
                 return;
             }
-            let (upload, reader) = if req.body {
-                let (w, r) = pipe(id, ok.stream_window, out.board());
-                (Some(w), Some(r))
-            } else {
-                (None, None)
+            let (upload, reader) = match req.body {
+                true => {
+                    let (w, r) = pipe(id, ok.stream_window, out.board());
+                    (Some(w), Some(r))
+                }
+                false => (None, None),
             };
             let task = StreamTask {
                 request: req,
@@ -514,20 +520,7 @@ fn on_control(
                 rules: shared.rules(),
                 client: shared.client.clone(),
             };
-            let done = table.clone();
-            let handle = tokio::spawn(async move {
-                task.run().await;
-                lock(&done).remove(&id);
-            });
-            t.insert(
-                id,
-                Entry {
-                    upload,
-                    ws: None,
-                    credit,
-                    abort: handle.abort_handle(),
-                },
-            );
+            spawn(&mut t, Box::pin(task.run()), upload, None);
         }
         other => tracing::debug!(message = other.name(), "ignoring control message"),
     }

@@ -24,14 +24,8 @@ use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::tunnel::{
     ClientGone, OpenError, OpenStream, Opened, StreamActor, StreamParts, WsIn, from_actix,
-    pipe_body, to_actix,
+    pipe_body, refuse, to_actix,
 };
-
-fn refuse(status: StatusCode, why: &str) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("text/plain; charset=utf-8")
-        .body(format!("{}: {why}\n", status.as_u16()))
-}
 
 /// Authenticates a node and upgrades its peer link.
 pub async fn accept(

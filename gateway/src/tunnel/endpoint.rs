@@ -17,7 +17,8 @@ use crate::config::TUNNEL_OUTBOX_CAPACITY;
 /// Header in which an agent may state which cluster it believes it is.
 pub const CLUSTER_HEADER: &str = "x-tunnelgate-cluster";
 
-fn refuse(status: actix_web::http::StatusCode, why: &str) -> HttpResponse {
+/// A refusal before any upgrade: status and a one-line reason.
+pub fn refuse(status: actix_web::http::StatusCode, why: &str) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/plain; charset=utf-8")
         .body(format!("{}: {why}\n", status.as_u16()))

@@ -25,7 +25,7 @@ mod stream_actor;
 mod tunnel_actor;
 
 pub use endpoint::accept;
-pub use endpoint::{from_actix, to_actix};
+pub use endpoint::{from_actix, refuse, to_actix};
 pub use hub::{Hub, TunnelRef};
 pub use stream_actor::{BodySource, ClientGone, StreamActor, StreamParts, payload_body, pipe_body};
 pub use tunnel_actor::{
