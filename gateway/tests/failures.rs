@@ -420,18 +420,28 @@ async fn a_full_tunnel_answers_busy_and_recovers() {
             tokio::spawn(async move { c.get(url).send().await.unwrap().text().await.unwrap() })
         })
         .collect();
+    // Wait until both hold a stream (the gauge counts open streams), then one more is refused.
     let start = std::time::Instant::now();
     loop {
-        let r = c.get(gw.url(APP, "/hello")).send().await.unwrap();
-        if r.status() == 503 {
-            expect_error(r, 503, "tunnel_busy", "stream limit").await;
+        let m = c
+            .get(format!("http://{}/metrics", gw.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.lines().any(|l| l == "gateway_streams 2") {
             break;
         }
-        // The held requests may not have opened their streams yet.
-        assert_eq!(r.status(), 200);
-        assert!(start.elapsed() < HANG, "the tunnel never filled");
+        assert!(
+            start.elapsed() < HANG,
+            "the held requests never opened their streams"
+        );
         tokio::task::yield_now().await;
     }
+    let r = c.get(gw.url(APP, "/hello")).send().await.unwrap();
+    expect_error(r, 503, "tunnel_busy", "stream limit").await;
     up.gate.add_permits(2);
     for h in held {
         assert_eq!(h.await.unwrap(), "opened");
