@@ -120,13 +120,7 @@ async fn proxy(
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(%cluster, peer_node = %owner.node_id, error = %e, "owner unreachable; trying the next");
-                state
-                    .metrics
-                    .forwarded
-                    .get_or_create(&crate::telemetry::metrics::ReasonLabels {
-                        reason: "peer_unreachable",
-                    })
-                    .inc();
+                state.metrics.forward_outcome("peer_unreachable");
                 state.registry.drop_owner(cluster, &owner.node_id);
                 continue;
             }
@@ -138,21 +132,11 @@ async fn proxy(
         match target.forward(link, true, body.take()).await {
             Err(ProxyError::NotHere) => {
                 tracing::info!(%cluster, peer_node = %owner.node_id, "owner no longer holds the tunnel");
-                state
-                    .metrics
-                    .forwarded
-                    .get_or_create(&crate::telemetry::metrics::ReasonLabels { reason: "not_here" })
-                    .inc();
+                state.metrics.forward_outcome("not_here");
                 state.registry.drop_owner(cluster, &owner.node_id);
             }
             other => {
-                state
-                    .metrics
-                    .forwarded
-                    .get_or_create(&crate::telemetry::metrics::ReasonLabels {
-                        reason: "forwarded",
-                    })
-                    .inc();
+                state.metrics.forward_outcome("forwarded");
                 return other;
             }
         }

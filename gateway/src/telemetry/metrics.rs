@@ -164,6 +164,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a forwarding outcome (`forwarded`, `not_here`, `peer_unreachable`).
+    pub fn forward_outcome(&self, reason: &'static str) {
+        self.forwarded.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
     pub fn auth_failure(&self, reason: &'static str) {
         self.auth_failures
             .get_or_create(&ReasonLabels { reason })
