@@ -82,7 +82,7 @@ PY
 echo "==> measuring ($CONNECTIONS connections, $DURATION per row)"
 {
   row direct "127.0.0.1:$UP" localhost
-  row nginx-hop "127.0.0.1:$HOP" localhost "$(cat "$work/nginx.pid")"
+  row nginx-hop "127.0.0.1:$HOP" localhost "$(pgrep -P "$(cat "$work/nginx.pid")" | head -n 1)"
   row tunnelgate-local "127.0.0.1:$GW1" app.demo.localhost "${pids[1]}"
   row tunnelgate-peer-hop "127.0.0.1:$GW2" app.demo.localhost "${pids[2]}"
 } > "$work/rows.jsonl"
