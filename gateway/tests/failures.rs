@@ -13,6 +13,25 @@ use tunnelgate_agent::Status;
 
 const APP: &str = "app.demo.localhost";
 
+/// Waits until the gateway has seen the agent's tunnel close (a request racing the close may
+/// still be sent down the closing tunnel and fail with 502) and returns the first 503.
+async fn until_offline(gw: &Gateway, host: &str) -> reqwest::Response {
+    let start = std::time::Instant::now();
+    loop {
+        let r = client().get(gw.url(host, "/hello")).send().await.unwrap();
+        if r.status() == 503 {
+            return r;
+        }
+        assert!(
+            [200, 502].contains(&r.status().as_u16()),
+            "unexpected {}",
+            r.status()
+        );
+        assert!(start.elapsed() < HANG, "the cluster never went offline");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Checks status, error code header and a one-line body mentioning `says`.
 async fn expect_error(resp: reqwest::Response, status: u16, code: &str, says: &str) {
     assert_eq!(resp.status(), status);
@@ -115,7 +134,7 @@ async fn every_error_status() {
 
     // The agent goes away: its routes stay known, the cluster is offline.
     agent.stop().await;
-    let r = c.get(gw.url(APP, "/hello")).send().await.unwrap();
+    let r = until_offline(&gw, APP).await;
     assert_eq!(r.headers()["retry-after"], "1");
     expect_error(r, 503, "cluster_offline", "cluster demo is offline").await;
 
@@ -354,10 +373,7 @@ async fn agent_restart_brings_routes_back() {
         200
     );
     agent.stop().await;
-    assert_eq!(
-        c.get(gw.url(APP, "/hello")).send().await.unwrap().status(),
-        503
-    );
+    until_offline(&gw, APP).await;
     let _agent = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
     let r = c.get(gw.url(APP, "/sized?n=100000")).send().await.unwrap();
     expect_pattern(r, 100_000).await;
