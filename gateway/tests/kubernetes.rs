@@ -208,7 +208,7 @@ async fn broken_watches_and_410_gone_converge() {
 async fn a_cluster_found_public_can_opt_out() {
     let api = KubeApi::start().await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::start(&["--heartbeat-interval", "200ms"]);
     let dir = TempDir(std::env::temp_dir().join(format!(
         "tg-kube-pub-{}-{}",
         std::process::id(),
@@ -250,6 +250,26 @@ async fn a_cluster_found_public_can_opt_out() {
         "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}
     }));
     until_status(&gw, "app.demo.localhost", "/hello", 404).await;
+    // The agent's judgement reaches the gateway with its heartbeats.
+    let start = Instant::now();
+    loop {
+        let m = client()
+            .get(format!("http://{}/metrics", gw.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains(r#"gateway_cluster_private{cluster_uuid="demo"} 0"#) {
+            break;
+        }
+        assert!(
+            start.elapsed() < HANG,
+            "no heartbeat reported the cluster public:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

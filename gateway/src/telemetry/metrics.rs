@@ -58,6 +58,11 @@ pub struct Metrics {
     pub backend_calls: Family<OpLabels, Counter>,
     /// `gateway_forwarded_requests_total{outcome}`: requests sent over a peer link.
     pub forwarded: Family<ReasonLabels, Counter>,
+    /// `gateway_cluster_private{cluster_uuid}`: 1 when the agent judged its cluster private,
+    /// 0 public (absent until an agent reports).
+    pub cluster_private: Family<ClusterLabels, Gauge>,
+    /// `gateway_agent_routes{cluster_uuid}`: routes the cluster's agent says it publishes.
+    pub agent_routes: Family<ClusterLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -124,7 +129,21 @@ impl Default for Metrics {
             "Requests forwarded to the node owning the cluster's tunnel, by outcome",
             forwarded.clone(),
         );
+        let cluster_private = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "gateway_cluster_private",
+            "1 when the cluster's agent judged it private (no public ingress), 0 when public",
+            cluster_private.clone(),
+        );
+        let agent_routes = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "gateway_agent_routes",
+            "Routes the cluster's agent reports publishing (heartbeat)",
+            agent_routes.clone(),
+        );
         Metrics {
+            cluster_private,
+            agent_routes,
             backend_calls,
             forwarded,
             registry,
@@ -162,6 +181,19 @@ impl Metrics {
         self.tunnel_errors
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Records what an agent's heartbeat reports about its cluster.
+    pub fn agent_report(&self, cluster: &str, private: Option<bool>, routes: Option<u32>) {
+        let l = ClusterLabels {
+            cluster_uuid: cluster.to_string(),
+        };
+        if let Some(p) = private {
+            self.cluster_private.get_or_create(&l).set(i64::from(p));
+        }
+        if let Some(r) = routes {
+            self.agent_routes.get_or_create(&l).set(i64::from(r));
+        }
     }
 
     /// Counts a forwarding outcome (`forwarded`, `not_here`, `peer_unreachable`).

@@ -334,6 +334,9 @@ impl TunnelActor {
                 });
                 // An agent that does not read its acks loses them; nothing else queues.
                 self.out.try_send(Outgoing::Text(ack.to_json()));
+                self.state
+                    .metrics
+                    .agent_report(&self.cluster, h.is_private, h.gateway_routes);
                 let (reg, cluster) = (self.state.registry.clone(), self.cluster.clone());
                 ctx.spawn(
                     async move { reg.touch(&cluster).await }
