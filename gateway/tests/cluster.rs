@@ -12,14 +12,7 @@ use futures_util::StreamExt;
 const APP: &str = "app.demo.localhost";
 
 async fn metric(gw: &Gateway, prefix: &str) -> u64 {
-    let text = client()
-        .get(format!("http://{}/metrics", gw.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

@@ -138,14 +138,7 @@ async fn every_error_status() {
     assert_eq!(r.headers()["retry-after"], "1");
     expect_error(r, 503, "cluster_offline", "cluster demo is offline").await;
 
-    let metrics = c
-        .get(format!("http://{}/metrics", gw.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for needle in [
         r#"gateway_requests_total{cluster_uuid="",status_code="404"} 1"#,
         r#"gateway_requests_total{cluster_uuid="demo",status_code="502"} 1"#,
@@ -298,14 +291,7 @@ async fn malformed_agent_input_closes_only_that_tunnel() {
     let mut fake = FakeAgent::connect(&gw, Some(OTHER.1), None).await.unwrap();
     fake.send_binary(vec![0, 0, 0, 0, 1]).await;
     assert_eq!(fake.closed().await.0, 1002);
-    let metrics = c
-        .get(format!("http://{}/metrics", gw.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"gateway_tunnel_errors_total{reason="protocol"} 10"#),
         "{metrics}"
@@ -437,25 +423,7 @@ async fn a_full_tunnel_answers_busy_and_recovers() {
         })
         .collect();
     // Wait until both hold a stream (the gauge counts open streams), then one more is refused.
-    let start = std::time::Instant::now();
-    loop {
-        let m = c
-            .get(format!("http://{}/metrics", gw.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if m.lines().any(|l| l == "gateway_streams 2") {
-            break;
-        }
-        assert!(
-            start.elapsed() < HANG,
-            "the held requests never opened their streams"
-        );
-        tokio::task::yield_now().await;
-    }
+    gw.wait_metric("gateway_streams 2").await;
     let r = c.get(gw.url(APP, "/hello")).send().await.unwrap();
     expect_error(r, 503, "tunnel_busy", "stream limit").await;
     up.gate.add_permits(2);

@@ -65,9 +65,15 @@ impl Drop for TempDir {
 }
 
 async fn setup() -> Setup {
+    setup_with(&[], &[]).await
+}
+
+/// A fake API server, a gateway started with `gw_args`, and an agent in Kubernetes mode (routes
+/// through the test upstream as the ingress controller) with `agent_args` added.
+async fn setup_with(gw_args: &[&str], agent_args: &[&str]) -> Setup {
     let api = KubeApi::start().await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::start(gw_args);
     let dir = std::env::temp_dir().join(format!(
         "tg-kube-{}-{}",
         std::process::id(),
@@ -76,20 +82,17 @@ async fn setup() -> Setup {
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = api.kubeconfig(&dir);
     let controller = up.url();
-    let agent = Agent::spawn(
-        &gw,
-        DEMO,
-        &[],
-        &[
-            "--kubernetes",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--ingress-controller-url",
-            &controller,
-            "--connections",
-            "1",
-        ],
-    );
+    let mut args = vec![
+        "--kubernetes",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--ingress-controller-url",
+        &controller,
+        "--connections",
+        "1",
+    ];
+    args.extend_from_slice(agent_args);
+    let agent = Agent::spawn(&gw, DEMO, &[], &args);
     agent.connected().await;
     Setup {
         api,
@@ -206,33 +209,8 @@ async fn broken_watches_and_410_gone_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_found_public_can_opt_out() {
-    let api = KubeApi::start().await;
-    let up = Upstream::start().await;
-    let gw = Gateway::start(&["--heartbeat-interval", "200ms"]);
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "tg-kube-pub-{}-{}",
-        std::process::id(),
-        api.addr.port()
-    )));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let kubeconfig = api.kubeconfig(&dir.0);
-    let controller = up.url();
-    let agent = Agent::spawn(
-        &gw,
-        DEMO,
-        &[],
-        &[
-            "--kubernetes",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--ingress-controller-url",
-            &controller,
-            "--connections",
-            "1",
-            "--skip-if-public",
-        ],
-    );
-    agent.connected().await;
+    let s = setup_with(&["--heartbeat-interval", "200ms"], &["--skip-if-public"]).await;
+    let (api, gw) = (&s.api, &s.gw);
     // No ingress controller Service: private, so the Ingress is published.
     api.apply(ingress(
         "web",
@@ -240,7 +218,7 @@ async fn a_cluster_found_public_can_opt_out() {
         "/",
         json!({"number": 80}),
     ));
-    until_status(&gw, "app.demo.localhost", "/hello", 200).await;
+    until_status(gw, "app.demo.localhost", "/hello", 200).await;
     // The controller gets a public address: the cluster is reachable without us, and the
     // operator asked not to publish then.
     api.apply(json!({
@@ -249,27 +227,10 @@ async fn a_cluster_found_public_can_opt_out() {
         "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}]},
         "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}
     }));
-    until_status(&gw, "app.demo.localhost", "/hello", 404).await;
+    until_status(gw, "app.demo.localhost", "/hello", 404).await;
     // The agent's judgement reaches the gateway with its heartbeats.
-    let start = Instant::now();
-    loop {
-        let m = client()
-            .get(format!("http://{}/metrics", gw.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if m.contains(r#"gateway_cluster_private{cluster_uuid="demo"} 0"#) {
-            break;
-        }
-        assert!(
-            start.elapsed() < HANG,
-            "no heartbeat reported the cluster public:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.gw.wait_metric(r#"gateway_cluster_private{cluster_uuid="demo"} 0"#)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

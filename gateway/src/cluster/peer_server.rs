@@ -23,8 +23,7 @@ use super::{NODE_HEADER, same_secret};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::tunnel::{
-    ClientGone, OpenError, OpenStream, Opened, StreamActor, StreamParts, WsIn, from_actix,
-    pipe_body, refuse, to_actix,
+    OpenError, OpenStream, Started, WsIn, from_actix, pipe_body, refuse, start_stream, to_actix,
 };
 
 /// Authenticates a node and upgrades its peer link.
@@ -250,15 +249,7 @@ async fn bridge(
         out.try_send(Outgoing::Text(msg.to_json()));
     };
     let websocket = req.websocket;
-    let Opened {
-        id,
-        head,
-        mut body,
-        ws,
-        shared,
-        outbox,
-        gone,
-    } = match tunnel.send(OpenStream { websocket }).await {
+    let opened = match tunnel.send(OpenStream { websocket }).await {
         Ok(Ok(o)) => o,
         Ok(Err(OpenError::Busy)) => {
             return fail(ProxyErrorKind::Refused, "tunnel at its stream limit".into());
@@ -266,26 +257,21 @@ async fn bridge(
         _ => return fail(ProxyErrorKind::NotHere, "tunnel closed".into()),
     };
     let mut request = req;
-    request.stream_id = id;
     request.cluster = None;
     request.hops = 0;
-    let (tunnel_credit, tunnel_out) = (shared.clone(), outbox.clone());
-    let actor = StreamActor::new(StreamParts {
+    let Started {
         id,
-        shared,
-        outbox,
-        gone,
+        head,
+        mut body,
+        ws,
+        shared: tunnel_credit,
+        outbox: tunnel_out,
+    } = start_stream(
+        opened,
         request,
-        payload: upload.map(pipe_body),
-        response_timeout: state.config.response_timeout,
-        websocket,
-    })
-    .start();
-    let mut ws = ws;
-    match ws.as_mut() {
-        Some(w) => w.on_drop(move || actor.do_send(ClientGone)),
-        None => body.on_drop(move || actor.do_send(ClientGone)),
-    }
+        upload.map(pipe_body),
+        state.config.response_timeout,
+    );
     let mut head = match head.await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {

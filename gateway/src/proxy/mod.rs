@@ -6,7 +6,6 @@ pub mod websocket;
 
 use std::time::Instant;
 
-use actix::Actor;
 use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -15,9 +14,7 @@ use tunnelgate_proto::control::ProxyRequest;
 use crate::AppState;
 use crate::error::ProxyError;
 use crate::registry::RouteEntry;
-use crate::tunnel::{
-    ClientGone, OpenError, OpenStream, Opened, StreamActor, StreamParts, payload_body,
-};
+use crate::tunnel::{OpenError, OpenStream, Started, payload_body, start_stream};
 use headers::{
     check_request, has_body, keep_response_header, response_connection_tokens,
     upstream_request_headers,
@@ -166,15 +163,7 @@ impl Target<'_> {
         payload: Option<crate::tunnel::BodySource>,
     ) -> Result<HttpResponse, ProxyError> {
         let (req, state, cluster) = (self.req, self.state, self.cluster);
-        let Opened {
-            id,
-            head,
-            mut body,
-            ws,
-            shared,
-            outbox,
-            gone,
-        } = match open
+        let opened = match open
             .send(OpenStream {
                 websocket: self.websocket,
             })
@@ -187,7 +176,7 @@ impl Target<'_> {
             }
         };
         let request = ProxyRequest {
-            stream_id: id,
+            stream_id: 0,
             method: req.method().as_str().to_string(),
             host: self.host.to_string(),
             path: req.uri().path().to_string(),
@@ -199,25 +188,14 @@ impl Target<'_> {
             hops: u8::from(via_peer),
             websocket: self.websocket,
         };
-        let ws_credit = shared.clone();
-        let ws_outbox = outbox.clone();
-        let actor = StreamActor::new(StreamParts {
+        let Started {
             id,
-            shared,
-            outbox,
-            gone,
-            request,
-            payload,
-            response_timeout: state.config.response_timeout,
-            websocket: self.websocket,
-        })
-        .start();
-        let mut ws = ws;
-        match ws.as_mut() {
-            // A WebSocket session lasts as long as its message pipe is read.
-            Some(w) => w.on_drop(move || actor.do_send(ClientGone)),
-            None => body.on_drop(move || actor.do_send(ClientGone)),
-        }
+            head,
+            body,
+            ws,
+            shared: ws_credit,
+            outbox: ws_outbox,
+        } = start_stream(opened, request, payload, state.config.response_timeout);
         let started = self.started;
         let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
         if let (101, Some(ws)) = (head.status, ws) {

@@ -27,7 +27,10 @@ mod tunnel_actor;
 pub use endpoint::accept;
 pub use endpoint::{from_actix, refuse, to_actix};
 pub use hub::{Hub, TunnelRef};
-pub use stream_actor::{BodySource, ClientGone, StreamActor, StreamParts, payload_body, pipe_body};
+pub use stream_actor::{
+    BodySource, ClientGone, Started, StreamActor, StreamParts, payload_body, pipe_body,
+    start_stream,
+};
 pub use tunnel_actor::{
     OpenError, OpenStream, Opened, Role, StreamGone, StreamShared, TunnelActor, WsIn,
 };

@@ -53,6 +53,63 @@ pub struct StreamParts {
     pub websocket: bool,
 }
 
+/// A stream whose actor runs: what the opener still holds.
+pub struct Started {
+    pub id: StreamId,
+    pub head: tokio::sync::oneshot::Receiver<
+        Result<tunnelgate_proto::control::ProxyResponse, ProxyError>,
+    >,
+    pub body: tunnelgate_mux::PipeReader,
+    pub ws: Option<tunnelgate_mux::PipeReader<tunnelgate_mux::WsMsg>>,
+    pub shared: Arc<StreamShared>,
+    pub outbox: Outbox,
+}
+
+/// Starts the actor of an opened stream for `request` (its stream id is set here). The stream
+/// ends when the opener drops the reader it consumes: the message pipe of a WebSocket session,
+/// else the response body.
+pub fn start_stream(
+    opened: super::Opened,
+    mut request: ProxyRequest,
+    payload: Option<BodySource>,
+    response_timeout: Duration,
+) -> Started {
+    let super::Opened {
+        id,
+        head,
+        mut body,
+        mut ws,
+        shared,
+        outbox,
+        gone,
+    } = opened;
+    request.stream_id = id;
+    let websocket = request.websocket;
+    let actor = StreamActor::new(StreamParts {
+        id,
+        shared: shared.clone(),
+        outbox: outbox.clone(),
+        gone,
+        request,
+        payload,
+        response_timeout,
+        websocket,
+    })
+    .start();
+    match ws.as_mut() {
+        Some(w) => w.on_drop(move || actor.do_send(ClientGone)),
+        None => body.on_drop(move || actor.do_send(ClientGone)),
+    }
+    Started {
+        id,
+        head,
+        body,
+        ws,
+        shared,
+        outbox,
+    }
+}
+
 pub struct StreamActor {
     parts: StreamParts,
     upload_done: bool,

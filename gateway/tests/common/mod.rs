@@ -137,6 +137,35 @@ impl Gateway {
         }
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Waits until `/metrics` has a line containing `needle` (metrics change only as
+    /// requests and heartbeats arrive, so this polls).
+    pub async fn wait_metric(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + HANG;
+        loop {
+            let text = self.metrics().await;
+            if text.lines().any(|l| l.contains(needle)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no metric line with {needle:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// (current RSS, peak RSS) of the gateway process, in bytes.
     pub fn rss(&self) -> (u64, u64) {
         let status =
