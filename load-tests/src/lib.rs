@@ -3,6 +3,8 @@
 //! measured from each request's scheduled time, so a stalled server cannot hide its queue).
 //! Latencies go into HdrHistograms; every run is bounded in count and time.
 
+pub mod sim;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

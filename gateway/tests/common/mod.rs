@@ -2,7 +2,7 @@
 //! clients, each on a random loopback port, and stops every one of them on drop, so each test
 //! reads as the scenario it checks.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod kubeapi;
 pub mod redis;
@@ -63,21 +63,19 @@ impl Gateway {
     }
 
     pub fn start(extra: &[&str]) -> Gateway {
+        Gateway::start_on("127.0.0.1:0", extra)
+    }
+
+    /// A gateway listening on `listen` (e.g. the address of one that was stopped).
+    pub fn start_on(listen: &str, extra: &[&str]) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunnelgate-gateway"));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--workers",
-            "2",
-        ])
-        .args(["--cluster", &format!("{}:{}", DEMO.0, DEMO.1)])
-        .args(["--cluster", &format!("{}:{}", OTHER.0, OTHER.1)])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        cmd.args(["--listen", listen, "--log-format", "json", "--workers", "2"])
+            .args(["--cluster", &format!("{}:{}", DEMO.0, DEMO.1)])
+            .args(["--cluster", &format!("{}:{}", OTHER.0, OTHER.1)])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start tunnelgate-gateway");
         let stdout = child.stdout.take().expect("gateway stdout");
         let logs = Arc::new(Mutex::new(Vec::new()));
