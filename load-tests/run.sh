@@ -1,110 +1,268 @@
 #!/usr/bin/env bash
-# Side-by-side run on this machine, everything on loopback, in one go: direct to an upstream
-# (nginx returning 100 bytes), through nginx as a reverse-proxy hop, through Tunnelgate with a
-# local tunnel, and through a peer hop (two nodes sharing Redis). Writes load-tests/RESULTS.md
-# and load-tests/results.json. Installs nginx, redis-server and wrk with apt when missing.
+# Side-by-side run on this machine, everything on loopback, in one go. Paths: direct to an
+# upstream (nginx), through nginx as a reverse-proxy hop, through rathole, through Tunnelgate
+# with a local tunnel, and through a peer hop (two nodes sharing Redis). For each: closed-loop
+# req/s and latency (100-byte responses), CPU per request of the proxy processes, one 100 MiB
+# download, peak RSS; then open-loop latency at several rates (the chart), then simulated agents
+# (1k and 10k idle tunnels on one node, memory per tunnel, reconnect storm after a node restart).
+# Writes load-tests/RESULTS.md, results.json and latency.svg.
 #
-#   load-tests/run.sh                 # 10 s per row
-#   DURATION=3s CONNECTIONS=16 load-tests/run.sh
+#   load-tests/run.sh                                   # the full run (a few minutes)
+#   DURATION=3s RATES="2000 8000" AGENTS="1000" load-tests/run.sh   # shorter
+#   SKIP_RATHOLE=1 load-tests/run.sh                    # without the rathole row
+#
+# Installs nginx, redis-server and curl with apt, and rathole with cargo, when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION="${DURATION:-10s}"
+DURATION="${DURATION:-8s}"
 CONNECTIONS="${CONNECTIONS:-64}"
+RATES="${RATES:-2000 5000 10000 15000 20000 30000}"
+POINT="${POINT:-3s}"
+AGENTS="${AGENTS:-1000 10000}"
 work="$(mktemp -d)"
 pids=()
+log() { echo "==> $*" >&2; }
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  for f in "$work"/nginx-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need redis-server; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light redis-server >/dev/null
+if ! need nginx || ! need redis-server || ! need curl; then
+  log "installing nginx, redis-server, curl"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light redis-server curl >/dev/null
+fi
+RATHOLE=""
+if [ -z "${SKIP_RATHOLE:-}" ]; then
+  if need rathole; then RATHOLE="$(command -v rathole)"
+  else
+    # Not --locked: rathole 0.5.0's lockfile pins a `time` that no longer builds on current rustc.
+    log "installing rathole from crates.io (once; a few minutes)"
+    cargo install -q rathole --no-default-features --features server,client --root "$PWD/target/tools"
+    RATHOLE="$PWD/target/tools/bin/rathole"
+  fi
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+wait_gone() { tail --pid="$1" -f /dev/null; }
 
-echo "==> building (release)"
-cargo build --release --locked -q --bins
-
-UP=$(free_port); HOP=$(free_port); REDIS=$(free_port)
-GW1=$(free_port); GW2=$(free_port); P1=$(free_port); P2=$(free_port)
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream up { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$UP; location / { return 200 "$(printf '%0100d' 0)"; } }
-  server { listen 127.0.0.1:$HOP; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-}
-NGINX
-nginx -c "$work/nginx.conf"
-redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
-wait_port "$UP"; wait_port "$REDIS"
-
+log "building (release)"
+cargo build --release --locked -q -p tunnelgate-gateway -p tunnelgate-agent -p tunnelgate-load --bins
 B=target/release
+
+UP=$(free_port); HOP=$(free_port); REDIS=$(free_port); RH_CTL=$(free_port); RH=$(free_port)
+GW1=$(free_port); GW2=$(free_port); P1=$(free_port); P2=$(free_port)
+# nginx's workers run as an unprivileged user: they must be able to read the file.
+chmod 755 "$work"
+head -c $((100 * 1024 * 1024)) /dev/urandom > "$work/big"; chmod 644 "$work/big"
+nginx_conf() { # name server-block
+  cat > "$work/nginx-$1.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx-$1.pid;
+error_log $work/nginx-$1-error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; sendfile on; $2 }
+NGINX
+  nginx -c "$work/nginx-$1.conf"
+}
+nginx_conf up "server { listen 127.0.0.1:$UP; location / { return 200 \"$(printf '%0100d' 0)\"; } location = /big { alias $work/big; } }"
+nginx_conf hop "upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$HOP; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
+wait_port "$UP"; wait_port "$HOP"; wait_port "$REDIS"
+
+if [ -n "$RATHOLE" ]; then
+  printf '[server]\nbind_addr = "127.0.0.1:%s"\n[server.services.up]\ntoken = "load-test"\nbind_addr = "127.0.0.1:%s"\n' "$RH_CTL" "$RH" > "$work/rs.toml"
+  printf '[client]\nremote_addr = "127.0.0.1:%s"\n[client.services.up]\ntoken = "load-test"\nlocal_addr = "127.0.0.1:%s"\n' "$RH_CTL" "$UP" > "$work/rc.toml"
+  RUST_LOG=warn "$RATHOLE" -s "$work/rs.toml" >"$work/rs.log" 2>&1 & RHS=$!; pids+=($RHS)
+  wait_port "$RH_CTL"
+  RUST_LOG=warn "$RATHOLE" -c "$work/rc.toml" >"$work/rc.log" 2>&1 & RHC=$!; pids+=($RHC)
+  wait_port "$RH"
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$RH/" && break; sleep 0.05; done
+fi
+
 common=(--cluster demo:load-test-token --redis-url "redis://127.0.0.1:$REDIS/" --peer-secret load-test-peer-secret --log-format text)
-RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW1" --peer-listen "127.0.0.1:$P1" --node-id n1 >"$work/n1.log" 2>&1 & pids+=($!)
-RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW2" --peer-listen "127.0.0.1:$P2" --node-id n2 >"$work/n2.log" 2>&1 & pids+=($!)
+RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW1" --peer-listen "127.0.0.1:$P1" --node-id n1 >"$work/n1.log" 2>&1 & N1=$!; pids+=($N1)
+RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW2" --peer-listen "127.0.0.1:$P2" --node-id n2 >"$work/n2.log" 2>&1 & N2=$!; pids+=($N2)
 wait_port "$GW1"; wait_port "$GW2"
 RUST_LOG=warn $B/tunnelgate-agent --gateway "ws://127.0.0.1:$GW1" --connections 1 --cluster demo --token load-test-token \
-  --route "app.demo.localhost=http://127.0.0.1:$UP" --log-format text >"$work/agent.log" 2>&1 & pids+=($!)
+  --route "app.demo.localhost=http://127.0.0.1:$UP" --log-format text >"$work/agent.log" 2>&1 & AG=$!; pids+=($AG)
 for _ in $(seq 200); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.demo.localhost' "http://127.0.0.1:$GW2/")" = 200 ] && break
   sleep 0.05
 done
 
-rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-row() { # name addr host pid
-  local out
-  out=$($B/tg-load --addr "$2" --host "$3" --connections "$CONNECTIONS" --duration "$DURATION")
-  echo "$1 $out" >&2
-  python3 - "$1" "$out" "${4:-}" <<'PY'
+ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+download() { # addr host -> median bytes/s of 3 downloads of 100 MiB
+  local i out
+  for i in 1 2 3; do
+    out=$(curl -sSf -o /dev/null -w '%{size_download} %{speed_download}' -H "Host: $2" "http://$1/big")
+    [ "${out% *}" = $((100 * 1024 * 1024)) ] || { echo "download through $1 got ${out% *} bytes" >&2; return 1; }
+    echo "${out#* }"
+  done | sort -n | sed -n 2p
+}
+# row NAME ADDR HOST "PROXY PIDS" : closed-loop run, CPU per request, download, peak RSS.
+row() {
+  local name=$1 addr=$2 host=$3 procs=$4 before after out dl
+  before=$( [ -n "$procs" ] && ticks $procs || echo 0 )
+  out=$($B/tg-load --addr "$addr" --host "$host" --connections "$CONNECTIONS" --duration "$DURATION")
+  after=$( [ -n "$procs" ] && ticks $procs || echo 0 )
+  dl=$(download "$addr" "$host")
+  local per=() rss=0
+  for p in $procs; do per+=("$(hwm_kib "$p")"); rss=$((rss + ${per[-1]})); done
+  log "$name: $out download=${dl}B/s"
+  python3 - "$name" "$out" "$before" "$after" "$dl" "$rss" "$(getconf CLK_TCK)" "$procs" "${per[0]:-0}" <<'PY'
 import json, sys
-name, out, pid = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-rss = None
-if pid:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM"):
-            rss = int(line.split()[1]) // 1024
-out.update(name=name, peak_rss_mib=rss)
-print(json.dumps(out))
+name, out, before, after, dl, rss, hz, procs, first = sys.argv[1:]
+r = json.loads(out)
+cpu = (int(after) - int(before)) / int(hz)
+r.update(name=name, download_mb_s=float(dl) / 1e6,
+         cpu_us_per_req=(cpu * 1e6 / r["requests"]) if procs and r["requests"] else None,
+         peak_rss_mib=round(int(rss) / 1024, 1) if procs else None,
+         entry_peak_rss_mib=round(int(first) / 1024, 1) if procs else None)
+print(json.dumps(r))
 PY
 }
+# curve NAME ADDR HOST: open-loop latency at each rate in $RATES.
+curve() {
+  local pts=()
+  for rate in $RATES; do
+    pts+=("$($B/tg-load --addr "$2" --host "$3" --connections "$CONNECTIONS" --duration "$POINT" --rate "$rate")")
+  done
+  printf '%s\n' "${pts[@]}" | python3 -c '
+import json, sys
+rates = sys.argv[2].split()
+pts = [json.loads(l) for l in sys.stdin if l.strip()]
+print(json.dumps({"name": sys.argv[1], "points": [dict(p, rate=int(r)) for r, p in zip(rates, pts)]}))' "$1" "$RATES"
+}
 
-echo "==> measuring ($CONNECTIONS connections, $DURATION per row)"
-{
-  row direct "127.0.0.1:$UP" localhost
-  row nginx-hop "127.0.0.1:$HOP" localhost "$(pgrep -P "$(cat "$work/nginx.pid")" | head -n 1)"
-  row tunnelgate-local "127.0.0.1:$GW1" app.demo.localhost "${pids[1]}"
-  row tunnelgate-peer-hop "127.0.0.1:$GW2" app.demo.localhost "${pids[2]}"
-} > "$work/rows.jsonl"
+paths=("direct 127.0.0.1:$UP localhost")
+paths+=("nginx-hop 127.0.0.1:$HOP localhost $(cat "$work/nginx-hop.pid") $(pgrep -P "$(cat "$work/nginx-hop.pid")" | tr '\n' ' ')")
+[ -n "$RATHOLE" ] && paths+=("rathole 127.0.0.1:$RH localhost $RHS $RHC")
+paths+=("tunnelgate-local 127.0.0.1:$GW1 app.demo.localhost $N1 $AG")
+paths+=("tunnelgate-peer-hop 127.0.0.1:$GW2 app.demo.localhost $N2 $N1 $AG")
 
-python3 - "$work/rows.jsonl" "$CONNECTIONS" "$DURATION" <<'PY'
-import json, platform, subprocess, sys, datetime
-rows = [json.loads(l) for l in open(sys.argv[1])]
-direct = rows[0]["rps"] or 1
-cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {cpu} cores, {platform.platform()}",
-        "connections": int(sys.argv[2]), "duration": sys.argv[3]}
-json.dump({"meta": meta, "rows": rows}, open("load-tests/results.json", "w"), indent=2)
-with open("load-tests/RESULTS.md", "w") as f:
-    f.write(f"# Load test results\n\nRun {meta['date']} on {meta['machine']}; {meta['connections']} connections, "
-            f"{meta['duration']} per row, 100-byte responses, all processes on this machine (so they share its cores).\n"
-            "Only ratios within one run mean anything.\n\n")
-    f.write("| path | req/s | × direct | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n")
-    for r in rows:
-        rss = r["peak_rss_mib"] if r["peak_rss_mib"] is not None else "–"
-        f.write(f"| {r['name']} | {r['rps']:.0f} | {r['rps']/direct:.2f} | {r['p50_us']/1000:.2f} | {r['p99_us']/1000:.2f} | "
-                f"{r['p999_us']/1000:.2f} | {r['errors']} | {rss} |\n")
-    f.write("\nNot yet measured here: rathole and frp rows, the 100 MiB download column, latency-vs-load chart, "
-            "simulated-agent (1k/10k tunnels) runs.\n")
-print(open("load-tests/RESULTS.md").read())
+log "closed loop: $CONNECTIONS connections, $DURATION per path; 100 MiB download x3"
+: > "$work/rows.jsonl"
+for p in "${paths[@]}"; do
+  set -- $p; name=$1; addr=$2; host=$3; shift 3
+  row "$name" "$addr" "$host" "$*" >> "$work/rows.jsonl"
+done
+log "open loop: rates $RATES, $POINT each"
+: > "$work/curves.jsonl"
+for p in "${paths[@]}"; do
+  set -- $p; curve "$1" "$2" "$3" >> "$work/curves.jsonl"
+done
+
+log "simulated agents: ${AGENTS} idle tunnels on a fresh node, then a node restart"
+: > "$work/sim.jsonl"
+for n in $AGENTS; do
+  SIM=$(free_port)
+  start_sim_node() {
+    RUST_LOG=warn $B/tunnelgate-gateway --cluster sim:sim-token-123 --listen "127.0.0.1:$SIM" --log-format text >>"$work/sim-node.log" 2>&1 &
+    SN=$!; disown; pids+=($SN); wait_port "$SIM"
+  }
+  start_sim_node
+  idle=$(rss_kib "$SN")
+  $B/tg-agents --url "ws://127.0.0.1:$SIM/v1/tunnel" --cluster sim --token sim-token-123 --count "$n" --storm > "$work/agents.out" 2>"$work/agents.err" & TA=$!
+  for _ in $(seq 1200); do grep -q '"registered"' "$work/agents.out" && break; kill -0 $TA 2>/dev/null || break; sleep 0.1; done
+  grep -q '"registered"' "$work/agents.out" || { cat "$work/agents.err" >&2; echo "simulated agents never all registered" >&2; exit 1; }
+  loaded=$(rss_kib "$SN"); cpu0=$(ticks "$SN")
+  kill -9 "$SN"; wait_gone "$SN"
+  start_sim_node
+  wait $TA || { cat "$work/agents.err" >&2; exit 1; }
+  after=$(rss_kib "$SN"); cpu1=$(ticks "$SN")
+  kill "$SN"; wait_gone "$SN"
+  python3 - "$n" "$idle" "$loaded" "$after" "$((cpu1))" "$(getconf CLK_TCK)" "$work/agents.out" <<'PY' >> "$work/sim.jsonl"
+import json, sys
+n, idle, loaded, after, cpu, hz, path = sys.argv[1:]
+ev = {e["phase"]: e for e in map(json.loads, open(path))}
+n = int(n)
+print(json.dumps({"tunnels": n, "ramp_s": ev["registered"]["secs"],
+  "idle_rss_mib": int(idle) / 1024, "loaded_rss_mib": int(loaded) / 1024,
+  "kib_per_tunnel": (int(loaded) - int(idle)) / n,
+  "storm_settle_s": ev["settled"]["secs"], "storm_attempts": ev["settled"]["attempts"],
+  "storm_failures": ev["settled"]["failures"], "storm_node_cpu_s": int(cpu) / int(hz),
+  "rss_after_storm_mib": int(after) / 1024}))
 PY
+  log "$(tail -n 1 "$work/sim.jsonl")"
+done
+
+python3 - "$work" "$CONNECTIONS" "$DURATION" "$POINT" <<'PY'
+import json, platform, subprocess, sys, datetime, os
+work, conns, duration, point = sys.argv[1:]
+load = lambda f: [json.loads(l) for l in open(os.path.join(work, f)) if l.strip()]
+rows, curves, sim = load("rows.jsonl"), load("curves.jsonl"), load("sim.jsonl")
+by = {r["name"]: r for r in rows}
+cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+meta = {"date": datetime.date.today().isoformat(), "machine": f"{cpu} × {model}, {mem} GiB, {platform.platform()}",
+        "connections": int(conns), "duration": duration, "point": point}
+json.dump({"meta": meta, "rows": rows, "curves": curves, "sim": sim}, open("load-tests/results.json", "w"), indent=2)
+
+def ratio(a, b, key):
+    x, y = by.get(a), by.get(b)
+    return x[key] / y[key] if x and y and y[key] else None
+f = lambda v, d=0: "–" if v is None else f"{v:.{d}f}"
+lines = [f"# Load test results\n",
+  f"Run {meta['date']} on {meta['machine']}; {conns} connections, {duration} per path, 100-byte responses; "
+  "every process on this machine, sharing its cores. Only ratios within one run mean anything.\n",
+  "| path | req/s | × direct | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs/req | 100 MiB download MB/s | proxy peak RSS MiB |",
+  "|---|---|---|---|---|---|---|---|---|---|"]
+direct = by["direct"]["rps"] or 1
+for r in rows:
+    lines.append(f"| {r['name']} | {r['rps']:.0f} | {r['rps']/direct:.2f} | {r['p50_us']/1000:.2f} | {r['p99_us']/1000:.2f} | "
+                 f"{r['p999_us']/1000:.2f} | {r['errors']} | {f(r['cpu_us_per_req'], 1)} | {r['download_mb_s']:.0f} | {f(r['peak_rss_mib'], 1)} |")
+lines.append("\nProxy CPU and RSS count every process of the path: nginx master+worker, rathole server+client, "
+             "Tunnelgate node(s)+agent. " + "; ".join(f"{r['name']} entry process alone: {r['entry_peak_rss_mib']} MiB"
+             for r in rows if r["name"].startswith("tunnelgate")) + ".\n")
+lines.append("## Targets (issue #5), this run\n")
+lines.append("| target | measured | met |\n|---|---|---|")
+def target(name, value, ok):
+    lines.append(f"| {name} | {value} | {'yes' if ok else 'no'} |")
+rl = ratio("tunnelgate-local", "rathole", "rps")
+if rl is not None:
+    target("local tunnel req/s ≥ 1.0× rathole", f"{rl:.2f}×", rl >= 1.0)
+    p = ratio("tunnelgate-local", "rathole", "p99_us")
+    target("local tunnel p99 ≤ rathole's", f"{p:.2f}×", p <= 1.0)
+    d = ratio("tunnelgate-local", "rathole", "download_mb_s")
+    target("100 MiB download ≥ 2× rathole", f"{d:.2f}×", d >= 2.0)
+n = ratio("tunnelgate-local", "nginx-hop", "rps")
+target("stretch: local tunnel req/s ≥ nginx hop", f"{n:.2f}×", n >= 1.0)
+ph = ratio("tunnelgate-peer-hop", "tunnelgate-local", "rps")
+target("peer hop ≥ 0.70× local tunnel", f"{ph:.2f}×", ph >= 0.7)
+gw_rss = max(by[k]["entry_peak_rss_mib"] for k in ("tunnelgate-local", "tunnelgate-peer-hop"))
+target("gateway peak RSS under load ≤ 64 MiB", f"{gw_rss:.1f} MiB", gw_rss <= 64)
+for s in sim:
+    target(f"{s['tunnels']} idle tunnels ≤ 20 KiB each", f"{s['kib_per_tunnel']:.1f} KiB", s["kib_per_tunnel"] <= 20)
+    target(f"{s['tunnels']}-agent reconnect storm settled ≤ 30 s", f"{s['storm_settle_s']:.1f} s", s["storm_settle_s"] <= 30)
+lines.append("\n## Simulated agents (one node, in-memory registry)\n")
+lines.append("| tunnels | ramp s | node RSS idle → loaded MiB | KiB per tunnel | storm settled s | attempts | refused/failed | node CPU s (storm) |")
+lines.append("|---|---|---|---|---|---|---|---|")
+for s in sim:
+    lines.append(f"| {s['tunnels']} | {s['ramp_s']:.1f} | {s['idle_rss_mib']:.1f} → {s['loaded_rss_mib']:.1f} | {s['kib_per_tunnel']:.1f} | "
+                 f"{s['storm_settle_s']:.1f} | {s['storm_attempts']} | {s['storm_failures']} | {s['storm_node_cpu_s']:.1f} |")
+lines.append("\nThe storm: every agent registered, then the node is killed (SIGKILL) and started again on the "
+             "same address; agents reconnect with the agent's backoff (1 s doubling to 60 s, jittered into the "
+             "upper half). Settled = from the moment all had lost their tunnel until all are registered again.\n")
+lines.append("## Latency vs offered load (open loop)\n\n![latency vs load](latency.svg)\n")
+lines.append("| path | " + " | ".join(f"{p['rate']}/s p50/p99 ms" for p in curves[0]["points"]) + " |")
+lines.append("|---|" + "---|" * len(curves[0]["points"]))
+for c in curves:
+    lines.append(f"| {c['name']} | " + " | ".join(
+        f"{p['p50_us']/1000:.2f}/{p['p99_us']/1000:.2f}" + (f" ({p['errors']} err)" if p["errors"] else "") for p in c["points"]) + " |")
+lines.append("\nOpen loop: requests are sent on schedule whatever the answers do, and latency counts from the "
+             "scheduled time, so a path past its capacity shows its queue.\n")
+notes = "load-tests/NOTES.md"
+if os.path.exists(notes):
+    lines.append(open(notes).read())
+open("load-tests/RESULTS.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+$B/tg-chart --input load-tests/results.json --output load-tests/latency.svg
