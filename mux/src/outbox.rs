@@ -8,10 +8,12 @@
 //! (a lost credit would stall its stream forever).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
+use tunnelgate_proto::limits::TUNNEL_GROWTH_BUDGET;
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
 /// One WebSocket message for the writer.
@@ -32,10 +34,22 @@ pub enum Outgoing {
 pub struct OutboxClosed;
 
 /// WINDOW and RESET frames waiting for the writer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Board {
     inner: Mutex<BoardInner>,
     notify: Notify,
+    /// Bytes the tunnel's receive windows may still grow by, together.
+    growth: AtomicU64,
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Board {
+            inner: Mutex::default(),
+            notify: Notify::new(),
+            growth: AtomicU64::new(TUNNEL_GROWTH_BUDGET),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +89,25 @@ impl Board {
     }
 
     /// Asks the writer to close the tunnel now, ahead of anything queued.
+    /// Takes `n` bytes of window growth from the tunnel's budget; false when it has no room.
+    pub fn reserve_growth(&self, n: u32) -> bool {
+        self.growth
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(u64::from(n))
+            })
+            .is_ok()
+    }
+
+    /// Gives window growth back (the stream ended).
+    pub fn release_growth(&self, n: u32) {
+        self.growth.fetch_add(u64::from(n), Ordering::AcqRel);
+    }
+
+    /// Growth still available to the tunnel's streams.
+    pub fn growth_left(&self) -> u64 {
+        self.growth.load(Ordering::Acquire)
+    }
+
     pub fn close(&self, code: u16, reason: String) {
         self.lock().close.get_or_insert((code, reason));
         self.notify.notify_one();

@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tunnelgate_proto::StreamId;
+use tunnelgate_proto::limits::MAX_GROWN_WINDOW;
 use tunnelgate_proto::window::{FlowError, RecvWindow};
 
 use crate::outbox::Board;
@@ -134,6 +135,8 @@ enum State {
 
 struct Inner<T> {
     chunks: VecDeque<T>,
+    /// Bytes in `chunks`.
+    unread: usize,
     window: RecvWindow,
     state: State,
     waker: Option<Waker>,
@@ -172,7 +175,8 @@ pub fn pipe<T: Item>(
 ) -> (PipeWriter<T>, PipeReader<T>) {
     let inner = Arc::new(Mutex::new(Inner {
         chunks: VecDeque::new(),
-        window: RecvWindow::new(window),
+        unread: 0,
+        window: RecvWindow::growing(window, MAX_GROWN_WINDOW),
         state: State::Open,
         waker: None,
         reader_gone: false,
@@ -205,6 +209,7 @@ impl<T: Item> PipeWriter<T> {
             if data.cost() == 0 {
                 return Ok(());
             }
+            p.unread += data.cost();
             let rest = match p.chunks.back_mut() {
                 Some(last) => last.merge(data),
                 None => Some(data),
@@ -258,7 +263,7 @@ impl<T: Item> PipeReader<T> {
 
     /// Bytes buffered and not yet read.
     pub fn buffered(&self) -> usize {
-        lock(&self.inner).chunks.iter().map(Item::cost).sum()
+        lock(&self.inner).unread
     }
 }
 
@@ -272,7 +277,12 @@ impl<T: Item> Stream for PipeReader<T> {
         let (item, credit) = {
             let mut p = lock(&self.inner);
             if let Some(chunk) = p.chunks.pop_front() {
-                let credit = p.window.on_consumed(chunk.cost());
+                p.unread -= chunk.cost();
+                let board = &self.credit.board;
+                let unread = p.unread;
+                let credit = p
+                    .window
+                    .on_consumed_growing(chunk.cost(), unread, |n| board.reserve_growth(n));
                 (Some(Ok(chunk)), credit)
             } else {
                 match std::mem::replace(&mut p.state, State::Done) {
@@ -302,6 +312,8 @@ impl<T: Item> Drop for PipeReader<T> {
             let mut p = lock(&self.inner);
             p.reader_gone = true;
             p.chunks.clear();
+            p.unread = 0;
+            self.credit.board.release_growth(p.window.grown());
             p.on_reader_drop.take()
         };
         if let Some(h) = hook {
@@ -316,6 +328,33 @@ mod tests {
     use crate::outbox::{Outgoing, outbox};
     use futures_util::StreamExt;
     use tunnelgate_proto::Frame;
+
+    #[tokio::test]
+    async fn a_fast_consumer_grows_the_window_within_the_tunnel_budget() {
+        let (out, mut rx) = outbox(64);
+        let board = out_board(&out);
+        let budget = board.growth_left();
+        let (w, mut r) = pipe::<Bytes>(9, 16 * 1024, board.clone());
+        // Each half window is read as soon as it arrives: the window doubles every time.
+        let mut window = 16 * 1024;
+        for _ in 0..4 {
+            w.push(Bytes::from(vec![0u8; window as usize / 2])).unwrap();
+            r.next().await.unwrap().unwrap();
+            let Some(Outgoing::Binary(b)) = rx.try_next() else {
+                panic!("credit expected")
+            };
+            let Frame::Window { credit, .. } = Frame::decode(b).unwrap() else {
+                panic!("WINDOW expected")
+            };
+            assert_eq!(credit, window / 2 + window, "half back, plus the growth");
+            window *= 2;
+        }
+        assert_eq!(board.growth_left(), budget - u64::from(window - 16 * 1024));
+        // The peer may now have the whole grown window in flight.
+        w.push(Bytes::from(vec![0u8; window as usize])).unwrap();
+        drop(r);
+        assert_eq!(board.growth_left(), budget, "growth goes back when the stream ends");
+    }
 
     #[tokio::test]
     async fn delivers_in_order_returns_credit_and_ends() {

@@ -15,6 +15,15 @@ pub const MAX_WS_MESSAGE: usize = MAX_CONTROL_MESSAGE;
 /// thousand slow streams stays within a few hundred MiB at worst.
 pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
 
+/// A stream's receive window may grow to this while its consumer keeps up (see
+/// `window::RecvWindow`): one window per round trip is a stream's speed limit.
+pub const MAX_GROWN_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// All the growth a tunnel's streams may hold together, beyond their starting windows, so
+/// that growth cannot be turned into memory: streams that read fast and then stall hold at
+/// most this much more than their starting windows.
+pub const TUNNEL_GROWTH_BUDGET: u64 = 32 * 1024 * 1024;
+
 /// The largest window (and so the largest credit a sender may hold) either side accepts.
 pub const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 
