@@ -353,7 +353,11 @@ mod tests {
         // The peer may now have the whole grown window in flight.
         w.push(Bytes::from(vec![0u8; window as usize])).unwrap();
         drop(r);
-        assert_eq!(board.growth_left(), budget, "growth goes back when the stream ends");
+        assert_eq!(
+            board.growth_left(),
+            budget,
+            "growth goes back when the stream ends"
+        );
     }
 
     #[tokio::test]
