@@ -106,25 +106,29 @@ download() { # addr host -> median bytes/s of 3 downloads of 100 MiB
     echo "${out#* }"
   done | sort -n | sed -n 2p
 }
-# row NAME ADDR HOST "PROXY PIDS" : closed-loop run, CPU per request, download, peak RSS.
+# row NAME ADDR HOST "LABEL:PID ..." : closed-loop run, CPU per request, download, peak RSS.
 row() {
-  local name=$1 addr=$2 host=$3 procs=$4 before after out dl
-  before=$( [ -n "$procs" ] && ticks $procs || echo 0 )
+  local name=$1 addr=$2 host=$3 procs=$4 out dl p before="" after="" rss=""
+  for p in $procs; do before+="${p%%:*}:$(ticks "${p#*:}") "; done
   out=$($B/tg-load --addr "$addr" --host "$host" --connections "$CONNECTIONS" --duration "$DURATION")
-  after=$( [ -n "$procs" ] && ticks $procs || echo 0 )
+  for p in $procs; do after+="$(ticks "${p#*:}") "; rss+="$(hwm_kib "${p#*:}") "; done
   dl=$(download "$addr" "$host")
-  local per=() rss=0
-  for p in $procs; do per+=("$(hwm_kib "$p")"); rss=$((rss + ${per[-1]})); done
   log "$name: $out download=${dl}B/s"
-  python3 - "$name" "$out" "$before" "$after" "$dl" "$rss" "$(getconf CLK_TCK)" "$procs" "${per[0]:-0}" <<'PY'
+  python3 - "$name" "$out" "$dl" "$(getconf CLK_TCK)" "$before" "$after" "$rss" <<'PY'
 import json, sys
-name, out, before, after, dl, rss, hz, procs, first = sys.argv[1:]
+name, out, dl, hz, before, after, rss = sys.argv[1:]
 r = json.loads(out)
-cpu = (int(after) - int(before)) / int(hz)
+labels = [b.split(":")[0] for b in before.split()]
+t0 = [int(b.split(":")[1]) for b in before.split()]
+t1 = [int(a) for a in after.split()]
+n = r["requests"] or 1
+per = {l: (b - a) / int(hz) * 1e6 / n for l, a, b in zip(labels, t0, t1)}
+kib = [int(x) for x in rss.split()]
 r.update(name=name, download_mb_s=float(dl) / 1e6,
-         cpu_us_per_req=(cpu * 1e6 / r["requests"]) if procs and r["requests"] else None,
-         peak_rss_mib=round(int(rss) / 1024, 1) if procs else None,
-         entry_peak_rss_mib=round(int(first) / 1024, 1) if procs else None)
+         cpu_us_per_req=sum(per.values()) if per else None, cpu_us_per_req_by_process=per,
+         peak_rss_mib=round(sum(kib) / 1024, 1) if kib else None,
+         peak_rss_mib_by_process={l: round(k / 1024, 1) for l, k in zip(labels, kib)},
+         entry_peak_rss_mib=round(kib[0] / 1024, 1) if kib else None)
 print(json.dumps(r))
 PY
 }
@@ -142,10 +146,10 @@ print(json.dumps({"name": sys.argv[1], "points": [dict(p, rate=int(r)) for r, p 
 }
 
 paths=("direct 127.0.0.1:$UP localhost")
-paths+=("nginx-hop 127.0.0.1:$HOP localhost $(cat "$work/nginx-hop.pid") $(pgrep -P "$(cat "$work/nginx-hop.pid")" | tr '\n' ' ')")
-[ -n "$RATHOLE" ] && paths+=("rathole 127.0.0.1:$RH localhost $RHS $RHC")
-paths+=("tunnelgate-local 127.0.0.1:$GW1 app.demo.localhost $N1 $AG")
-paths+=("tunnelgate-peer-hop 127.0.0.1:$GW2 app.demo.localhost $N2 $N1 $AG")
+paths+=("nginx-hop 127.0.0.1:$HOP localhost master:$(cat "$work/nginx-hop.pid") worker:$(pgrep -P "$(cat "$work/nginx-hop.pid")" | head -n 1)")
+[ -n "$RATHOLE" ] && paths+=("rathole 127.0.0.1:$RH localhost server:$RHS client:$RHC")
+paths+=("tunnelgate-local 127.0.0.1:$GW1 app.demo.localhost node1:$N1 agent:$AG")
+paths+=("tunnelgate-peer-hop 127.0.0.1:$GW2 app.demo.localhost node2:$N2 node1:$N1 agent:$AG")
 
 log "closed loop: $CONNECTIONS connections, $DURATION per path; 100 MiB download x3"
 : > "$work/rows.jsonl"
@@ -219,9 +223,12 @@ direct = by["direct"]["rps"] or 1
 for r in rows:
     lines.append(f"| {r['name']} | {r['rps']:.0f} | {r['rps']/direct:.2f} | {r['p50_us']/1000:.2f} | {r['p99_us']/1000:.2f} | "
                  f"{r['p999_us']/1000:.2f} | {r['errors']} | {f(r['cpu_us_per_req'], 1)} | {r['download_mb_s']:.0f} | {f(r['peak_rss_mib'], 1)} |")
-lines.append("\nProxy CPU and RSS count every process of the path: nginx master+worker, rathole server+client, "
-             "Tunnelgate node(s)+agent. " + "; ".join(f"{r['name']} entry process alone: {r['entry_peak_rss_mib']} MiB"
-             for r in rows if r["name"].startswith("tunnelgate")) + ".\n")
+lines.append("\nProxy CPU and RSS count every process of the path. By process (CPU µs per request, peak RSS MiB):\n")
+for r in rows:
+    if r["cpu_us_per_req_by_process"]:
+        lines.append(f"- {r['name']}: " + ", ".join(
+            f"{k} {v:.1f} µs, {r['peak_rss_mib_by_process'][k]} MiB" for k, v in r["cpu_us_per_req_by_process"].items()))
+lines.append("")
 lines.append("## Targets (issue #5), this run\n")
 lines.append("| target | measured | met |\n|---|---|---|")
 def target(name, value, ok):
