@@ -15,6 +15,8 @@ pub const DEFAULT_CONNECTIONS: usize = 2;
 pub const DEFAULT_RECONNECT_MIN: &str = "1s";
 /// Largest reconnect delay.
 pub const DEFAULT_RECONNECT_MAX: &str = "60s";
+/// How long a stopping agent lets in-flight requests finish.
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 /// A connection that lived this long counts as stable and resets the backoff.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 /// Time to open a TCP connection to an upstream.
@@ -146,6 +148,11 @@ pub struct Config {
     /// Largest reconnect delay.
     #[arg(long, env = "TG_RECONNECT_MAX", default_value = DEFAULT_RECONNECT_MAX, value_parser = parse_duration)]
     pub reconnect_max: Duration,
+
+    /// On SIGTERM: tell each gateway to send no new requests, and let requests in flight
+    /// finish for at most this long before closing (keep it under the pod's grace period).
+    #[arg(long, env = "TG_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 
     /// Time to connect to an upstream.
     #[arg(long, env = "TG_UPSTREAM_CONNECT_TIMEOUT", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT, value_parser = parse_duration)]

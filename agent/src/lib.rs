@@ -191,12 +191,13 @@ pub async fn run(
         let source = ingress::IngressSource::connect(&shared.config).await?;
         tokio::spawn(source.run(shared.clone(), ack_rx));
     }
-    let slots: Vec<_> = (0..shared.config.connections)
-        .map(|slot| tokio::spawn(run_slot(shared.clone(), slot, shutdown.clone())))
-        .collect();
-    for s in slots {
-        s.await
-            .map_err(|e| format!("connection slot failed: {e}"))?;
+    // A JoinSet: if this future is dropped (the agent is torn down), its slots go with it.
+    let mut slots = tokio::task::JoinSet::new();
+    for slot in 0..shared.config.connections {
+        slots.spawn(run_slot(shared.clone(), slot, shutdown.clone()));
+    }
+    while let Some(done) = slots.join_next().await {
+        done.map_err(|e| format!("connection slot failed: {e}"))?;
     }
     Ok(())
 }

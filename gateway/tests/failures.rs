@@ -438,3 +438,55 @@ async fn a_full_tunnel_answers_busy_and_recovers() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopping_gracefully_finishes_its_requests_and_loses_none() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&[]);
+    let leaving = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    let c = client();
+    // A request in flight on the leaving agent (the only one so far), held by the upstream.
+    let held = {
+        let (c, url) = (c.clone(), gw.url(APP, "/gate"));
+        tokio::spawn(async move {
+            let r = c.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    gw.wait_metric("gateway_streams 1").await;
+    let _staying = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    gw.wait_metric("gateway_tunnels 2").await;
+    // Requests keep coming while the leaving agent drains and closes, and a little after.
+    let stopped = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (c, url, stopped) = (c.clone(), gw.url(APP, "/hello"), stopped.clone());
+        tokio::spawn(async move {
+            let (mut codes, mut after) = (Vec::new(), 0);
+            while after < 50 && codes.len() < 100_000 {
+                let r = c.get(&url).send().await;
+                codes.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
+                after += usize::from(stopped.load(Ordering::Acquire));
+            }
+            codes
+        })
+    };
+    let stop = tokio::spawn(leaving.stop());
+    gw.wait_log("agent draining").await;
+    // The agent waits for its request in flight; once the upstream answers, it closes.
+    up.gate.add_permits(1);
+    assert_eq!(held.await.unwrap(), (200, "opened".to_string()));
+    stop.await.unwrap();
+    gw.wait_log("tunnel closed").await;
+    stopped.store(true, Ordering::Release);
+    let codes = load.await.unwrap();
+    let failed: Vec<_> = codes.iter().filter(|&&c| c != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        codes.len()
+    );
+    eprintln!("{} requests during the drain, none lost", codes.len());
+}

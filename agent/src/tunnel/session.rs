@@ -15,7 +15,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tunnelgate_mux::{
     Outbox, Outgoing, PipeWriter, PushError, SendCredit, WsMsg, outbox, pipe, write_loop,
 };
-use tunnelgate_proto::control::{Heartbeat, IngressRoutes, Register, RegisterSuccess, RouteAction};
+use tunnelgate_proto::control::{
+    Drain, Heartbeat, IngressRoutes, Register, RegisterSuccess, RouteAction,
+};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
@@ -59,11 +61,19 @@ struct Entry {
     abort: AbortHandle,
 }
 
-type Table = Arc<Mutex<HashMap<StreamId, Entry>>>;
+/// The session's live streams; `ended` is told each time a stream task finishes (a draining
+/// session waits for the table to empty).
+#[derive(Default)]
+struct StreamTable {
+    map: Mutex<HashMap<StreamId, Entry>>,
+    ended: tokio::sync::Notify,
+}
+
+type Table = Arc<StreamTable>;
 
 fn lock(t: &Table) -> MutexGuard<'_, HashMap<StreamId, Entry>> {
     // No code panics while holding the lock; recover the data rather than spread a panic.
-    t.lock().unwrap_or_else(|p| p.into_inner())
+    t.map.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The URL of the tunnel endpoint for a gateway URL.
@@ -236,9 +246,26 @@ pub async fn run(
     .await;
     if let Ok(End::Shutdown) = result {
         abort_streams(&table);
-        out.close(1000, "agent shutting down");
+        // Queued behind whatever the streams already sent: a close on the board would jump
+        // ahead of a finished stream's last frames.
+        let close = Outgoing::Close {
+            code: 1000,
+            reason: "agent shutting down".into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), out.send(close)).await;
         drop(out);
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        // The closing handshake: read until the gateway's close. Dropping a socket with unread
+        // input makes the kernel reset the connection, and the gateway would lose the last
+        // frames it had not read yet (a finished request's response among them).
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(m)) = stream.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     result
 }
@@ -282,9 +309,30 @@ async fn serve(
     let beat = Duration::from_millis(ok.heartbeat_interval_ms.max(50));
     let mut ticker = tokio::time::interval(beat);
     let mut last_seen = Instant::now();
+    // Set once the agent is stopping: the gateway was told to send no new requests, and the
+    // session ends when the streams in flight have finished, or at this deadline.
+    let mut draining: Option<tokio::time::Instant> = None;
     loop {
+        if draining.is_some() && lock(table).is_empty() {
+            tracing::info!(gateway, "drained: every request in flight finished");
+            return Ok(End::Shutdown);
+        }
+        let deadline = draining.unwrap_or_else(|| tokio::time::Instant::now() + beat);
         tokio::select! {
-            _ = shutdown.changed() => return Ok(End::Shutdown),
+            _ = shutdown.changed(), if draining.is_none() => {
+                let streams = lock(table).len();
+                tracing::info!(gateway, streams, "draining: gateway told to send no new requests");
+                let drain = Control::Drain(Drain { reason: "agent shutting down".into() });
+                if !out.try_send(Outgoing::Text(drain.to_json())) {
+                    return Ok(End::Shutdown);
+                }
+                draining = Some(tokio::time::Instant::now() + shared.config.drain_timeout);
+            }
+            _ = table.ended.notified(), if draining.is_some() => {}
+            _ = tokio::time::sleep_until(deadline), if draining.is_some() => {
+                tracing::warn!(gateway, streams = lock(table).len(), "drain timeout: cutting the requests still in flight");
+                return Ok(End::Shutdown);
+            }
             Ok(()) = routes_rx.changed() => {
                 let now = routes_rx.borrow_and_update().clone();
                 for msg in route_changes(&sent, &now) {
@@ -481,6 +529,7 @@ fn on_control(
                 let handle = tokio::spawn(async move {
                     fut.await;
                     lock(&done).remove(&id);
+                    done.ended.notify_one();
                 });
                 t.insert(
                     id,

@@ -71,6 +71,8 @@ fn fail(state: &AppState, req: &HttpRequest, cluster: &str, e: ProxyError) -> Ht
 
 /// Owners tried for one request before giving up (the first may be stale).
 const MAX_OWNER_TRIES: usize = 2;
+/// Local tunnels that may refuse one request (their agents draining) before it goes elsewhere.
+const MAX_LOCAL_TRIES: usize = 3;
 
 async fn proxy(
     req: &HttpRequest,
@@ -100,8 +102,20 @@ async fn proxy(
         with_body,
         started,
     };
-    if let Some(t) = state.hub.pick(cluster) {
-        return target.forward(t.open, false, body).await;
+    // A tunnel picked as its agent began to drain refuses the stream before anything was
+    // sent (NotHere): the request goes to the cluster's next tunnel, here or on an owner node.
+    let mut refused = 0;
+    while let Some(t) = state.hub.pick(cluster) {
+        match target.forward(t.open, false, &mut body).await {
+            // (A body already sent cannot be sent again.)
+            Err(ProxyError::NotHere)
+                if refused < MAX_LOCAL_TRIES && (!with_body || body.is_some()) =>
+            {
+                refused += 1
+            }
+            Err(ProxyError::NotHere) => break,
+            other => return other,
+        }
     }
     if !state.registry.is_shared() {
         return Err(ProxyError::ClusterOffline(cluster.clone()));
@@ -126,7 +140,7 @@ async fn proxy(
         if with_body && body.is_none() {
             break;
         }
-        match target.forward(link, true, body.take()).await {
+        match target.forward(link, true, &mut body).await {
             Err(ProxyError::NotHere) => {
                 tracing::info!(%cluster, peer_node = %owner.node_id, "owner no longer holds the tunnel");
                 state.metrics.forward_outcome("not_here");
@@ -156,11 +170,13 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
+    /// Sends the request through `open`'s tunnel. The body is taken only once a stream is open:
+    /// a tunnel that refuses the stream (NotHere) leaves it for the next one.
     async fn forward(
         &self,
         open: actix::Recipient<OpenStream>,
         via_peer: bool,
-        payload: Option<crate::tunnel::BodySource>,
+        payload: &mut Option<crate::tunnel::BodySource>,
     ) -> Result<HttpResponse, ProxyError> {
         let (req, state, cluster) = (self.req, self.state, self.cluster);
         let opened = match open
@@ -171,9 +187,8 @@ impl Target<'_> {
         {
             Ok(Ok(o)) => o,
             Ok(Err(OpenError::Busy)) => return Err(ProxyError::TunnelBusy),
-            Ok(Err(OpenError::Closed)) | Err(_) => {
-                return Err(ProxyError::ClusterOffline(cluster.to_string()));
-            }
+            // Draining or closing: nothing was sent, another tunnel may take it.
+            Ok(Err(OpenError::Closed)) | Err(_) => return Err(ProxyError::NotHere),
         };
         let request = ProxyRequest {
             stream_id: 0,
@@ -195,7 +210,12 @@ impl Target<'_> {
             ws,
             shared: ws_credit,
             outbox: ws_outbox,
-        } = start_stream(opened, request, payload, state.config.response_timeout);
+        } = start_stream(
+            opened,
+            request,
+            payload.take(),
+            state.config.response_timeout,
+        );
         let started = self.started;
         let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
         if let (101, Some(ws)) = (head.status, ws) {

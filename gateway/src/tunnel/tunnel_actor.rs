@@ -165,6 +165,8 @@ pub struct TunnelActor {
     epoch: Option<u64>,
     lease_busy: bool,
     role: Role,
+    /// The agent is stopping: no new streams; the ones in flight finish.
+    draining: bool,
 }
 
 impl TunnelActor {
@@ -195,6 +197,7 @@ impl TunnelActor {
             // A peer link needs no registration: it is usable as soon as it is up.
             registered: role != Role::Agent,
             role,
+            draining: false,
         }
     }
 
@@ -373,7 +376,8 @@ impl TunnelActor {
                 slot.shared
                     .resolve(Err(ProxyError::from_agent(e.kind, e.message)));
             }
-            Control::ProxyWebsocketClose(_) | Control::Drain(_) => {}
+            Control::Drain(d) => self.on_drain(&d.reason),
+            Control::ProxyWebsocketClose(_) => {}
             other => {
                 let name = other.name();
                 self.protocol_error(
@@ -439,6 +443,31 @@ impl TunnelActor {
         );
     }
 
+    /// The agent is stopping: take the tunnel out of the hub and give up its ownership lease,
+    /// so no new request comes here; streams in flight carry on until the agent closes.
+    fn on_drain(&mut self, reason: &str) {
+        if self.draining || self.role != Role::Agent {
+            return;
+        }
+        self.draining = true;
+        tracing::info!(
+            cluster = %self.cluster, tunnel = self.id, streams = self.streams.len(), reason,
+            "agent draining: no new streams on this tunnel"
+        );
+        if self.state.hub.remove(&self.cluster, self.id) == 0 {
+            let routes = self.state.registry.route_count(&self.cluster);
+            self.state.metrics.set_cluster(&self.cluster, false, routes);
+        }
+        if let Some(epoch) = self.epoch.take() {
+            let (reg, cluster, conn) = (
+                self.state.registry.clone(),
+                self.cluster.clone(),
+                self.conn_id.clone(),
+            );
+            actix_rt::spawn(async move { reg.release_tunnel(&cluster, &conn, epoch).await });
+        }
+    }
+
     /// Publishes this tunnel's routes again (the registry lost them).
     fn republish_routes(&mut self, ctx: &mut Context<Self>) {
         if self.routes.is_empty() {
@@ -465,6 +494,7 @@ impl TunnelActor {
     /// connection holds it.
     fn keep_lease(&mut self, ctx: &mut Context<Self>) {
         if !self.registered
+            || self.draining
             || self.lease_busy
             || self.role != Role::Agent
             || !self.state.registry.is_shared()
@@ -684,7 +714,8 @@ impl Handler<OpenStream> for TunnelActor {
     type Result = Result<Opened, OpenError>;
 
     fn handle(&mut self, msg: OpenStream, ctx: &mut Context<Self>) -> Self::Result {
-        if !self.registered || self.close_reason.is_some() || self.out.is_closed() {
+        if !self.registered || self.draining || self.close_reason.is_some() || self.out.is_closed()
+        {
             return Err(OpenError::Closed);
         }
         if self.streams.len() >= self.state.config.max_streams_per_tunnel as usize {
