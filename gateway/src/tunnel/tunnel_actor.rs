@@ -454,10 +454,22 @@ impl TunnelActor {
             cluster = %self.cluster, tunnel = self.id, streams = self.streams.len(), reason,
             "agent draining: no new streams on this tunnel"
         );
-        if self.state.hub.remove(&self.cluster, self.id) == 0 {
+        self.leave_hub();
+        self.release_lease();
+    }
+
+    /// Takes this tunnel out of the hub; returns how many the cluster still has on this node.
+    fn leave_hub(&self) -> usize {
+        let left = self.state.hub.remove(&self.cluster, self.id);
+        if left == 0 {
             let routes = self.state.registry.route_count(&self.cluster);
             self.state.metrics.set_cluster(&self.cluster, false, routes);
         }
+        left
+    }
+
+    /// Gives the ownership lease up, once.
+    fn release_lease(&mut self) {
         if let Some(epoch) = self.epoch.take() {
             let (reg, cluster, conn) = (
                 self.state.registry.clone(),
@@ -657,24 +669,13 @@ impl Actor for TunnelActor {
                 .unwrap_or_else(|| "tunnel closed".into());
             self.out.close(1000, reason);
         }
-        if let Some(epoch) = self.epoch.take() {
-            let (reg, cluster, conn) = (
-                self.state.registry.clone(),
-                self.cluster.clone(),
-                self.conn_id.clone(),
-            );
-            actix_rt::spawn(async move { reg.release_tunnel(&cluster, &conn, epoch).await });
-        }
+        self.release_lease();
         if let Role::Peer { node_id } = &self.role {
             self.state.peers.remove(node_id, self.id);
             tracing::info!(peer_node = %node_id, reason = self.close_reason.as_deref().unwrap_or("closed"), "peer link down");
         } else if self.registered {
             self.state.metrics.tunnels.dec();
-            let left = self.state.hub.remove(&self.cluster, self.id);
-            if left == 0 {
-                let routes = self.state.registry.route_count(&self.cluster);
-                self.state.metrics.set_cluster(&self.cluster, false, routes);
-            }
+            let left = self.leave_hub();
             tracing::info!(
                 cluster = %self.cluster, tunnel = self.id, tunnels_left = left,
                 reason = self.close_reason.as_deref().unwrap_or("agent closed the connection"),
