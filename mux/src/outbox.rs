@@ -196,9 +196,20 @@ impl Outbox {
         self.board.clone()
     }
 
-    /// Closes the tunnel ahead of anything queued (protocol error, shutdown).
+    /// Closes the tunnel ahead of anything queued (protocol error, the other side gone).
     pub fn close(&self, code: u16, reason: impl Into<String>) {
         self.board.close(code, reason.into());
+    }
+
+    /// Closes the tunnel after everything already queued has been written (a graceful end:
+    /// a finished stream's last frames must not be overtaken by the close). Waits for room.
+    pub async fn close_after_queued(
+        &self,
+        code: u16,
+        reason: impl Into<String>,
+    ) -> Result<(), OutboxClosed> {
+        let reason = reason.into();
+        self.send(Outgoing::Close { code, reason }).await
     }
 
     /// True once the writer has gone.
@@ -285,6 +296,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_graceful_close_waits_behind_the_queue_a_hard_one_does_not() {
+        let (out, mut rx) = outbox(4);
+        out.send(Outgoing::Text("last frame".into())).await.unwrap();
+        out.close_after_queued(1000, "bye").await.unwrap();
+        assert_eq!(rx.next().await, Some(Outgoing::Text("last frame".into())));
+        let bye = Outgoing::Close {
+            code: 1000,
+            reason: "bye".into(),
+        };
+        assert_eq!(rx.next().await, Some(bye));
+
+        let (out, mut rx) = outbox(4);
+        out.send(Outgoing::Text("dropped".into())).await.unwrap();
+        out.close(1002, "broken");
+        let broken = Outgoing::Close {
+            code: 1002,
+            reason: "broken".into(),
+        };
+        assert_eq!(rx.next().await, Some(broken));
+    }
 
     #[tokio::test]
     async fn board_jumps_the_queue_and_merges_credit() {

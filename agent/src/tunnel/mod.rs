@@ -6,9 +6,14 @@
 //!   the gateway's reason and retried with backoff (the operator may fix the token).
 //! - **Registered**: `register` answered by `register_success`; the full route set is sent as
 //!   `sync` and heartbeats start. Invariant: every stream in the table has a running task.
-//! - **Closed**: socket error, gateway silent for three heartbeat intervals, `drain`, or
-//!   shutdown. Every stream task is aborted (which drops its upstream request); the caller
-//!   reconnects with backoff, rotating through the gateway URLs.
+//! - **Draining** (the agent is stopping): `drain` sent, so the gateway sends nothing new;
+//!   requests already sent are still served. The session closes once its table is empty or at
+//!   `--drain-timeout`, the close queued behind the last frames, then reads until the gateway's
+//!   close so no unread input resets the connection (ADR 0006).
+//! - **Closed**: socket error, gateway silent for three heartbeat intervals, `drain` from the
+//!   gateway, or the end of draining. Every stream task still running is aborted (which drops
+//!   its upstream request); the caller reconnects with backoff, rotating through the gateway
+//!   URLs.
 
 pub mod session;
 pub mod stream;

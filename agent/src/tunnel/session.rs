@@ -246,13 +246,8 @@ pub async fn run(
     .await;
     if let Ok(End::Shutdown) = result {
         abort_streams(&table);
-        // Queued behind whatever the streams already sent: a close on the board would jump
-        // ahead of a finished stream's last frames.
-        let close = Outgoing::Close {
-            code: 1000,
-            reason: "agent shutting down".into(),
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), out.send(close)).await;
+        let close = out.close_after_queued(1000, "agent shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
         drop(out);
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
         // The closing handshake: read until the gateway's close. Dropping a socket with unread
@@ -310,26 +305,31 @@ async fn serve(
     let mut ticker = tokio::time::interval(beat);
     let mut last_seen = Instant::now();
     // Set once the agent is stopping: the gateway was told to send no new requests, and the
-    // session ends when the streams in flight have finished, or at this deadline.
-    let mut draining: Option<tokio::time::Instant> = None;
+    // session ends when the streams in flight have finished, or when `drain_deadline` fires
+    // (armed then; one timer for the session, not one per message).
+    let mut draining = false;
+    let drain_deadline = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(drain_deadline);
     loop {
-        if draining.is_some() && lock(table).is_empty() {
+        if draining && lock(table).is_empty() {
             tracing::info!(gateway, "drained: every request in flight finished");
             return Ok(End::Shutdown);
         }
-        let deadline = draining.unwrap_or_else(|| tokio::time::Instant::now() + beat);
         tokio::select! {
-            _ = shutdown.changed(), if draining.is_none() => {
+            _ = shutdown.changed(), if !draining => {
                 let streams = lock(table).len();
                 tracing::info!(gateway, streams, "draining: gateway told to send no new requests");
                 let drain = Control::Drain(Drain { reason: "agent shutting down".into() });
                 if !out.try_send(Outgoing::Text(drain.to_json())) {
                     return Ok(End::Shutdown);
                 }
-                draining = Some(tokio::time::Instant::now() + shared.config.drain_timeout);
+                draining = true;
+                drain_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + shared.config.drain_timeout);
             }
-            _ = table.ended.notified(), if draining.is_some() => {}
-            _ = tokio::time::sleep_until(deadline), if draining.is_some() => {
+            _ = table.ended.notified(), if draining => {}
+            _ = &mut drain_deadline, if draining => {
                 tracing::warn!(gateway, streams = lock(table).len(), "drain timeout: cutting the requests still in flight");
                 return Ok(End::Shutdown);
             }

@@ -7,6 +7,9 @@
 //! - **Registered**: the agent sent `register`; the tunnel is in the hub and takes streams.
 //!   Invariant: every stream in the actor's table has an id below `next_stream`, and its head
 //!   is resolved at most once.
+//! - **Draining**: the agent sent `drain` (it is stopping). The tunnel leaves the hub and gives
+//!   up its lease; new streams are refused before anything is sent (the proxy tries the
+//!   cluster's next tunnel); streams in flight finish (ADR 0006).
 //! - **Closed**: socket closed, protocol error, or heartbeats missed for three intervals. The
 //!   tunnel leaves the hub; every open stream is failed (a client waiting for a head gets 502,
 //!   one reading a body sees it cut), so no request hangs.
