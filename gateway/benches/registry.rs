@@ -1,15 +1,15 @@
 //! Route lookup cost: the in-memory registry, the Redis registry with a warm cache, and the
-//! Redis registry on a cache miss (one MGET round trip to a real `redis-server` on loopback).
+//! Redis registry on a cache miss (the cluster's route table loaded with one HGETALL from a real
+//! `redis-server` on loopback).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tunnelgate_gateway::config::{ClusterArg, Secret};
-use tunnelgate_gateway::registry::Registry;
+use tunnelgate_gateway::registry::{Claim, ConnRoutes, Registry};
 use tunnelgate_proto::control::RouteAction;
 use tunnelgate_proto::routes::RouteSpec;
 
@@ -73,8 +73,31 @@ fn lookups(c: &mut Criterion) {
         token: Secret::new("demo-token"),
     }];
     let mem = Registry::in_memory("localhost", &clusters);
-    rt.block_on(mem.apply_routes("demo", RouteAction::Sync, routes()))
-        .unwrap();
+    let publish = |reg: Arc<Registry>| async move {
+        let Claim::Held(epoch) = reg
+            .claim_tunnel("demo", "bench-0", Duration::from_secs(600), 0, 16)
+            .await
+            .unwrap()
+        else {
+            panic!("claim refused")
+        };
+        let cur = ConnRoutes {
+            agent: "bench".into(),
+            routes: Vec::new(),
+        };
+        let (_, _, stored) = reg
+            .publish(
+                "demo",
+                "bench-0",
+                Some(epoch),
+                &cur,
+                RouteAction::Sync,
+                routes(),
+            )
+            .await;
+        stored.unwrap();
+    };
+    rt.block_on(publish(mem.clone()));
     c.bench_function("lookup/memory", |b| {
         b.to_async(&rt)
             .iter(|| mem.lookup("app.demo.localhost", "/index.html"))
@@ -85,9 +108,7 @@ fn lookups(c: &mut Criterion) {
     let reg = Registry::with_redis("localhost", "bench", &clusters, &url, count).unwrap();
     rt.block_on(async {
         reg.sync_clusters().await.unwrap();
-        reg.apply_routes("demo", RouteAction::Sync, routes())
-            .await
-            .unwrap();
+        publish(reg.clone()).await;
         assert!(
             reg.lookup("app.demo.localhost", "/index.html")
                 .await
@@ -99,13 +120,16 @@ fn lookups(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| reg.lookup("app.demo.localhost", "/index.html"))
     });
-    let n = AtomicU64::new(0);
-    c.bench_function("lookup/redis_miss_one_mget", |b| {
+    c.bench_function("lookup/redis_miss_table_load", |b| {
         b.to_async(&rt).iter(|| {
-            // A path never asked before: the host set is cached, the route is one MGET.
-            let path = format!("/p{}", n.fetch_add(1, Ordering::Relaxed));
+            // Nothing cached: the cluster's table is loaded (one HGETALL) and built.
+            reg.clear_cache();
             let reg = reg.clone();
-            async move { reg.lookup("app.demo.localhost", &path).await.unwrap() }
+            async move {
+                reg.lookup("app.demo.localhost", "/index.html")
+                    .await
+                    .unwrap()
+            }
         })
     });
     c.bench_function("lookup/redis_unknown_host", |b| {

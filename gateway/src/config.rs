@@ -18,6 +18,12 @@ pub const DEFAULT_MAX_STREAMS: u32 = 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Messages queued for one tunnel's writer before producers wait.
 pub const TUNNEL_OUTBOX_CAPACITY: usize = 256;
+/// Live agent tunnels one cluster may hold over all nodes; one more is refused at register.
+pub const DEFAULT_MAX_TUNNELS_PER_CLUSTER: usize = 16;
+/// Distinct routes one cluster may publish over all its agents.
+pub const DEFAULT_MAX_ROUTES_PER_CLUSTER: usize = crate::registry::DEFAULT_MAX_ROUTES;
+/// Bytes of route data one cluster may publish over all its agent connections.
+pub const DEFAULT_MAX_ROUTE_BYTES_PER_CLUSTER: usize = crate::registry::DEFAULT_MAX_ROUTE_BYTES;
 /// Time an agent has to send `register` after the upgrade.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -95,6 +101,18 @@ pub struct Config {
     #[arg(long, env = "TG_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
     pub max_streams_per_tunnel: u32,
 
+    /// Live agent tunnels one cluster may hold (over all nodes).
+    #[arg(long, env = "TG_MAX_TUNNELS_PER_CLUSTER", default_value_t = DEFAULT_MAX_TUNNELS_PER_CLUSTER)]
+    pub max_tunnels_per_cluster: usize,
+
+    /// Distinct routes (host, path) one cluster may publish over all its agents.
+    #[arg(long, env = "TG_MAX_ROUTES_PER_CLUSTER", default_value_t = DEFAULT_MAX_ROUTES_PER_CLUSTER)]
+    pub max_routes_per_cluster: usize,
+
+    /// Bytes of route data one cluster may publish over all its agent connections.
+    #[arg(long, env = "TG_MAX_ROUTE_BYTES_PER_CLUSTER", default_value_t = DEFAULT_MAX_ROUTE_BYTES_PER_CLUSTER)]
+    pub max_route_bytes_per_cluster: usize,
+
     /// Largest total size of request headers, in bytes.
     #[arg(long, env = "TG_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES)]
     pub max_header_bytes: usize,
@@ -129,6 +147,11 @@ impl Config {
         }
         if self.max_streams_per_tunnel == 0 {
             return Err("--max-streams-per-tunnel must be at least 1".into());
+        }
+        if self.max_tunnels_per_cluster == 0 || self.max_routes_per_cluster == 0 {
+            return Err(
+                "--max-tunnels-per-cluster and --max-routes-per-cluster must be at least 1".into(),
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.clusters {

@@ -22,6 +22,8 @@ pub enum Who {
 pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(Cow<'static, str>),
+    #[error("method {0} is not allowed through the gateway")]
+    MethodNotAllowed(&'static str),
     #[error("request headers are larger than {0} bytes")]
     HeadersTooLarge(usize),
     #[error("no route for host {0}")]
@@ -52,6 +54,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::ClusterOffline(_)
@@ -71,6 +74,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
             ProxyError::NoRoute(_) => "no_route",
             ProxyError::ClusterOffline(_) => "cluster_offline",
@@ -88,9 +92,10 @@ impl ProxyError {
 
     pub fn who(&self) -> Who {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge(_) | ProxyError::NoRoute(_) => {
-                Who::Client
-            }
+            ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::HeadersTooLarge(_)
+            | ProxyError::NoRoute(_) => Who::Client,
             ProxyError::ClusterOffline(_)
             | ProxyError::TunnelLost
             | ProxyError::AgentNoRoute
@@ -158,8 +163,28 @@ impl ProxyError {
         if self.retry_safe() && status == StatusCode::SERVICE_UNAVAILABLE {
             b.insert_header(("retry-after", "1"));
         }
+        if matches!(self, ProxyError::MethodNotAllowed(_)) {
+            b.insert_header((
+                "allow",
+                "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE",
+            ));
+        }
         let reason = status.canonical_reason().unwrap_or("");
-        b.body(format!("{} {reason}: {self}\n", status.as_u16()))
+        b.body(format!(
+            "{} {reason}: {}\n",
+            status.as_u16(),
+            self.public_message()
+        ))
+    }
+
+    /// What the client is told. Upstream failures name no address or internal error text
+    /// (those go to the log); everything else is the error's own sentence.
+    pub fn public_message(&self) -> Cow<'_, str> {
+        match self {
+            ProxyError::UpstreamRefused(_) => "the upstream service refused the connection".into(),
+            ProxyError::UpstreamFailed(_) => "the upstream service failed to answer".into(),
+            other => other.to_string().into(),
+        }
     }
 }
 
@@ -175,5 +200,11 @@ mod tests {
         assert_eq!(e.to_string(), "no route for host x.demo.localhost");
         assert!(ProxyError::ClusterOffline("demo".into()).retry_safe());
         assert!(!ProxyError::TunnelLost.retry_safe());
+        let leak = ProxyError::UpstreamRefused("tcp connect error: 10.1.2.3:8080".into());
+        assert!(!leak.public_message().contains("10.1.2.3"));
+        assert_eq!(
+            ProxyError::MethodNotAllowed("CONNECT").status().as_u16(),
+            405
+        );
     }
 }

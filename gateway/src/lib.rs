@@ -62,6 +62,10 @@ impl AppState {
                 .map_err(|e| e.to_string())?
             }
         };
+        let registry = registry.with_quotas(registry::Quotas {
+            max_routes: config.max_routes_per_cluster,
+            max_bytes: config.max_route_bytes_per_cluster,
+        });
         Ok(AppState {
             config,
             registry,

@@ -324,13 +324,26 @@ async fn strangers_are_refused_on_the_peer_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_connection_is_fenced_by_a_newer_epoch() {
-    use tunnelgate_gateway::registry::{LeaseState, Registry};
+    use tunnelgate_gateway::registry::{Claim, ConnRoutes, LeaseState, Registry};
     let redis = Redis::start();
     let count: tunnelgate_gateway::registry::redis::CallCounter = std::sync::Arc::new(|_| {});
-    let a = Registry::with_redis("localhost", "node-a", &[], &redis.url(), count.clone()).unwrap();
-    let b = Registry::with_redis("localhost", "node-b", &[], &redis.url(), count).unwrap();
+    let demo = [tunnelgate_gateway::config::ClusterArg {
+        id: DEMO.0.into(),
+        token: tunnelgate_gateway::config::Secret::new(DEMO.1),
+    }];
+    let a =
+        Registry::with_redis("localhost", "node-a", &demo, &redis.url(), count.clone()).unwrap();
+    let b = Registry::with_redis("localhost", "node-b", &demo, &redis.url(), count).unwrap();
     let lease = Duration::from_secs(5);
-    let old = a.claim_tunnel("demo", "agent-1-0", lease).await.unwrap();
+    let held = |c: Claim| match c {
+        Claim::Held(e) => e,
+        Claim::TooMany => panic!("claim refused"),
+    };
+    let old = held(
+        a.claim_tunnel("demo", "agent-1-0", lease, 0, 16)
+            .await
+            .unwrap(),
+    );
     assert_eq!(
         a.refresh_tunnel("demo", "agent-1-0", old, lease)
             .await
@@ -338,8 +351,37 @@ async fn a_stale_connection_is_fenced_by_a_newer_epoch() {
         LeaseState::Held
     );
     // The agent reconnects to node b with the same connection id: a newer epoch.
-    let new = b.claim_tunnel("demo", "agent-1-0", lease).await.unwrap();
+    let new = held(
+        b.claim_tunnel("demo", "agent-1-0", lease, 0, 16)
+            .await
+            .unwrap(),
+    );
     assert!(new > old);
+    // A fenced tunnel cannot write routes for the connection; the holder can.
+    let set = ConnRoutes {
+        agent: "agent-1".into(),
+        routes: vec![tunnelgate_proto::routes::RouteSpec {
+            host: "a.demo.localhost".into(),
+            ..Default::default()
+        }],
+    };
+    a.store_set("demo", "agent-1-0", Some(old), &set)
+        .await
+        .unwrap();
+    assert!(b.lookup("a.demo.localhost", "/").await.unwrap().is_none());
+    b.store_set("demo", "agent-1-0", Some(new), &set)
+        .await
+        .unwrap();
+    let hit = a
+        .lookup("a.demo.localhost", "/")
+        .await
+        .unwrap()
+        .expect("route");
+    assert_eq!(&*hit.conns, &["agent-1-0".to_string()]);
+    // A stale withdrawal does not remove the newer tunnel's routes.
+    a.withdraw("demo", "agent-1-0", Some(old)).await;
+    a.clear_cache();
+    assert!(a.lookup("a.demo.localhost", "/").await.unwrap().is_some());
     // Node a's stale refresh cannot take it back, and learns it is fenced.
     assert_eq!(
         a.refresh_tunnel("demo", "agent-1-0", old, lease)
@@ -360,6 +402,24 @@ async fn a_stale_connection_is_fenced_by_a_newer_epoch() {
             .await
             .unwrap(),
         LeaseState::Held
+    );
+    // The tunnel quota counts live leases over all nodes: with a quota of 2, a third
+    // connection is refused, a reconnect of a counted one is not.
+    held(
+        a.claim_tunnel("demo", "agent-2-0", lease, 0, 2)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        b.claim_tunnel("demo", "agent-3-0", lease, 0, 2)
+            .await
+            .unwrap(),
+        Claim::TooMany
+    );
+    held(
+        b.claim_tunnel("demo", "agent-2-0", lease, 0, 2)
+            .await
+            .unwrap(),
     );
 }
 

@@ -237,12 +237,14 @@ async fn agents_are_authenticated_before_the_upgrade() {
         "{}",
         rejected[0].reason
     );
+    // The name stays demo's: with demo's agent away it is offline, never other's upstream.
     let r = client()
         .get(gw.url("bank.demo.localhost", "/hello"))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-tunnelgate-error"], "cluster_offline");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,6 +170,7 @@ async fn ingress_changes_become_routes() {
     ));
     s.api.delete("Ingress", "shop", "web");
     until_status(&s.gw, "shop.demo.localhost", "/hello", 404).await;
+    // Never served by demo's agent: the name is other's, and other has no agent here.
     assert_eq!(
         client()
             .get(s.gw.url("bank.other.localhost", "/hello"))
@@ -177,7 +178,7 @@ async fn ingress_changes_become_routes() {
             .await
             .unwrap()
             .status(),
-        404
+        503
     );
 }
 

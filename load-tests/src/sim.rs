@@ -181,6 +181,7 @@ async fn session(i: usize, config: &SimConfig, tx: &watch::Sender<usize>) -> Res
             agent_version: "sim".into(),
             hostname: None,
             connection_id: Some(format!("sim-{i}")),
+            agent_id: None,
         });
         ws.send(Message::Text(reg.to_json().into()))
             .await

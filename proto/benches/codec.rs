@@ -51,6 +51,7 @@ fn codec(c: &mut Criterion) {
         body: false,
         request_id: None,
         cluster: None,
+        conns: Vec::new(),
         hops: 0,
         websocket: false,
     });

@@ -46,6 +46,10 @@ pub struct Register {
     /// fences the stale connection out.
     #[serde(default)]
     pub connection_id: Option<String>,
+    /// Stable id of the agent process, shared by its connection slots: routes published by
+    /// the connections of one agent never conflict with each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
 }
 
 /// Gateway → agent: the tunnel is live, and the parameters both sides use on it.
@@ -146,6 +150,10 @@ pub struct ProxyRequest {
     /// Set only on a peer link: the cluster whose tunnel must serve the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// Set only on a peer link: the agent connections that publish the request's route; the
+    /// owner node serves it only through one of them (any of the cluster's when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conns: Vec<String>,
     /// Gateway hops taken so far; a node never forwards a request that already took one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hops: u8,
@@ -305,6 +313,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 hostname: None,
                 connection_id: None,
+                agent_id: Some("a1".into()),
             }),
             Control::IngressRoutes(IngressRoutes {
                 action: RouteAction::Sync,
@@ -328,6 +337,7 @@ mod tests {
                 body: true,
                 request_id: None,
                 cluster: None,
+                conns: Vec::new(),
                 hops: 0,
                 websocket: false,
             }),

@@ -29,3 +29,16 @@ pub const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Smallest window a gateway may announce: one full frame must always fit.
 pub const MIN_STREAM_WINDOW: u32 = MAX_FRAME_PAYLOAD as u32;
+
+/// Longest route host (a DNS name).
+pub const MAX_ROUTE_HOST: usize = 253;
+
+/// Longest route path, in bytes.
+pub const MAX_ROUTE_PATH: usize = 2 * 1024;
+
+/// Longest `service` or `namespace` of a route, in bytes.
+pub const MAX_ROUTE_SERVICE: usize = 512;
+
+/// Annotations one route may carry, and their total size in bytes (keys and values).
+pub const MAX_ROUTE_ANNOTATIONS: usize = 32;
+pub const MAX_ROUTE_ANNOTATION_BYTES: usize = 4 * 1024;

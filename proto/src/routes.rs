@@ -66,7 +66,14 @@ pub fn normalize_host(raw: &str) -> Result<String, HostError> {
     let raw = raw.trim();
     if let Some(rest) = raw.strip_prefix('[') {
         let end = rest.find(']').ok_or(HostError::BadLabel(raw.into()))?;
-        let ip = &rest[..end];
+        let (ip, after) = (&rest[..end], &rest[end + 1..]);
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !port_ok {
+            return Err(HostError::BadLabel(raw.into()));
+        }
         if ip.is_empty()
             || !ip
                 .chars()
@@ -118,6 +125,137 @@ fn check_name(name: &str, after_wildcard: bool) -> Result<(), HostError> {
     }
     let _ = after_wildcard;
     Ok(())
+}
+
+/// Why a request path cannot be routed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the request path must start with '/'")]
+    NotAbsolute,
+    #[error("the request path has a malformed percent escape")]
+    BadEscape,
+    #[error("the request path has a control character, space or backslash")]
+    BadByte,
+}
+
+/// Normalises a request path before routing (RFC 3986 §6.2.2): percent-escapes of unreserved
+/// characters are decoded (`%7E` → `~`, `%2e` → `.`), other escapes get upper-case hex, and
+/// dot segments are removed (§5.2.4), so `/api/../admin` and `/api/%2e%2e/admin` both become
+/// `/admin`. The gateway matches routes on this path and forwards this path, so no request can
+/// leave the prefix it was routed by.
+///
+/// Policy for `%2F` (an encoded `/`): it stays encoded and is part of its segment, never a
+/// separator, for matching and upstream alike. A backslash, space or control byte is refused
+/// (some servers read `\` as `/`). Empty segments (`//`) are kept. The result is idempotent.
+pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let b = raw.as_bytes();
+    let mut decoded = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            let hex = |x: u8| (x as char).to_digit(16);
+            let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = (h * 16 + l) as u8;
+            if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(v as char);
+            } else {
+                decoded.push('%');
+                decoded.push_str(&format!("{v:02X}"));
+            }
+            i += 3;
+            continue;
+        }
+        if c <= b' ' || c == 0x7f || c == b'\\' {
+            return Err(PathError::BadByte);
+        }
+        // Multi-byte UTF-8 passes through whole (it was valid in `raw`).
+        let len = utf8_len(c);
+        decoded.push_str(raw.get(i..i + len).ok_or(PathError::BadByte)?);
+        i += len;
+    }
+    Ok(remove_dot_segments(&decoded))
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xf0..=0xff => 4,
+        0xe0..=0xef => 3,
+        0xc0..=0xdf => 2,
+        _ => 1,
+    }
+}
+
+/// RFC 3986 §5.2.4 for an absolute path, segment by segment.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let n = segs.len();
+    for (i, seg) in segs.into_iter().enumerate() {
+        let last = i + 1 == n;
+        match seg {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut s = String::with_capacity(path.len());
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if s.is_empty() {
+        s.push('/');
+    }
+    s
+}
+
+/// Checks the sizes of a published route's fields; the gateway refuses a route that fails.
+pub fn check_route_bounds(r: &RouteSpec) -> Result<(), String> {
+    use crate::limits::*;
+    if r.host.len() > MAX_ROUTE_HOST {
+        return Err(format!("host is longer than {MAX_ROUTE_HOST} bytes"));
+    }
+    if r.path.len() > MAX_ROUTE_PATH {
+        return Err(format!("path is longer than {MAX_ROUTE_PATH} bytes"));
+    }
+    let long = |f: &Option<String>| f.as_ref().is_some_and(|s| s.len() > MAX_ROUTE_SERVICE);
+    if long(&r.service) || long(&r.namespace) {
+        return Err(format!(
+            "service or namespace is longer than {MAX_ROUTE_SERVICE} bytes"
+        ));
+    }
+    let bytes: usize = r.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if r.annotations.len() > MAX_ROUTE_ANNOTATIONS || bytes > MAX_ROUTE_ANNOTATION_BYTES {
+        return Err(format!(
+            "more than {MAX_ROUTE_ANNOTATIONS} annotations or {MAX_ROUTE_ANNOTATION_BYTES} bytes of them"
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes a route takes in the registry's accounting (its fields' lengths).
+pub fn route_bytes(r: &RouteSpec) -> usize {
+    let opt = |f: &Option<String>| f.as_ref().map_or(0, String::len);
+    let ann: usize = r.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    r.host.len() + r.path.len() + opt(&r.service) + opt(&r.namespace) + ann + 16
 }
 
 /// The wildcard route host that would cover `host`: `a.b.c` → `*.b.c`. None for a single label.
@@ -178,6 +316,7 @@ mod tests {
             "app.demo.localhost"
         );
         assert_eq!(normalize_host("[::1]:80").unwrap(), "[::1]");
+        assert!(normalize_host("[::1]x").is_err());
         assert_eq!(normalize_host("127.0.0.1:8080").unwrap(), "127.0.0.1");
         assert!(normalize_host("").is_err());
         assert!(normalize_host("a..b").is_err());
@@ -217,5 +356,95 @@ mod tests {
         assert_eq!(best_match(&routes, "/api/v2").unwrap().path, "/api");
         assert_eq!(best_match(&routes, "/other").unwrap().path, "/");
         assert!(best_match(&routes[1..2], "/other").is_none());
+    }
+
+    #[test]
+    fn normalises_paths() {
+        let n = |p: &str| normalize_path(p);
+        assert_eq!(n("/api/../admin").unwrap(), "/admin");
+        assert_eq!(n("/api/%2e%2e/admin").unwrap(), "/admin");
+        assert_eq!(n("/api/%2E%2E/admin").unwrap(), "/admin");
+        assert_eq!(n("/a/./b/").unwrap(), "/a/b/");
+        assert_eq!(n("/a/b/..").unwrap(), "/a/");
+        assert_eq!(n("/../../x").unwrap(), "/x");
+        assert_eq!(n("/..").unwrap(), "/");
+        assert_eq!(n("/%7euser").unwrap(), "/~user");
+        assert_eq!(n("/a%2fb").unwrap(), "/a%2Fb");
+        assert_eq!(n("/a%2F..%2Fb").unwrap(), "/a%2F..%2Fb");
+        assert_eq!(n("/caf\u{e9}").unwrap(), "/caf\u{e9}");
+        assert_eq!(n("//x").unwrap(), "//x");
+        assert_eq!(n("*"), Err(PathError::NotAbsolute));
+        assert_eq!(n("/%zz"), Err(PathError::BadEscape));
+        assert_eq!(n("/%2"), Err(PathError::BadEscape));
+        assert_eq!(n("/a\\..\\b"), Err(PathError::BadByte));
+    }
+
+    #[test]
+    fn route_bounds() {
+        let mut r = route("h", "/", PathType::Prefix);
+        assert!(check_route_bounds(&r).is_ok());
+        r.path = format!("/{}", "x".repeat(crate::limits::MAX_ROUTE_PATH));
+        assert!(check_route_bounds(&r).is_err());
+        r.path = "/".into();
+        r.service = Some("s".repeat(10_000));
+        assert!(check_route_bounds(&r).is_err());
+        r.service = None;
+        for i in 0..40 {
+            r.annotations.insert(format!("k{i}"), "v".into());
+        }
+        assert!(check_route_bounds(&r).is_err());
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn path_chars() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("/".to_string()),
+                    Just(".".to_string()),
+                    Just("..".to_string()),
+                    Just("%2e".to_string()),
+                    Just("%2F".to_string()),
+                    Just("%41".to_string()),
+                    Just("%".to_string()),
+                    "[a-z~_-]{1,3}",
+                    "\\PC",
+                ],
+                0..24,
+            )
+            .prop_map(|v| format!("/{}", v.concat()))
+        }
+
+        proptest! {
+            #[test]
+            fn path_normalisation_is_idempotent_and_safe(p in path_chars()) {
+                if let Ok(once) = normalize_path(&p) {
+                    prop_assert!(once.starts_with('/'));
+                    prop_assert_eq!(normalize_path(&once), Ok(once.clone()));
+                    // No dot segment survives: nothing can climb out of a prefix.
+                    prop_assert!(!once.split('/').any(|s| s == ".." || s == "."));
+                }
+            }
+
+            #[test]
+            fn path_normalisation_never_panics(p in "\\PC{0,64}") {
+                let _ = normalize_path(&p);
+            }
+
+            #[test]
+            fn host_normalisation_is_idempotent(h in "[A-Za-z0-9.:\\[\\]_-]{0,40}") {
+                if let Ok(once) = normalize_host(&h) {
+                    prop_assert_eq!(normalize_host(&once), Ok(once.clone()));
+                    prop_assert_eq!(once.to_ascii_lowercase(), once.clone());
+                }
+            }
+
+            #[test]
+            fn host_normalisation_never_panics(h in "\\PC{0,300}") {
+                let _ = normalize_host(&h);
+            }
+        }
     }
 }

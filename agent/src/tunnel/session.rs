@@ -156,6 +156,7 @@ async fn register(
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         hostname: std::env::var("HOSTNAME").ok(),
         connection_id: Some(format!("{}-{slot}", shared.instance)),
+        agent_id: Some(shared.instance.to_string()),
     });
     ws.send(Message::Text(reg.to_json().into()))
         .await

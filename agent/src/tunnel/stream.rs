@@ -118,10 +118,14 @@ impl StreamTask {
                 format!("no rule for {}{}", r.host, r.path),
             ));
         };
-        let uri = match &r.query {
-            Some(q) => format!("http://{}{}?{}", target.authority, r.path, q),
-            None => format!("http://{}{}", target.authority, r.path),
-        };
+        let uri = upstream_uri(
+            "http",
+            &target.authority,
+            &r.method,
+            &r.path,
+            r.query.as_deref(),
+        )
+        .map_err(|why| (ProxyErrorKind::UpstreamFailed, why))?;
         let mut b = http::Request::builder().method(r.method.as_str()).uri(uri);
         for (name, value) in &r.headers {
             b = b.header(name.as_str(), value.as_str());
@@ -152,4 +156,72 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The upstream URI, built from parts so that no request target can change the scheme, host
+/// or port the agent dials: the path must be origin-form (`/…`), or `*` for OPTIONS alone;
+/// CONNECT is never sent upstream.
+pub fn upstream_uri(
+    scheme: &str,
+    authority: &str,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<http::Uri, String> {
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return Err("CONNECT is not forwarded".into());
+    }
+    let asterisk = path == "*" && method == "OPTIONS";
+    if !asterisk && !path.starts_with('/') {
+        return Err(format!("request path {path:?} is not origin-form"));
+    }
+    let pq = match query {
+        Some(q) if !asterisk => format!("{path}?{q}"),
+        _ => path.to_string(),
+    };
+    let pq: http::uri::PathAndQuery = pq
+        .parse()
+        .map_err(|e| format!("invalid request target: {e}"))?;
+    let authority: http::uri::Authority = authority
+        .parse()
+        .map_err(|e| format!("invalid upstream address: {e}"))?;
+    let uri = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| format!("cannot build the upstream URI: {e}"))?;
+    // Belt and braces: whatever the parts were, the dialled address is the rule's.
+    if uri.authority() != Some(&authority) {
+        return Err("request target changed the upstream address".into());
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_targets_cannot_change_the_upstream() {
+        let a = "127.0.0.1:3000";
+        let u = upstream_uri("http", a, "GET", "/x", Some("a=1")).unwrap();
+        assert_eq!(u.to_string(), "http://127.0.0.1:3000/x?a=1");
+        let star = upstream_uri("http", a, "OPTIONS", "*", None).unwrap();
+        assert_eq!(star.authority().unwrap().as_str(), a);
+        assert_eq!(star.path(), "*");
+        assert!(upstream_uri("http", a, "GET", "*", None).is_err());
+        assert!(upstream_uri("http", a, "CONNECT", "/", None).is_err());
+        assert!(upstream_uri("http", a, "GET", "@evil:80/", None).is_err());
+        assert!(
+            upstream_uri("http", a, "GET", "//evil:80/x", None)
+                .map(|u| u.authority().unwrap().as_str() == a)
+                .unwrap_or(true)
+        );
+        assert!(
+            upstream_uri("http", a, "GET", "/x#frag", None)
+                .map(|u| u.authority().unwrap().as_str() == a)
+                .unwrap_or(true)
+        );
+    }
 }

@@ -57,11 +57,17 @@ impl WsTask {
                 )
                 .await;
         };
-        let url = match &r.query {
-            Some(q) => format!("ws://{}{}?{}", target.authority, r.path, q),
-            None => format!("ws://{}{}", target.authority, r.path),
+        let url = match super::stream::upstream_uri(
+            "ws",
+            &target.authority,
+            &r.method,
+            &r.path,
+            r.query.as_deref(),
+        ) {
+            Ok(u) => u,
+            Err(e) => return self.fail(ProxyErrorKind::UpstreamFailed, e).await,
         };
-        let mut req = match url.as_str().into_client_request() {
+        let mut req = match url.into_client_request() {
             Ok(req) => req,
             Err(e) => {
                 return self

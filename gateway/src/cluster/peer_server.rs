@@ -127,7 +127,7 @@ impl PeerServer {
         if req.hops > 1 {
             return self.fail(sid, ProxyErrorKind::NotHere, "hop limit reached".into());
         }
-        let Some(tunnel) = self.state.hub.pick(&cluster) else {
+        let Some(tunnel) = self.state.hub.pick(&cluster, &req.conns, &[]) else {
             let msg = format!(
                 "node {} holds no tunnel of cluster {cluster}",
                 self.state.config.node_id()

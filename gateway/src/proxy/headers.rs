@@ -27,13 +27,38 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Headers a client may write but only the gateway may set.
+/// Headers a client may write but only the gateway may set (or that upstreams commonly trust
+/// as set by a proxy). Dropped whatever the client sends, also when spelled with `_` for `-`
+/// (`X_Forwarded_For`), which some servers (CGI, PHP, nginx with underscores_in_headers) read
+/// as the same header.
 const EDGE_OWNED: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
     "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
 ];
+
+/// Headers that a `Connection` token can never remove: what routing and framing depend on and
+/// the client's credentials. (What the gateway sets is added after the filtering, whatever is
+/// listed.)
+const NOT_HOP_LISTABLE: &[&str] = &["host", "content-length", "cookie", "authorization"];
+
+/// True for a header only the gateway may set, in any spelling.
+fn is_edge_owned(name: &str) -> bool {
+    if name.contains('_') {
+        let dashed = name.replace('_', "-");
+        return EDGE_OWNED.contains(&dashed.as_str());
+    }
+    EDGE_OWNED.contains(&name)
+}
 
 /// WebSocket handshake headers that belong to one connection: each hop does its own
 /// handshake (the subprotocol list is end to end and passes).
@@ -107,13 +132,15 @@ pub fn has_body(headers: &HeaderMap) -> bool {
         .is_some_and(|n| n > 0)
 }
 
+/// Header names the client listed in `Connection` (hop-by-hop for this connection), less
+/// those a token may never remove.
 fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.is_empty() && !NOT_HOP_LISTABLE.contains(&t.as_str()))
         .collect()
 }
 
@@ -132,7 +159,7 @@ pub fn upstream_request_headers(
     let mut original_host = None;
     for (name, value) in headers.iter() {
         if is_hop(name, &listed)
-            || EDGE_OWNED.contains(&name.as_str())
+            || is_edge_owned(name.as_str())
             || WS_HANDSHAKE.contains(&name.as_str())
         {
             continue;
@@ -171,6 +198,39 @@ pub fn response_connection_tokens(headers: &HeaderList) -> Vec<String> {
         .collect()
 }
 
+/// A `Set-Cookie` value with any `Domain` attribute outside `own` (the publishing cluster's
+/// names: `own` and every name under it) removed, so the cookie stays with the host that set
+/// it. A tenant cannot set cookies for the gateway's shared parent domain or another tenant.
+pub fn scope_set_cookie<'a>(value: &'a str, own: &str) -> std::borrow::Cow<'a, str> {
+    let within = |d: &str| {
+        let d = d.trim().trim_start_matches('.').trim_end_matches('.');
+        let d = d.to_ascii_lowercase();
+        d == own || d.ends_with(&format!(".{own}"))
+    };
+    let mut parts = value.split(';');
+    let first = parts.next().unwrap_or("");
+    let mut removed = false;
+    let mut out = String::with_capacity(value.len());
+    out.push_str(first);
+    for attr in parts {
+        let name = attr.split('=').next().unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("domain") {
+            let dom = attr.split_once('=').map_or("", |(_, v)| v);
+            if !within(dom) {
+                removed = true;
+                continue;
+            }
+        }
+        out.push(';');
+        out.push_str(attr);
+    }
+    if removed {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +261,64 @@ mod tests {
         assert!(get("forwarded").is_empty());
         assert!(get("connection").is_empty());
         assert!(get("x-secret-hop").is_empty());
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_or_edge_headers() {
+        let req = TestRequest::default()
+            .insert_header(("host", "app.demo.localhost"))
+            .insert_header(("connection", "host, x-forwarded-for, x-auth-user, cookie"))
+            .insert_header(("x-auth-user", "alice"))
+            .insert_header(("cookie", "a=1"))
+            .insert_header(("x-real-ip", "6.6.6.6"))
+            .insert_header(("true-client-ip", "6.6.6.6"))
+            .insert_header(("x-original-url", "/admin"))
+            .insert_header(("x_forwarded_for", "6.6.6.6"))
+            .insert_header(("X_Real_IP", "6.6.6.6"))
+            .to_http_request();
+        let h = upstream_request_headers(req.headers(), Some("10.0.0.1".parse().unwrap())).unwrap();
+        let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(names.contains(&"host"), "{names:?}");
+        assert!(names.contains(&"cookie"), "{names:?}");
+        assert!(!names.contains(&"x-auth-user"), "{names:?}");
+        for gone in [
+            "x-real-ip",
+            "true-client-ip",
+            "x-original-url",
+            "x_forwarded_for",
+            "x_real_ip",
+        ] {
+            assert!(!names.contains(&gone), "{gone} passed: {names:?}");
+        }
+        let xff: Vec<&str> = h
+            .iter()
+            .filter(|(k, _)| k == "x-forwarded-for")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(xff, vec!["10.0.0.1"]);
+    }
+
+    #[test]
+    fn cookies_stay_within_the_cluster() {
+        let own = "demo.localhost";
+        assert_eq!(
+            scope_set_cookie("a=1; Domain=localhost; Path=/", own),
+            "a=1; Path=/"
+        );
+        assert_eq!(scope_set_cookie("a=1; domain=.other.localhost", own), "a=1");
+        assert_eq!(
+            scope_set_cookie("a=1; Domain=app.demo.localhost", own),
+            "a=1; Domain=app.demo.localhost"
+        );
+        assert_eq!(
+            scope_set_cookie("a=1; Domain=.Demo.Localhost", own),
+            "a=1; Domain=.Demo.Localhost"
+        );
+        assert_eq!(
+            scope_set_cookie("a=1; Domain=evildemo.localhost", own),
+            "a=1"
+        );
+        assert_eq!(scope_set_cookie("a=1; HttpOnly", own), "a=1; HttpOnly");
     }
 
     #[test]

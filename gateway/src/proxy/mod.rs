@@ -32,7 +32,11 @@ pub async fn dispatch(
         Ok(h) => h,
         Err(e) => return fail(&state, &req, "", e),
     };
-    let route = match state.registry.lookup(&host, req.uri().path()).await {
+    let target = match request_target(&req) {
+        Ok(t) => t,
+        Err(e) => return fail(&state, &req, "", e),
+    };
+    let route = match state.registry.lookup(&host, &target.route_path).await {
         Ok(r) => r,
         Err(e) => {
             return fail(
@@ -49,13 +53,68 @@ pub async fn dispatch(
             "/healthz" => crate::admin::healthz(),
             "/readyz" => crate::admin::readyz(&state),
             "/metrics" => crate::admin::metrics(&state),
-            _ => fail(&state, &req, "", ProxyError::NoRoute(host)),
+            _ => match offline_cluster(&state, &host).await {
+                Some(c) => fail(&state, &req, &c, ProxyError::ClusterOffline(c.clone())),
+                None => fail(&state, &req, "", ProxyError::NoRoute(host)),
+            },
         };
     };
-    match proxy(&req, payload, &state, host, &route, started).await {
+    match proxy(&req, payload, &state, host, target.path, &route, started).await {
         Ok(resp) => resp,
         Err(e) => fail(&state, &req, &route.cluster, e),
     }
+}
+
+/// The cluster a host without a route belongs to by name, when that cluster has no live
+/// tunnel anywhere: its routes left with its tunnels, and the client is told it is offline
+/// (503, retry later) rather than that the name does not exist.
+async fn offline_cluster(state: &AppState, host: &str) -> Option<String> {
+    let cluster = state.registry.cluster_of(host)?;
+    if state.hub.count(cluster) > 0 {
+        return None;
+    }
+    if state.registry.is_shared() {
+        match state.registry.remote_owners(cluster).await {
+            Ok(o) if !o.is_empty() => return None,
+            _ => {}
+        }
+    }
+    Some(cluster.to_string())
+}
+
+/// The path a request is routed by and the one forwarded.
+struct RequestTarget {
+    /// The normalised path routes are matched on (`/` for `OPTIONS *`).
+    route_path: String,
+    /// What the upstream receives: the same normalised path, or `*`.
+    path: String,
+}
+
+/// Checks the method and request target: CONNECT is refused (no tunnels to arbitrary
+/// addresses), the asterisk form only for OPTIONS, and every other path is normalised
+/// (`tunnelgate_proto::routes::normalize_path`) so that what is matched is what is forwarded.
+fn request_target(req: &HttpRequest) -> Result<RequestTarget, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed("CONNECT"));
+    }
+    let raw = req.uri().path();
+    if raw == "*" {
+        if req.method() != Method::OPTIONS {
+            return Err(ProxyError::BadRequest(
+                "the asterisk request target is only for OPTIONS".into(),
+            ));
+        }
+        return Ok(RequestTarget {
+            route_path: "/".into(),
+            path: "*".into(),
+        });
+    }
+    let path = tunnelgate_proto::routes::normalize_path(raw)
+        .map_err(|e| ProxyError::BadRequest(e.to_string().into()))?;
+    Ok(RequestTarget {
+        route_path: path.clone(),
+        path,
+    })
 }
 
 fn fail(state: &AppState, req: &HttpRequest, cluster: &str, e: ProxyError) -> HttpResponse {
@@ -79,6 +138,7 @@ async fn proxy(
     payload: web::Payload,
     state: &web::Data<AppState>,
     host: String,
+    path: String,
     route: &RouteEntry,
     started: Instant,
 ) -> Result<HttpResponse, ProxyError> {
@@ -95,7 +155,9 @@ async fn proxy(
         req,
         state,
         host: &host,
+        path: &path,
         cluster,
+        conns: &route.conns,
         websocket,
         upgrade: std::cell::RefCell::new(upgrade),
         headers,
@@ -104,14 +166,14 @@ async fn proxy(
     };
     // A tunnel picked as its agent began to drain refuses the stream before anything was
     // sent (NotHere): the request goes to the cluster's next tunnel, here or on an owner node.
-    let mut refused = 0;
-    while let Some(t) = state.hub.pick(cluster) {
+    let mut refused = Vec::new();
+    while let Some(t) = state.hub.pick(cluster, &route.conns, &refused) {
         match target.forward(t.open, false, &mut body).await {
             // (A body already sent cannot be sent again.)
             Err(ProxyError::NotHere)
-                if refused < MAX_LOCAL_TRIES && (!with_body || body.is_some()) =>
+                if refused.len() < MAX_LOCAL_TRIES && (!with_body || body.is_some()) =>
             {
-                refused += 1
+                refused.push(t.id)
             }
             Err(ProxyError::NotHere) => break,
             other => return other,
@@ -126,7 +188,9 @@ async fn proxy(
         .await
         .map_err(|_| ProxyError::ClusterOffline(cluster.clone()))?;
     let arc = state.clone().into_inner();
-    for owner in owners.iter().take(MAX_OWNER_TRIES) {
+    // Only nodes holding a tunnel of an agent that publishes this route can serve it.
+    let publishes = |o: &&crate::registry::Owner| o.conns.iter().any(|c| route.conns.contains(c));
+    for owner in owners.iter().filter(publishes).take(MAX_OWNER_TRIES) {
         let link = match state.peers.link(&arc, owner).await {
             Ok(l) => l,
             Err(e) => {
@@ -160,7 +224,11 @@ struct Target<'a> {
     req: &'a HttpRequest,
     state: &'a web::Data<AppState>,
     host: &'a str,
+    /// The normalised path (or `*`) the upstream receives.
+    path: &'a str,
     cluster: &'a str,
+    /// Connections publishing the route (an owner node serves it only through those).
+    conns: &'a [String],
     headers: tunnelgate_proto::control::HeaderList,
     with_body: bool,
     started: Instant,
@@ -194,12 +262,17 @@ impl Target<'_> {
             stream_id: 0,
             method: req.method().as_str().to_string(),
             host: self.host.to_string(),
-            path: req.uri().path().to_string(),
+            path: self.path.to_string(),
             query: req.uri().query().map(str::to_string),
             headers: self.headers.clone(),
             body: self.with_body,
             request_id: None,
             cluster: via_peer.then(|| cluster.to_string()),
+            conns: if via_peer {
+                self.conns.to_vec()
+            } else {
+                Vec::new()
+            },
             hops: u8::from(via_peer),
             websocket: self.websocket,
         };
@@ -233,30 +306,34 @@ impl Target<'_> {
         }
         let status = StatusCode::from_u16(head.status)
             .ok()
-            .filter(|s| !s.is_informational())
-            .ok_or_else(|| ProxyError::UpstreamFailed(format!("invalid status {}", head.status)))?;
+            .filter(|s| (200..600).contains(&s.as_u16()))
+            .ok_or_else(|| {
+                ProxyError::UpstreamFailed(format!("invalid status {} from the agent", head.status))
+            })?;
         state.metrics.request(
             cluster,
             status.as_u16(),
             Some(started.elapsed().as_secs_f64()),
         );
-        let listed = response_connection_tokens(&head.headers);
-        let mut resp = HttpResponse::build(status);
-        let mut content_length = None;
-        for (name, value) in &head.headers {
-            let lower = name.to_ascii_lowercase();
-            if lower == "content-length" {
-                content_length = value.trim().parse::<u64>().ok();
-            } else if keep_response_header(&lower, &listed) {
-                resp.append_header((lower, value.as_str()));
+        let resp = response_head(status, &head.headers, &self.own_names())?;
+        // The gateway owns framing: no body ever follows a HEAD answer, 204 or 304, whatever
+        // the agent sends (RFC 9112 §6.3); the stream's body is dropped, which resets it.
+        let bodiless = req.method() == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let ResponseHead {
+            mut resp,
+            content_length,
+        } = resp;
+        if bodiless {
+            drop(body);
+            if let (Some(n), true) = (content_length, req.method() == Method::HEAD) {
+                // The size a GET would have; actix writes the head alone for HEAD, and this
+                // body has no bytes to write in any case.
+                let none = futures_util::stream::empty::<Result<bytes::Bytes, ProxyError>>();
+                return Ok(resp.body(SizedStream::new(n, none)));
             }
-        }
-        if req.method() == Method::HEAD {
-            // The size a GET would have; actix sends the head alone for HEAD.
-            return Ok(match content_length {
-                Some(n) => resp.body(SizedStream::new(n, body)),
-                None => resp.finish(),
-            });
+            return Ok(resp.finish());
         }
         if !head.body {
             return Ok(resp.finish());
@@ -266,4 +343,60 @@ impl Target<'_> {
             None => resp.streaming(body),
         })
     }
+
+    /// The names the publishing cluster owns (cookies may be scoped to them).
+    fn own_names(&self) -> String {
+        format!("{}.{}", self.cluster, self.state.config.domain)
+    }
+}
+
+/// A response head built from the agent's, and the body length it announced.
+struct ResponseHead {
+    resp: actix_web::HttpResponseBuilder,
+    content_length: Option<u64>,
+}
+
+/// Builds the client's response head from what the agent sent, which is untrusted: hop-by-hop
+/// headers dropped, names and values checked (a bad one is a 502, never a 500 or a header
+/// split), one Content-Length at most, cookies kept within `own` names.
+fn response_head(
+    status: StatusCode,
+    headers: &tunnelgate_proto::control::HeaderList,
+    own: &str,
+) -> Result<ResponseHead, ProxyError> {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    let listed = response_connection_tokens(headers);
+    let mut resp = HttpResponse::build(status);
+    let mut content_length = None;
+    let bad = |what: &str| ProxyError::UpstreamFailed(format!("the agent sent {what}"));
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if lower == "content-length" {
+            let n = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| bad("an invalid Content-Length"))?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(bad("conflicting Content-Lengths"));
+            }
+            content_length = Some(n);
+            continue;
+        }
+        if !keep_response_header(&lower, &listed) {
+            continue;
+        }
+        let hname =
+            HeaderName::from_bytes(lower.as_bytes()).map_err(|_| bad("an invalid header name"))?;
+        let value = if hname == actix_web::http::header::SET_COOKIE {
+            headers::scope_set_cookie(value, own)
+        } else {
+            std::borrow::Cow::Borrowed(value.as_str())
+        };
+        let hvalue = HeaderValue::from_str(&value).map_err(|_| bad("an invalid header value"))?;
+        resp.append_header((hname, hvalue));
+    }
+    Ok(ResponseHead {
+        resp,
+        content_length,
+    })
 }

@@ -1,52 +1,43 @@
-//! The caches in front of Redis, all bounded (`lru`): per cluster, the set of hosts it
-//! publishes (the flood gate); per host, the route found for each path asked; per cluster, the
-//! remote nodes owning its tunnels. Entries older than their age limit are refreshed when Redis
-//! answers and served stale when it does not.
+//! The caches in front of Redis, all bounded (`lru`): per cluster, its route table (weighed in
+//! bytes of route data, so a few clusters with big tables cannot crowd memory); per cluster,
+//! the remote nodes owning its tunnels. Entries older than their age limit are refreshed when
+//! Redis answers and served stale when it does not; route events drop them sooner.
 
-use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
-use tunnelgate_proto::routes::path_score;
 
-use super::{Owner, RouteEntry, keys};
+use super::Owner;
+use super::table::RouteTable;
 
-/// Clusters whose host sets are cached.
+/// Clusters whose tables or owners are cached.
 const CLUSTERS: usize = 4096;
-/// Hosts whose routes are cached.
-const HOSTS: usize = 16384;
-/// Paths remembered per host before that host's entry starts over.
-const PATHS_PER_HOST: usize = 256;
-/// Age after which an entry is refreshed (events usually drop it much sooner).
+/// Bytes of route data the table cache holds at most (least recently used go first).
+const TABLE_BYTES: usize = 64 * 1024 * 1024;
+/// Per-table overhead counted on top of its route data.
+const TABLE_OVERHEAD: usize = 256;
+/// Age after which a table is refreshed (events usually drop it much sooner).
 const MAX_AGE: Duration = Duration::from_secs(30);
 /// Age after which the owners of a cluster are looked up again.
 const OWNERS_MAX_AGE: Duration = Duration::from_secs(1);
-/// Path segments considered for prefix matching; deeper paths match on their first ones.
-const MAX_SEGMENTS: usize = 32;
 
-pub struct HostsHit {
+pub struct TableHit {
     pub fresh: bool,
-    pub hosts: Arc<HashSet<String>>,
-}
-
-pub struct RouteHit {
-    pub fresh: bool,
-    pub entry: Option<Arc<RouteEntry>>,
-}
-
-struct HostRoutes {
-    at: Instant,
-    paths: HashMap<String, Option<Arc<RouteEntry>>>,
+    pub table: Arc<RouteTable>,
 }
 
 /// A value and when it was fetched.
 type Dated<T> = (Instant, Arc<T>);
 
+struct Tables {
+    lru: LruCache<String, Dated<RouteTable>>,
+    bytes: usize,
+}
+
 pub struct Cache {
-    hosts: Mutex<LruCache<String, Dated<HashSet<String>>>>,
-    routes: Mutex<LruCache<String, HostRoutes>>,
+    tables: Mutex<Tables>,
     owners: Mutex<LruCache<String, Dated<Vec<Owner>>>>,
 }
 
@@ -54,8 +45,10 @@ impl Default for Cache {
     fn default() -> Self {
         let n = |v: usize| NonZeroUsize::new(v).unwrap_or(NonZeroUsize::MIN);
         Cache {
-            hosts: Mutex::new(LruCache::new(n(CLUSTERS))),
-            routes: Mutex::new(LruCache::new(n(HOSTS))),
+            tables: Mutex::new(Tables {
+                lru: LruCache::new(n(CLUSTERS)),
+                bytes: 0,
+            }),
             owners: Mutex::new(LruCache::new(n(CLUSTERS))),
         }
     }
@@ -66,54 +59,43 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn weight(t: &RouteTable) -> usize {
+    t.bytes() + TABLE_OVERHEAD
+}
+
 impl Cache {
-    pub fn hosts(&self, cluster: &str) -> Option<HostsHit> {
-        lock(&self.hosts).get(cluster).map(|(at, h)| HostsHit {
+    pub fn table(&self, cluster: &str) -> Option<TableHit> {
+        lock(&self.tables).lru.get(cluster).map(|(at, t)| TableHit {
             fresh: at.elapsed() < MAX_AGE,
-            hosts: h.clone(),
+            table: t.clone(),
         })
     }
 
-    pub fn put_hosts(&self, cluster: &str, hosts: HashSet<String>) -> Arc<HashSet<String>> {
-        let hosts = Arc::new(hosts);
-        lock(&self.hosts).put(cluster.to_string(), (Instant::now(), hosts.clone()));
-        hosts
-    }
-
-    pub fn route(&self, host: &str, path: &str) -> Option<RouteHit> {
-        let mut g = lock(&self.routes);
-        let h = g.get(host)?;
-        let fresh = h.at.elapsed() < MAX_AGE;
-        h.paths.get(path).map(|e| RouteHit {
-            fresh,
-            entry: e.clone(),
-        })
-    }
-
-    pub fn put_route(&self, host: &str, path: &str, entry: Option<Arc<RouteEntry>>) {
-        let mut g = lock(&self.routes);
-        let h = g.get_or_insert_mut(host.to_string(), || HostRoutes {
-            at: Instant::now(),
-            paths: HashMap::new(),
-        });
-        if h.paths.len() >= PATHS_PER_HOST || h.at.elapsed() >= MAX_AGE {
-            h.paths.clear();
-            h.at = Instant::now();
+    pub fn put_table(&self, cluster: &str, table: RouteTable) -> Arc<RouteTable> {
+        let table = Arc::new(table);
+        let mut g = lock(&self.tables);
+        g.bytes += weight(&table);
+        if let Some((_, old)) = g
+            .lru
+            .push(cluster.to_string(), (Instant::now(), table.clone()))
+        {
+            // The replaced entry, or the one evicted for room.
+            g.bytes = g.bytes.saturating_sub(weight(&old.1));
         }
-        h.paths.insert(path.to_string(), entry);
+        while g.bytes > TABLE_BYTES && g.lru.len() > 1 {
+            match g.lru.pop_lru() {
+                Some((_, (_, t))) => g.bytes = g.bytes.saturating_sub(weight(&t)),
+                None => break,
+            }
+        }
+        table
     }
 
-    /// Drops everything cached about `cluster`'s routes; `owner` maps a host to its cluster.
-    pub fn forget_cluster(&self, cluster: &str, owner: impl Fn(&str) -> Option<String>) {
-        lock(&self.hosts).pop(cluster);
-        let mut g = lock(&self.routes);
-        let doomed: Vec<String> = g
-            .iter()
-            .filter(|(h, _)| owner(h).as_deref() == Some(cluster))
-            .map(|(h, _)| h.clone())
-            .collect();
-        for h in doomed {
-            g.pop(&h);
+    /// Drops the cached table of `cluster`.
+    pub fn forget_cluster(&self, cluster: &str) {
+        let mut g = lock(&self.tables);
+        if let Some((_, t)) = g.lru.pop(cluster) {
+            g.bytes = g.bytes.saturating_sub(weight(&t));
         }
     }
 
@@ -145,73 +127,49 @@ impl Cache {
     }
 
     pub fn clear(&self) {
-        lock(&self.hosts).clear();
-        lock(&self.routes).clear();
+        let mut g = lock(&self.tables);
+        g.lru.clear();
+        g.bytes = 0;
+        drop(g);
         lock(&self.owners).clear();
     }
 }
 
-/// The route keys that could match `path` on `host` or its wildcard `parent`: every prefix of
-/// the path by whole segments, and the path itself (for Exact routes).
-pub fn candidate_keys(host: &str, parent: Option<&str>, path: &str) -> Vec<String> {
-    let mut paths = vec!["/".to_string()];
-    let mut acc = String::new();
-    for seg in path.split('/').filter(|s| !s.is_empty()).take(MAX_SEGMENTS) {
-        acc.push('/');
-        acc.push_str(seg);
-        paths.push(acc.clone());
-    }
-    if !paths.iter().any(|p| p == path) {
-        paths.push(path.to_string());
-    }
-    let mut out = Vec::with_capacity(paths.len() * 2);
-    for h in std::iter::once(host).chain(parent) {
-        out.extend(paths.iter().map(|p| keys::route(h, p)));
-    }
-    out
-}
-
-/// The best of the fetched entries: the exact host's best path, else the wildcard's.
-pub fn best_entry(
-    entries: &[RouteEntry],
-    host: &str,
-    parent: Option<&str>,
-    path: &str,
-) -> Option<RouteEntry> {
-    let best_of = |h: &str| {
-        entries
-            .iter()
-            .filter(|e| e.spec.host == h)
-            .filter_map(|e| path_score(e.spec.path_type, &e.spec.path, path).map(|s| (s, e)))
-            .max_by_key(|(s, _)| *s)
-            .map(|(_, e)| e.clone())
-    };
-    best_of(host).or_else(|| best_of(parent?))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::table::{ClusterRoutes, ConnRoutes};
     use super::*;
+    use tunnelgate_proto::routes::RouteSpec;
 
-    #[test]
-    fn candidates_cover_prefixes_and_parent() {
-        let k = candidate_keys("a.demo.x", Some("*.demo.x"), "/api/v1/users");
-        assert_eq!(k.len(), 8);
-        assert!(k.contains(&"route:a.demo.x:/".to_string()));
-        assert!(k.contains(&"route:a.demo.x:/api/v1".to_string()));
-        assert!(k.contains(&"route:*.demo.x:/api/v1/users".to_string()));
-        let trailing = candidate_keys("h", None, "/a/");
-        assert!(trailing.contains(&"route:h:/a/".to_string()));
-        let deep = "/x".repeat(1000);
-        assert!(candidate_keys("h", None, &deep).len() <= MAX_SEGMENTS + 2);
+    fn table(n: usize, path_len: usize) -> RouteTable {
+        let mut all = ClusterRoutes::new();
+        all.insert(
+            "c".into(),
+            ConnRoutes {
+                agent: "a".into(),
+                routes: (0..n)
+                    .map(|i| RouteSpec {
+                        host: format!("h{i}.x"),
+                        path: format!("/{}", "p".repeat(path_len)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            },
+        );
+        RouteTable::build("x", &all)
     }
 
     #[test]
-    fn bounded_paths_per_host() {
+    fn table_cache_is_bounded_in_bytes() {
         let c = Cache::default();
-        for i in 0..(PATHS_PER_HOST + 10) {
-            c.put_route("h", &format!("/{i}"), None);
+        // 40 tables of ~2 MiB each: far more than the budget.
+        for i in 0..40 {
+            c.put_table(&format!("c{i}"), table(1000, 2000));
         }
-        assert!(lock(&c.routes).get("h").unwrap().paths.len() <= PATHS_PER_HOST);
+        let g = lock(&c.tables);
+        assert!(g.bytes <= TABLE_BYTES, "{} bytes cached", g.bytes);
+        assert!(g.lru.len() < 40);
+        let real: usize = g.lru.iter().map(|(_, (_, t))| weight(t)).sum();
+        assert_eq!(real, g.bytes, "the byte count follows the entries");
     }
 }

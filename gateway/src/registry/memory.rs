@@ -1,111 +1,96 @@
-//! The in-memory store: the embedded default for a single node.
+//! The in-memory store: the embedded default for a single node. Each cluster keeps the route
+//! set of each live connection and the table built from them; a connection's set leaves with
+//! its tunnel, so nothing expires and a heartbeat costs nothing here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
 
-use tunnelgate_proto::routes::{RouteSpec, best_match, wildcard_parent};
-
-use super::RouteEntry;
+use super::table::{ClusterRoutes, ConnRoutes, RouteTable};
 
 #[derive(Default)]
 pub(super) struct Memory {
-    inner: RwLock<Inner>,
+    inner: RwLock<HashMap<String, Cluster>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// host → routes of that host (each with its path), with expiry.
-    hosts: HashMap<String, Vec<Stored>>,
-}
-
-struct Stored {
-    entry: Arc<RouteEntry>,
-    expires: Instant,
+struct Cluster {
+    /// Connection → (lease epoch of the tunnel that wrote it, its routes).
+    conns: HashMap<String, (u64, ConnRoutes)>,
+    table: Arc<RouteTable>,
 }
 
 impl Memory {
-    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Cluster>> {
         // No code panics while holding the lock; recover the data rather than spread a panic.
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Cluster>> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn upsert(&self, cluster: &str, routes: Vec<RouteSpec>, ttl: Duration) {
-        let expires = Instant::now() + ttl;
-        let mut g = self.write();
-        for spec in routes {
-            let list = g.hosts.entry(spec.host.clone()).or_default();
-            list.retain(|s| s.entry.spec.path != spec.path);
-            list.push(Stored {
-                entry: Arc::new(RouteEntry {
-                    cluster: cluster.to_string(),
-                    spec,
-                    updated_at: super::now_ms(),
-                }),
-                expires,
-            });
-        }
-    }
-
-    pub fn delete(&self, cluster: &str, routes: &[RouteSpec]) {
-        let mut g = self.write();
-        for r in routes {
-            if let Some(list) = g.hosts.get_mut(&r.host) {
-                list.retain(|s| !(s.entry.cluster == cluster && s.entry.spec.path == r.path));
-                if list.is_empty() {
-                    g.hosts.remove(&r.host);
-                }
-            }
-        }
-    }
-
-    pub fn replace(&self, cluster: &str, routes: Vec<RouteSpec>, ttl: Duration) {
-        {
-            let mut g = self.write();
-            let now = Instant::now();
-            g.hosts.retain(|_, list| {
-                list.retain(|s| s.entry.cluster != cluster && s.expires > now);
-                !list.is_empty()
-            });
-        }
-        self.upsert(cluster, routes, ttl);
-    }
-
-    pub fn touch(&self, cluster: &str, ttl: Duration) {
-        let expires = Instant::now() + ttl;
-        let mut g = self.write();
-        for list in g.hosts.values_mut() {
-            for s in list.iter_mut().filter(|s| s.entry.cluster == cluster) {
-                s.expires = expires;
-            }
-        }
-    }
-
-    pub fn lookup(&self, host: &str, path: &str) -> Option<Arc<RouteEntry>> {
-        let g = self.read();
-        let now = Instant::now();
-        let find = |h: &str| {
-            let list = g.hosts.get(h)?;
-            let live = list.iter().filter(|s| s.expires > now);
-            let spec = best_match(live.clone().map(|s| &s.entry.spec), path)?;
-            live.map(|s| &s.entry)
-                .find(|e| std::ptr::eq(&e.spec, spec))
-                .cloned()
-        };
-        find(host).or_else(|| find(&wildcard_parent(host)?))
-    }
-
-    pub fn route_count(&self, cluster: &str) -> usize {
-        let now = Instant::now();
+    /// Every connection's routes of `cluster`.
+    pub fn routes(&self, cluster: &str) -> ClusterRoutes {
         self.read()
-            .hosts
-            .values()
-            .flatten()
-            .filter(|s| s.entry.cluster == cluster && s.expires > now)
-            .count()
+            .get(cluster)
+            .map_or_else(ClusterRoutes::new, |c| {
+                c.conns
+                    .iter()
+                    .map(|(k, (_, v))| (k.clone(), v.clone()))
+                    .collect()
+            })
+    }
+
+    /// Replaces `conn`'s set (an empty set removes it), unless a newer tunnel (higher epoch)
+    /// holds that connection id.
+    pub fn put(&self, cluster: &str, conn: &str, epoch: u64, set: ConnRoutes) {
+        let mut g = self.write();
+        let c = g.entry(cluster.to_string()).or_insert_with(|| Cluster {
+            conns: HashMap::new(),
+            table: Arc::default(),
+        });
+        if c.conns.get(conn).is_some_and(|(e, _)| *e > epoch) {
+            return;
+        }
+        if set.routes.is_empty() {
+            c.conns.remove(conn);
+        } else {
+            c.conns.insert(conn.to_string(), (epoch, set));
+        }
+        Self::rebuild(&mut g, cluster);
+    }
+
+    /// Removes `conn`'s set if the tunnel with `epoch` still holds it.
+    pub fn remove(&self, cluster: &str, conn: &str, epoch: u64) {
+        let mut g = self.write();
+        let Some(c) = g.get_mut(cluster) else {
+            return;
+        };
+        if c.conns.get(conn).is_some_and(|(e, _)| *e == epoch) {
+            c.conns.remove(conn);
+            Self::rebuild(&mut g, cluster);
+        }
+    }
+
+    fn rebuild(g: &mut HashMap<String, Cluster>, cluster: &str) {
+        let Some(c) = g.get_mut(cluster) else {
+            return;
+        };
+        if c.conns.is_empty() {
+            g.remove(cluster);
+            return;
+        }
+        let all: ClusterRoutes = c
+            .conns
+            .iter()
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect();
+        c.table = Arc::new(RouteTable::build(cluster, &all));
+    }
+
+    /// The table of `cluster` (empty when it publishes nothing).
+    pub fn table(&self, cluster: &str) -> Arc<RouteTable> {
+        self.read()
+            .get(cluster)
+            .map_or_else(Arc::default, |c| c.table.clone())
     }
 }

@@ -11,6 +11,7 @@ mod cache;
 pub mod keys;
 mod memory;
 pub mod redis;
+pub mod table;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,33 +20,35 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tunnelgate_proto::control::{RouteAction, RouteKey, RouteRejection, RoutesAck};
-use tunnelgate_proto::routes::{RouteSpec, check_route_host, wildcard_parent};
+use tunnelgate_proto::control::{RouteAction, RouteRejection, RoutesAck};
+use tunnelgate_proto::routes::{RouteSpec, check_route_bounds, check_route_host};
 
 use self::redis::{CallCounter, RedisStore};
 use crate::config::ClusterArg;
 use cache::Cache;
 use memory::Memory;
+pub use table::{ClusterRoutes, ConnRoutes, Quotas, RouteEntry, RouteTable};
 
-/// How long a published route lives without a heartbeat or route sync refreshing it.
+/// How long a cluster's route sets outlive the last refresh of any of its leases in Redis
+/// (a node that died without cleaning up); live tunnels refresh it with their leases.
 pub const ROUTE_TTL: Duration = Duration::from_secs(300);
-
-/// A route as stored: what the agent published and which cluster serves it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteEntry {
-    #[serde(rename = "cluster_uuid")]
-    pub cluster: String,
-    #[serde(flatten)]
-    pub spec: RouteSpec,
-    #[serde(default)]
-    pub updated_at: u64,
-}
 
 /// A node that holds a live tunnel of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub node_id: String,
     pub peer_addr: String,
+    /// The connections (agent tunnels) of the cluster that node holds.
+    pub conns: Vec<String>,
+}
+
+/// What claiming a tunnel's lease gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The lease, with its epoch.
+    Held(u64),
+    /// The cluster already has its quota of live tunnels.
+    TooMany,
 }
 
 /// The state of one tunnel's ownership lease after a refresh.
@@ -134,6 +137,11 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Distinct routes one cluster may publish over all its agents.
+pub const DEFAULT_MAX_ROUTES: usize = 10_000;
+/// Bytes of route data one cluster may publish over all its agent connections.
+pub const DEFAULT_MAX_ROUTE_BYTES: usize = 4 * 1024 * 1024;
+
 enum Store {
     Memory(Memory),
     Redis(Box<RedisStore>),
@@ -147,6 +155,7 @@ pub struct Registry {
     /// Token hash → cluster id, for authentication without a round trip.
     tokens: RwLock<HashMap<[u8; 32], String>>,
     configured: Vec<ClusterArg>,
+    quotas: Quotas,
     cache: Cache,
     healthy: AtomicBool,
     epochs: AtomicU64,
@@ -161,6 +170,18 @@ impl Registry {
             clusters,
             Store::Memory(Memory::default()),
         ))
+    }
+
+    /// Sets the per-cluster route quotas (before the registry is shared).
+    pub fn with_quotas(mut self: Arc<Self>, quotas: Quotas) -> Arc<Self> {
+        if let Some(r) = Arc::get_mut(&mut self) {
+            r.quotas = quotas;
+        }
+        self
+    }
+
+    pub fn quotas(&self) -> Quotas {
+        self.quotas
     }
 
     /// A registry shared through Redis. Nothing is sent until [`Registry::sync_clusters`].
@@ -188,6 +209,10 @@ impl Registry {
             store,
             tokens: RwLock::new(tokens),
             configured: clusters.to_vec(),
+            quotas: Quotas {
+                max_routes: DEFAULT_MAX_ROUTES,
+                max_bytes: DEFAULT_MAX_ROUTE_BYTES,
+            },
             cache: Cache::default(),
             healthy: AtomicBool::new(true),
             epochs: AtomicU64::new(0),
@@ -300,162 +325,204 @@ impl Registry {
         }
     }
 
-    /// Checks an `ingress_routes` message from `cluster`'s agent: the routes it may publish
-    /// (normalised) and the acknowledgement. Refused routes are never stored.
+    /// Checks the routes of an `ingress_routes` message from `cluster`'s agent one by one:
+    /// normalised, within the cluster's names, within the field bounds. Refused routes are
+    /// listed in the acknowledgement and never stored.
     pub fn vet_routes(&self, cluster: &str, routes: Vec<RouteSpec>) -> (Vec<RouteSpec>, RoutesAck) {
         let mut ack = RoutesAck::default();
         let mut good = Vec::with_capacity(routes.len());
         for mut r in routes {
-            r.host = r.host.trim_end_matches('.').to_ascii_lowercase();
-            if r.path.is_empty() {
-                r.path = "/".into();
-            }
-            if r.path_type != tunnelgate_proto::routes::PathType::Exact && r.path.len() > 1 {
-                r.path = r.path.trim_end_matches('/').to_string();
-            }
-            let verdict = self.check_claim(cluster, &r.host).and_then(|()| {
-                if r.path.starts_with('/') {
-                    Ok(())
-                } else {
-                    Err("path must start with '/'".into())
+            let verdict = check_route_bounds(&r).and_then(|()| {
+                r.host = r.host.trim_end_matches('.').to_ascii_lowercase();
+                if r.path.is_empty() {
+                    r.path = "/".into();
                 }
+                if r.path_type != tunnelgate_proto::routes::PathType::Exact && r.path.len() > 1 {
+                    r.path = r.path.trim_end_matches('/').to_string();
+                }
+                self.check_claim(cluster, &r.host)?;
+                let normal = tunnelgate_proto::routes::normalize_path(&r.path)
+                    .map_err(|e| format!("invalid path: {e}"))?;
+                if normal != r.path {
+                    return Err(format!("path is not in normal form (would be {normal:?})"));
+                }
+                Ok(())
             });
             match verdict {
-                Ok(()) => {
-                    ack.accepted.push(RouteKey {
-                        host: r.host.clone(),
-                        path: r.path.clone(),
-                    });
-                    good.push(r);
+                Ok(()) => good.push(r),
+                Err(reason) => {
+                    let cut = |s: &str| s.chars().take(256).collect::<String>();
+                    ack.rejected.push(RouteRejection {
+                        host: cut(&r.host),
+                        path: cut(&r.path),
+                        reason,
+                    })
                 }
-                Err(reason) => ack.rejected.push(RouteRejection {
-                    host: r.host,
-                    path: r.path,
-                    reason,
-                }),
             }
         }
         (good, ack)
     }
 
-    /// Applies an `ingress_routes` message from `cluster`'s agent.
-    pub async fn apply_routes(
+    /// Applies an `ingress_routes` message from connection `conn` (of agent `current.agent`,
+    /// holding its lease at `epoch`) to that connection's route set `current`: vetted, checked
+    /// for conflicts with the cluster's other agents and against the cluster's quotas, stored.
+    /// Returns the connection's new set and the acknowledgement. On a registry error the new
+    /// set is still returned (checked against this connection alone) with the error, so the
+    /// caller can publish it again when the registry is back.
+    pub async fn publish(
         &self,
         cluster: &str,
+        conn: &str,
+        epoch: Option<u64>,
+        current: &ConnRoutes,
         action: RouteAction,
         routes: Vec<RouteSpec>,
-    ) -> Result<RoutesAck, RegistryError> {
+    ) -> (ConnRoutes, RoutesAck, Result<(), RegistryError>) {
         let (good, ack) = self.vet_routes(cluster, routes);
-        self.store_routes(cluster, action, good).await?;
-        Ok(ack)
+        let others = match self.cluster_routes(cluster).await {
+            Ok(mut all) => {
+                all.remove(conn);
+                Ok(all)
+            }
+            Err(e) => Err(e),
+        };
+        let (others, loaded) = match others {
+            Ok(o) => (o, Ok(())),
+            Err(e) => (ClusterRoutes::new(), Err(e)),
+        };
+        let (next, ack) = table::apply_message(&others, current, action, good, ack, self.quotas);
+        if loaded.is_err() {
+            return (next, ack, loaded);
+        }
+        let stored = self.store_set(cluster, conn, epoch, &next).await;
+        (next, ack, stored)
     }
 
-    /// Stores already vetted routes.
-    pub async fn store_routes(
+    /// Every connection's routes of `cluster`, from the store.
+    async fn cluster_routes(&self, cluster: &str) -> Result<ClusterRoutes, RegistryError> {
+        match &self.store {
+            Store::Memory(m) => Ok(m.routes(cluster)),
+            Store::Redis(r) => {
+                let raw = self.note(r.load_routes(cluster).await)?;
+                Ok(raw
+                    .into_iter()
+                    .filter_map(|(conn, json)| {
+                        serde_json::from_str::<ConnRoutes>(&json)
+                            .map_err(|e| tracing::warn!(%cluster, %conn, error = %e, "unreadable route set in Redis; ignored"))
+                            .ok()
+                            .map(|set| (conn, set))
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Stores (an empty set removes) the route set of `conn`, written by the tunnel holding
+    /// its lease at `epoch`.
+    pub async fn store_set(
         &self,
         cluster: &str,
-        action: RouteAction,
-        routes: Vec<RouteSpec>,
+        conn: &str,
+        epoch: Option<u64>,
+        set: &ConnRoutes,
     ) -> Result<(), RegistryError> {
         match &self.store {
             Store::Memory(m) => {
-                match action {
-                    RouteAction::Add | RouteAction::Update => m.upsert(cluster, routes, ROUTE_TTL),
-                    RouteAction::Delete => m.delete(cluster, &routes),
-                    RouteAction::Sync => m.replace(cluster, routes, ROUTE_TTL),
-                }
+                m.put(cluster, conn, epoch.unwrap_or(0), set.clone());
                 Ok(())
             }
             Store::Redis(r) => {
-                let updated_at = now_ms();
-                let items = routes
-                    .into_iter()
-                    .map(|spec| {
-                        let member = keys::route_member(&spec.host, &spec.path);
-                        let json = (action != RouteAction::Delete).then(|| {
-                            serde_json::to_string(&RouteEntry {
-                                cluster: cluster.to_string(),
-                                spec,
-                                updated_at,
-                            })
-                            .unwrap_or_default()
-                        });
-                        (member, json)
-                    })
-                    .collect();
-                self.note(r.apply(cluster, action, items, ROUTE_TTL).await)?;
-                self.cache
-                    .forget_cluster(cluster, |h| self.owner_label(h).map(str::to_string));
-                let ev = Event::Routes {
-                    cluster: cluster.to_string(),
-                    from: self.node_id.clone(),
+                let Some(epoch) = epoch else {
+                    return Err(RegistryError::Unavailable(
+                        "this tunnel holds no lease yet".into(),
+                    ));
                 };
-                let _ = r
-                    .publish(serde_json::to_string(&ev).unwrap_or_default())
-                    .await;
+                let json = (!set.routes.is_empty())
+                    .then(|| serde_json::to_string(set).unwrap_or_default());
+                // The quota is checked above; this ceiling only stops nodes racing far past it.
+                let ceiling = self.quotas.max_bytes.saturating_mul(2) + 64 * 1024;
+                let ok = self.note(
+                    r.put_routes(cluster, conn, epoch, json, ceiling, now_ms(), ROUTE_TTL)
+                        .await,
+                )?;
+                if !ok {
+                    tracing::warn!(%cluster, %conn, epoch, "route set not stored: fenced or over the byte ceiling");
+                }
+                self.routes_changed(cluster).await;
                 Ok(())
             }
         }
     }
 
-    /// Keeps `cluster`'s routes alive for another TTL (heartbeat). False when the store has
-    /// lost them (Redis restarted empty): the caller publishes them again.
-    pub async fn touch(&self, cluster: &str) -> Result<bool, RegistryError> {
+    /// Removes the route set of `conn` (its tunnel closed), unless a newer tunnel of the same
+    /// connection id holds it.
+    pub async fn withdraw(&self, cluster: &str, conn: &str, epoch: Option<u64>) {
         match &self.store {
-            Store::Memory(m) => {
-                m.touch(cluster, ROUTE_TTL);
-                Ok(true)
+            Store::Memory(m) => m.remove(cluster, conn, epoch.unwrap_or(0)),
+            Store::Redis(r) => {
+                let Some(epoch) = epoch else { return };
+                let res = r
+                    .put_routes(cluster, conn, epoch, None, 0, now_ms(), ROUTE_TTL)
+                    .await;
+                if self.note(res).is_ok() {
+                    self.routes_changed(cluster).await;
+                }
             }
-            Store::Redis(r) => self.note(r.touch(cluster, ROUTE_TTL).await),
         }
     }
 
-    /// The route for a normalised host and a request path.
+    /// Drops this node's cached table of `cluster` and tells the other nodes.
+    async fn routes_changed(&self, cluster: &str) {
+        self.cache.forget_cluster(cluster);
+        if let Some(r) = self.redis_store() {
+            let ev = Event::Routes {
+                cluster: cluster.to_string(),
+                from: self.node_id.clone(),
+            };
+            let _ = r
+                .publish(serde_json::to_string(&ev).unwrap_or_default())
+                .await;
+        }
+    }
+
+    /// The cluster a host would belong to by its name, if that cluster exists.
+    pub fn cluster_of<'h>(&self, host: &'h str) -> Option<&'h str> {
+        self.owner_label(host).filter(|c| self.knows_cluster(c))
+    }
+
+    /// The route table of `cluster`: from memory, or the cache in front of Redis (served stale
+    /// while Redis is unreachable).
+    async fn table(&self, cluster: &str) -> Result<Arc<RouteTable>, RegistryError> {
+        match &self.store {
+            Store::Memory(m) => Ok(m.table(cluster)),
+            Store::Redis(_) => {
+                let hit = self.cache.table(cluster);
+                if let Some(h) = &hit
+                    && h.fresh
+                {
+                    return Ok(h.table.clone());
+                }
+                match self.cluster_routes(cluster).await {
+                    Ok(all) => Ok(self
+                        .cache
+                        .put_table(cluster, RouteTable::build(cluster, &all))),
+                    Err(e) => hit.map(|h| h.table).ok_or(e),
+                }
+            }
+        }
+    }
+
+    /// The route for a normalised host and a request path. A host names its cluster, so
+    /// unknown clusters are refused from memory without asking Redis.
     pub async fn lookup(
         &self,
         host: &str,
         path: &str,
     ) -> Result<Option<Arc<RouteEntry>>, RegistryError> {
-        let r = match &self.store {
-            Store::Memory(m) => return Ok(m.lookup(host, path)),
-            Store::Redis(r) => r,
-        };
-        // The flood gate: a host names its cluster; unknown clusters and hosts the cluster
-        // does not publish are refused from memory.
-        let Some(cluster) = self.owner_label(host) else {
+        let Some(cluster) = self.cluster_of(host) else {
             return Ok(None);
         };
-        if !self.knows_cluster(cluster) {
-            return Ok(None);
-        }
-        let parent = wildcard_parent(host);
-        let hosts = match self.cache.hosts(cluster) {
-            Some(h) if h.fresh => h.hosts,
-            stale => match self.note(r.cluster_hosts(cluster).await) {
-                Ok(h) => self.cache.put_hosts(cluster, h),
-                Err(e) => stale.map(|s| s.hosts).ok_or(e)?,
-            },
-        };
-        let published = |h: &str| hosts.contains(h);
-        if !published(host) && !parent.as_deref().is_some_and(published) {
-            return Ok(None);
-        }
-        if let Some(hit) = self.cache.route(host, path).filter(|h| h.fresh) {
-            return Ok(hit.entry);
-        }
-        let candidates = cache::candidate_keys(host, parent.as_deref(), path);
-        let values = match self.note(r.mget(candidates).await) {
-            Ok(v) => v,
-            Err(e) => return self.cache.route(host, path).map(|h| h.entry).ok_or(e),
-        };
-        let entries: Vec<RouteEntry> = values
-            .into_iter()
-            .flatten()
-            .filter_map(|v| serde_json::from_str(&v).ok())
-            .collect();
-        let best = cache::best_entry(&entries, host, parent.as_deref(), path).map(Arc::new);
-        self.cache.put_route(host, path, best.clone());
-        Ok(best)
+        Ok(self.table(cluster).await?.lookup(host, path))
     }
 
     /// Drops every cached entry (benchmarks measure the uncached path with it).
@@ -463,29 +530,38 @@ impl Registry {
         self.cache.clear();
     }
 
-    /// Live routes of `cluster` in the local store (the `gateway_active_routes` gauge); with
-    /// Redis, the hosts the cache knows.
+    /// Distinct routes of `cluster` (the `gateway_active_routes` gauge): the local store's, or
+    /// the cached table's with Redis.
     pub fn route_count(&self, cluster: &str) -> usize {
         match &self.store {
-            Store::Memory(m) => m.route_count(cluster),
-            Store::Redis(_) => self.cache.hosts(cluster).map_or(0, |h| h.hosts.len()),
+            Store::Memory(m) => m.table(cluster).len(),
+            Store::Redis(_) => self.cache.table(cluster).map_or(0, |h| h.table.len()),
         }
     }
 
-    /// Records that this node holds a tunnel of `cluster`; returns the lease's epoch.
+    /// Records that this node holds a tunnel of `cluster` (connection `conn`); refused when
+    /// the cluster already holds `max` live tunnels (`local` of them on this node, which is
+    /// all of them without Redis).
     pub async fn claim_tunnel(
         &self,
         cluster: &str,
         conn: &str,
         lease: Duration,
-    ) -> Result<u64, RegistryError> {
+        local: usize,
+        max: usize,
+    ) -> Result<Claim, RegistryError> {
         match &self.store {
-            Store::Memory(_) => Ok(self.epochs.fetch_add(1, Ordering::Relaxed) + 1),
+            Store::Memory(_) if local >= max => Ok(Claim::TooMany),
+            Store::Memory(_) => Ok(Claim::Held(self.epochs.fetch_add(1, Ordering::Relaxed) + 1)),
             Store::Redis(r) => {
-                let until = now_ms() + lease.as_millis() as u64;
-                let epoch = self.note(r.claim(cluster, conn, &self.node_id, until, lease).await)?;
+                let now = now_ms();
+                let until = now + lease.as_millis() as u64;
+                let epoch = self.note(
+                    r.claim(cluster, conn, &self.node_id, until, lease, now, max)
+                        .await,
+                )?;
                 self.cache.forget_owners(cluster);
-                Ok(epoch)
+                Ok(epoch.map_or(Claim::TooMany, Claim::Held))
             }
         }
     }
@@ -503,7 +579,7 @@ impl Registry {
                 let until = now_ms() + lease.as_millis() as u64;
                 Ok(
                     match self.note(
-                        r.refresh(cluster, conn, &self.node_id, epoch, until, lease)
+                        r.refresh(cluster, conn, &self.node_id, epoch, until, lease, ROUTE_TTL)
                             .await,
                     )? {
                         1 => LeaseState::Held,
@@ -533,13 +609,18 @@ impl Registry {
         let found = self.note(r.owners(cluster, now_ms()).await)?;
         let mut owners: Vec<Owner> = Vec::new();
         for (lease, node) in found {
-            if lease.node == self.node_id || owners.iter().any(|o| o.node_id == lease.node) {
+            if lease.node == self.node_id {
+                continue;
+            }
+            if let Some(o) = owners.iter_mut().find(|o| o.node_id == lease.node) {
+                o.conns.push(lease.conn);
                 continue;
             }
             if let Ok(rec) = serde_json::from_str::<NodeRecord>(&node) {
                 owners.push(Owner {
                     node_id: lease.node,
                     peer_addr: rec.peer_addr,
+                    conns: vec![lease.conn],
                 });
             }
         }
@@ -595,9 +676,7 @@ impl Registry {
                             };
                             match serde_json::from_str::<Event>(&text) {
                                 Ok(Event::Routes { cluster, from }) if from != self.node_id => {
-                                    self.cache.forget_cluster(&cluster, |h| {
-                                        self.owner_label(h).map(str::to_string)
-                                    });
+                                    self.cache.forget_cluster(&cluster);
                                 }
                                 Ok(Event::Clusters { from }) if from != self.node_id => {
                                     let _ = self.sync_clusters().await;
@@ -672,46 +751,101 @@ mod tests {
         assert_eq!(r.owner_label("evil.com"), None);
     }
 
+    async fn publish(
+        r: &Registry,
+        conn: &str,
+        action: RouteAction,
+        routes: Vec<RouteSpec>,
+    ) -> RoutesAck {
+        let cur = ConnRoutes {
+            agent: conn.into(),
+            routes: r
+                .cluster_routes("demo")
+                .await
+                .unwrap()
+                .remove(conn)
+                .map(|c| c.routes)
+                .unwrap_or_default(),
+        };
+        let (_, ack, stored) = r.publish("demo", conn, Some(1), &cur, action, routes).await;
+        stored.unwrap();
+        ack
+    }
+
     #[tokio::test]
     async fn rejected_routes_are_not_stored() {
         let r = reg();
-        let ack = r
-            .apply_routes(
-                "demo",
-                RouteAction::Sync,
-                vec![
-                    route("App.Demo.gw.test", "/"),
-                    route("bank.other.gw.test", "/"),
-                ],
-            )
-            .await
-            .unwrap();
+        let ack = publish(
+            &r,
+            "c1",
+            RouteAction::Sync,
+            vec![
+                route("App.Demo.gw.test", "/"),
+                route("bank.other.gw.test", "/"),
+                route("big.demo.gw.test", &format!("/{}", "x".repeat(1 << 20))),
+                route("dots.demo.gw.test", "/a/../b"),
+            ],
+        )
+        .await;
         assert_eq!(ack.accepted.len(), 1);
-        assert_eq!(ack.rejected.len(), 1);
+        assert_eq!(ack.rejected.len(), 3);
         assert_eq!(ack.rejected[0].host, "bank.other.gw.test");
+        assert!(
+            ack.rejected[1].path.len() <= 256,
+            "a refusal does not echo a megabyte"
+        );
         assert!(hit(&r, "app.demo.gw.test", "/x").await.is_some());
         assert!(hit(&r, "bank.other.gw.test", "/").await.is_none());
     }
 
     #[tokio::test]
-    async fn sync_replaces_and_delete_removes() {
+    async fn sync_replaces_and_delete_removes_only_this_connections_routes() {
         let r = reg();
-        let apply = |a, h: &'static str| {
-            let r = r.clone();
-            async move {
-                r.apply_routes("demo", a, vec![route(h, "/")])
-                    .await
-                    .unwrap()
-            }
-        };
-        apply(RouteAction::Add, "a.demo.gw.test").await;
-        apply(RouteAction::Add, "b.demo.gw.test").await;
-        assert_eq!(r.route_count("demo"), 2);
-        apply(RouteAction::Sync, "c.demo.gw.test").await;
+        publish(
+            &r,
+            "c1",
+            RouteAction::Add,
+            vec![route("a.demo.gw.test", "/")],
+        )
+        .await;
+        publish(
+            &r,
+            "c1",
+            RouteAction::Add,
+            vec![route("b.demo.gw.test", "/")],
+        )
+        .await;
+        publish(
+            &r,
+            "c2",
+            RouteAction::Sync,
+            vec![route("z.demo.gw.test", "/")],
+        )
+        .await;
+        assert_eq!(r.route_count("demo"), 3);
+        publish(
+            &r,
+            "c1",
+            RouteAction::Sync,
+            vec![route("c.demo.gw.test", "/")],
+        )
+        .await;
         assert!(hit(&r, "a.demo.gw.test", "/").await.is_none());
         assert!(hit(&r, "c.demo.gw.test", "/").await.is_some());
-        apply(RouteAction::Delete, "c.demo.gw.test").await;
-        assert_eq!(r.route_count("demo"), 0);
+        assert!(
+            hit(&r, "z.demo.gw.test", "/").await.is_some(),
+            "c2's routes stay"
+        );
+        publish(
+            &r,
+            "c1",
+            RouteAction::Delete,
+            vec![route("c.demo.gw.test", "/")],
+        )
+        .await;
+        assert_eq!(r.route_count("demo"), 1);
+        r.withdraw("demo", "c2", Some(1)).await;
+        assert_eq!(r.route_count("demo"), 0, "routes leave with their tunnel");
     }
 
     #[tokio::test]
@@ -719,8 +853,9 @@ mod tests {
         let r = reg();
         let mut exact = route("a.demo.gw.test", "/api");
         exact.path_type = PathType::Exact;
-        r.apply_routes(
-            "demo",
+        publish(
+            &r,
+            "c1",
             RouteAction::Sync,
             vec![
                 route("*.demo.gw.test", "/"),
@@ -728,8 +863,7 @@ mod tests {
                 exact,
             ],
         )
-        .await
-        .unwrap();
+        .await;
         let s = |h: &str, p: &str| Some((h.to_string(), p.to_string()));
         assert_eq!(
             hit(&r, "a.demo.gw.test", "/api").await,

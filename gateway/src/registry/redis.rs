@@ -5,13 +5,11 @@
 //! The scripts touch route keys derived from set members, which only a single Redis (or a
 //! Sentinel group) allows; Redis Cluster would need hash tags on the cluster id.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{Connection, Pool, Runtime};
 use redis::{AsyncCommands, Script};
-use tunnelgate_proto::control::RouteAction;
 
 use super::{RegistryError, keys};
 
@@ -21,58 +19,54 @@ pub const REDIS_OP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Operations sent to Redis, by name, for `gateway_registry_backend_calls_total`.
 pub type CallCounter = Arc<dyn Fn(&'static str) + Send + Sync>;
 
-const APPLY: &str = r"
-local mode = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local prefix = ARGV[3]
-if mode == 'sync' then
-  local keep = {}
-  for i = 4, #ARGV, 2 do keep[ARGV[i]] = true end
-  for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-    if not keep[m] then
-      redis.call('DEL', prefix .. m)
-      redis.call('SREM', KEYS[1], m)
+/// Writes (or, with an empty value, removes) one connection's route set in `routes:{cluster}`.
+/// Only the tunnel holding the connection's lease at that epoch may write (a fenced tunnel
+/// cannot); a removal also goes through when the lease is gone. Sets of connections whose lease
+/// is gone or expired for a minute are collected on the way. The byte ceiling is a safety net
+/// for two nodes racing past the quota the gateway checks before writing.
+/// 1: done; -1: fenced; -2: over the ceiling.
+const PUT_ROUTES: &str = r"
+local conn, epoch, value = ARGV[1], ARGV[2], ARGV[3]
+local ceiling, now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local lease = redis.call('HGET', KEYS[2], conn)
+local held = lease and (string.match(lease, '^[^|]*|([^|]*)|') == epoch)
+if value ~= '' and not held then return -1 end
+if value == '' and lease and not held then return -1 end
+local total = 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if f ~= conn then
+    local l = redis.call('HGET', KEYS[2], f)
+    local u = l and tonumber(string.match(l, '|([^|]*)$'))
+    if u and u + 60000 > now then
+      total = total + redis.call('HSTRLEN', KEYS[1], f)
+    else
+      redis.call('HDEL', KEYS[1], f)
     end
   end
 end
-if mode == 'delete' then
-  for i = 4, #ARGV do
-    redis.call('DEL', prefix .. ARGV[i])
-    redis.call('SREM', KEYS[1], ARGV[i])
-  end
+if value == '' then
+  redis.call('HDEL', KEYS[1], conn)
 else
-  for i = 4, #ARGV, 2 do
-    redis.call('SET', prefix .. ARGV[i], ARGV[i + 1], 'EX', ttl)
-    redis.call('SADD', KEYS[1], ARGV[i])
+  if total + string.len(value) > ceiling then return -2 end
+  redis.call('HSET', KEYS[1], conn, value)
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+";
+
+/// Lease values are `node|epoch|until_ms`: plain strings, so no float rounding in Lua. A claim
+/// is refused (-1) when the cluster already holds `max` live leases besides this connection's.
+const CLAIM: &str = r"
+local now, max = tonumber(ARGV[5]), tonumber(ARGV[6])
+local live = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    local u = tonumber(string.match(all[i + 1], '|([^|]*)$'))
+    if u and u > now then live = live + 1 end
   end
 end
-redis.call('DEL', KEYS[2])
-local members = redis.call('SMEMBERS', KEYS[1])
-for _, m in ipairs(members) do
-  redis.call('SADD', KEYS[2], string.match(m, '^([^:]*):'))
-end
-if #members > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
-end
-return #members
-";
-
-const TOUCH: &str = r"
-local members = redis.call('SMEMBERS', KEYS[1])
-if #members == 0 then return 0 end
-local alive = 0
-for _, m in ipairs(members) do
-  alive = alive + redis.call('EXPIRE', ARGV[2] .. m, ARGV[1])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-if alive < #members then return 0 end
-return #members
-";
-
-/// Lease values are `node|epoch|until_ms`: plain strings, so no float rounding in Lua.
-const CLAIM: &str = r"
+if live >= max then return -1 end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. epoch .. '|' .. ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -88,6 +82,7 @@ local node, epoch = string.match(cur, '^([^|]*)|([^|]*)|')
 if node ~= ARGV[2] or epoch ~= ARGV[3] then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], node .. '|' .. epoch .. '|' .. ARGV[4])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
 return 1
 ";
 
@@ -128,8 +123,7 @@ pub struct RedisStore {
     pool: Pool,
     client: redis::Client,
     count: CallCounter,
-    apply: Script,
-    touch: Script,
+    put_routes: Script,
     claim: Script,
     refresh: Script,
     release: Script,
@@ -160,8 +154,7 @@ impl RedisStore {
             pool,
             client,
             count,
-            apply: Script::new(APPLY),
-            touch: Script::new(TOUCH),
+            put_routes: Script::new(PUT_ROUTES),
             claim: Script::new(CLAIM),
             refresh: Script::new(REFRESH),
             release: Script::new(RELEASE),
@@ -232,68 +225,45 @@ impl RedisStore {
             .collect())
     }
 
-    pub async fn cluster_hosts(&self, cluster: &str) -> Result<HashSet<String>, RegistryError> {
-        let key = keys::cluster_hosts(cluster);
-        self.run(
-            "cluster_hosts",
-            |mut c| async move { c.smembers(key).await },
-        )
-        .await
+    /// Every connection's route set of `cluster`: (connection, JSON).
+    pub async fn load_routes(&self, cluster: &str) -> Result<Vec<(String, String)>, RegistryError> {
+        let key = keys::cluster_routes(cluster);
+        self.run("load_routes", |mut c| async move { c.hgetall(key).await })
+            .await
     }
 
-    pub async fn mget(&self, ks: Vec<String>) -> Result<Vec<Option<String>>, RegistryError> {
-        self.run("route_mget", |mut c| async move {
-            redis::cmd("MGET").arg(&ks).query_async(&mut c).await
-        })
-        .await
-    }
-
-    /// Applies a route change; `items` are (member, JSON) pairs, or members alone for delete.
-    pub async fn apply(
+    /// Writes `conn`'s set (`None` removes it). Ok(false) when the tunnel is fenced or the
+    /// cluster's byte ceiling is reached.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_routes(
         &self,
         cluster: &str,
-        action: RouteAction,
-        items: Vec<(String, Option<String>)>,
+        conn: &str,
+        epoch: u64,
+        json: Option<String>,
+        ceiling: usize,
+        now_ms: u64,
         ttl: Duration,
-    ) -> Result<usize, RegistryError> {
-        let mode = match action {
-            RouteAction::Add | RouteAction::Update => "add",
-            RouteAction::Delete => "delete",
-            RouteAction::Sync => "sync",
-        };
-        let mut inv = self.apply.prepare_invoke();
+    ) -> Result<bool, RegistryError> {
+        let mut inv = self.put_routes.prepare_invoke();
         inv.key(keys::cluster_routes(cluster))
-            .key(keys::cluster_hosts(cluster))
-            .arg(mode)
-            .arg(ttl.as_secs())
-            .arg(keys::ROUTE_PREFIX);
-        for (member, json) in items {
-            inv.arg(member);
-            if let Some(j) = json {
-                inv.arg(j);
-            }
-        }
-        self.run("apply_routes", |mut c| async move {
-            inv.invoke_async(&mut c).await
-        })
-        .await
-    }
-
-    /// Extends the cluster's routes; false when they are gone (Redis lost them).
-    pub async fn touch(&self, cluster: &str, ttl: Duration) -> Result<bool, RegistryError> {
-        let mut inv = self.touch.prepare_invoke();
-        inv.key(keys::cluster_routes(cluster))
-            .key(keys::cluster_hosts(cluster))
-            .arg(ttl.as_secs())
-            .arg(keys::ROUTE_PREFIX);
+            .key(keys::tunnel(cluster))
+            .arg(conn)
+            .arg(epoch)
+            .arg(json.unwrap_or_default())
+            .arg(ceiling)
+            .arg(now_ms)
+            .arg(ttl.as_millis() as u64);
         let n: i64 = self
-            .run("touch_routes", |mut c| async move {
+            .run("put_routes", |mut c| async move {
                 inv.invoke_async(&mut c).await
             })
             .await?;
-        Ok(n > 0)
+        Ok(n == 1)
     }
 
+    /// Claims a lease for `conn`; `None` when the cluster holds `max` live leases already.
+    #[allow(clippy::too_many_arguments)]
     pub async fn claim(
         &self,
         cluster: &str,
@@ -301,20 +271,27 @@ impl RedisStore {
         node: &str,
         until_ms: u64,
         ttl: Duration,
-    ) -> Result<u64, RegistryError> {
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Option<u64>, RegistryError> {
         let mut inv = self.claim.prepare_invoke();
         inv.key(keys::tunnel(cluster))
             .key(keys::tunnel_epoch(cluster))
             .arg(conn)
             .arg(node)
             .arg(until_ms)
-            .arg(ttl.as_millis() as u64);
-        self.run("claim_tunnel", |mut c| async move {
-            inv.invoke_async(&mut c).await
-        })
-        .await
+            .arg(ttl.as_millis() as u64)
+            .arg(now_ms)
+            .arg(max);
+        let n: i64 = self
+            .run("claim_tunnel", |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(u64::try_from(n).ok())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn refresh(
         &self,
         cluster: &str,
@@ -323,14 +300,17 @@ impl RedisStore {
         epoch: u64,
         until_ms: u64,
         ttl: Duration,
+        routes_ttl: Duration,
     ) -> Result<i64, RegistryError> {
         let mut inv = self.refresh.prepare_invoke();
         inv.key(keys::tunnel(cluster))
+            .key(keys::cluster_routes(cluster))
             .arg(conn)
             .arg(node)
             .arg(epoch)
             .arg(until_ms)
-            .arg(ttl.as_millis() as u64);
+            .arg(ttl.as_millis() as u64)
+            .arg(routes_ttl.as_millis() as u64);
         self.run("refresh_tunnel", |mut c| async move {
             inv.invoke_async(&mut c).await
         })

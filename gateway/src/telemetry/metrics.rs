@@ -28,6 +28,12 @@ pub struct OpLabels {
     pub op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterReasonLabels {
+    pub cluster_uuid: String,
+    pub reason: &'static str,
+}
+
 type HistogramFamily = Family<ClusterLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -63,6 +69,9 @@ pub struct Metrics {
     pub cluster_private: Family<ClusterLabels, Gauge>,
     /// `gateway_agent_routes{cluster_uuid}`: routes the cluster's agent says it publishes.
     pub agent_routes: Family<ClusterLabels, Gauge>,
+    /// `gateway_routes_rejected_total{cluster_uuid,reason}`: routes refused in `routes_ack`
+    /// (`conflict` with another agent of the cluster, or `refused`: names, sizes, quotas).
+    pub routes_rejected: Family<ClusterReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -141,7 +150,14 @@ impl Default for Metrics {
             "Routes the cluster's agent reports publishing (heartbeat)",
             agent_routes.clone(),
         );
+        let routes_rejected = Family::<ClusterReasonLabels, Counter>::default();
+        registry.register(
+            "gateway_routes_rejected",
+            "Routes refused to an agent, by cluster and reason (conflict, refused)",
+            routes_rejected.clone(),
+        );
         Metrics {
+            routes_rejected,
             cluster_private,
             agent_routes,
             backend_calls,
@@ -199,6 +215,20 @@ impl Metrics {
     /// Counts a forwarding outcome (`forwarded`, `not_here`, `peer_unreachable`).
     pub fn forward_outcome(&self, reason: &'static str) {
         self.forwarded.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts routes refused to a cluster's agent.
+    pub fn routes_rejected(&self, cluster: &str, refused: usize, conflicts: usize) {
+        for (reason, n) in [("refused", refused), ("conflict", conflicts)] {
+            if n > 0 {
+                self.routes_rejected
+                    .get_or_create(&ClusterReasonLabels {
+                        cluster_uuid: cluster.to_string(),
+                        reason,
+                    })
+                    .inc_by(n as u64);
+            }
+        }
     }
 
     pub fn auth_failure(&self, reason: &'static str) {

@@ -13,6 +13,8 @@ use super::tunnel_actor::OpenStream;
 #[derive(Clone)]
 pub struct TunnelRef {
     pub id: u64,
+    /// The agent connection id (the registry's key for this tunnel's routes and lease).
+    pub conn: String,
     pub open: Recipient<OpenStream>,
 }
 
@@ -50,12 +52,21 @@ impl Hub {
         left
     }
 
-    /// A tunnel of `cluster`, spreading requests over several in turn.
-    pub fn pick(&self, cluster: &str) -> Option<TunnelRef> {
+    /// A tunnel of `cluster` whose connection is one of `conns` (any tunnel of the cluster
+    /// when `conns` is empty), spreading requests over several in turn; `skip` lists tunnels
+    /// that already refused this request.
+    pub fn pick(&self, cluster: &str, conns: &[String], skip: &[u64]) -> Option<TunnelRef> {
         let g = self.read();
         let list = g.get(cluster)?;
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % list.len();
-        list.get(i).cloned()
+        let ok = |t: &&TunnelRef| {
+            !skip.contains(&t.id) && (conns.is_empty() || conns.contains(&t.conn))
+        };
+        let n = list.iter().filter(ok).count();
+        if n == 0 {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        list.iter().filter(ok).nth(i).cloned()
     }
 
     pub fn count(&self, cluster: &str) -> usize {

@@ -24,6 +24,7 @@
 
 mod endpoint;
 mod hub;
+mod limits;
 mod stream_actor;
 mod tunnel_actor;
 

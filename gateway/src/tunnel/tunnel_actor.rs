@@ -2,7 +2,7 @@
 //! message the agent sends, and dispatches it to the stream it names. Writes go through the
 //! tunnel's [`Outbox`] to the writer task that owns the socket.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,18 +17,15 @@ use tokio::sync::oneshot;
 use tunnelgate_mux::{
     Outbox, Outgoing, PipeError, PipeReader, PipeWriter, PushError, SendCredit, WsMsg, pipe,
 };
-use tunnelgate_proto::control::{ProxyResponse, RegisterError, RegisterSuccess, RouteAction};
-use tunnelgate_proto::routes::RouteSpec;
+use tunnelgate_proto::control::{ProxyResponse, RegisterError, RegisterSuccess};
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
 use super::hub::TunnelRef;
+use super::limits::{ControlLimits, Kind};
 use crate::AppState;
 use crate::config::REGISTER_TIMEOUT;
 use crate::error::ProxyError;
-use crate::registry::LeaseState;
-
-/// Routes one cluster may publish through one tunnel; more are refused in `routes_ack`.
-pub const MAX_ROUTES_PER_TUNNEL: usize = 10_000;
+use crate::registry::{Claim, ConnRoutes, LeaseState};
 
 /// Opens a stream on this tunnel for one proxied request.
 #[derive(Message, Default)]
@@ -157,12 +154,18 @@ pub struct TunnelActor {
     close_reason: Option<String>,
     /// A close is already in the writer's queue behind a final message.
     close_queued: bool,
-    /// The routes this tunnel's agent published, kept to publish again if the registry
-    /// loses them (Redis restarted empty).
-    routes: BTreeMap<(String, String), RouteSpec>,
+    /// The routes this connection publishes (the registry holds one set per connection),
+    /// kept to publish again if the registry loses them (Redis restarted empty).
+    routes: ConnRoutes,
+    /// The last route change could not be stored: publish again once the registry answers.
+    routes_dirty: bool,
+    /// Per-kind rate limits on what the agent sends.
+    limits: ControlLimits,
     /// The ownership lease: connection id, and the epoch once claimed.
     conn_id: String,
     epoch: Option<u64>,
+    /// The epoch given up on drain: the routes written under it are withdrawn at the close.
+    released_epoch: Option<u64>,
     lease_busy: bool,
     role: Role,
     /// The agent is stopping: no new streams; the ones in flight finish.
@@ -190,9 +193,12 @@ impl TunnelActor {
             last_seen: now,
             close_reason: None,
             close_queued: false,
-            routes: BTreeMap::new(),
+            routes: ConnRoutes::default(),
+            routes_dirty: false,
+            limits: ControlLimits::default(),
             conn_id: String::new(),
             epoch: None,
+            released_epoch: None,
             lease_busy: false,
             // A peer link needs no registration: it is usable as soon as it is up.
             registered: role != Role::Agent,
@@ -248,8 +254,26 @@ impl TunnelActor {
                 ctx,
                 format!("{what} for stream {id}, which was never opened"),
             );
+        } else {
+            // Late input for an ended stream is normal, a flood of it is not.
+            self.admit(ctx, Kind::Late, 1);
         }
         None
+    }
+
+    /// Counts one message of `kind` (of `cost` units) against this tunnel's limits; closes the
+    /// tunnel with a clear reason when the agent goes over. False when it did.
+    fn admit(&mut self, ctx: &mut Context<Self>, kind: Kind, cost: u32) -> bool {
+        if self.close_reason.is_some() {
+            return false;
+        }
+        match self.limits.check(kind, cost) {
+            Ok(()) => true,
+            Err(why) => {
+                self.close(ctx, 1008, why, "rate_limited");
+                false
+            }
+        }
     }
 
     fn on_frame(&mut self, ctx: &mut Context<Self>, msg: Bytes) {
@@ -318,6 +342,19 @@ impl TunnelActor {
             Ok(m) => m,
             Err(e) => return self.protocol_error(ctx, e.to_string()),
         };
+        let kind = match &msg {
+            Control::Heartbeat(_) => Some(Kind::Heartbeat),
+            Control::IngressRoutes(_) => Some(Kind::Routes),
+            Control::Drain(_) | Control::ProxyWebsocketClose(_) => Some(Kind::Other),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let kib = u32::try_from(text.len() / 1024 + 1).unwrap_or(u32::MAX);
+            let cost = if kind == Kind::Routes { kib } else { 1 };
+            if !self.admit(ctx, kind, cost) {
+                return;
+            }
+        }
         if !self.registered && !matches!(msg, Control::Register(_)) {
             return self.protocol_error(ctx, "the first message must be register".into());
         }
@@ -337,19 +374,11 @@ impl TunnelActor {
                 });
                 // An agent that does not read its acks loses them; nothing else queues.
                 self.out.try_send(Outgoing::Text(ack.to_json()));
+                // O(1): liveness is the tunnel's lease, refreshed on its own timer; routes
+                // live as long as the tunnel that published them.
                 self.state
                     .metrics
                     .agent_report(&self.cluster, h.is_private, h.gateway_routes);
-                let (reg, cluster) = (self.state.registry.clone(), self.cluster.clone());
-                ctx.spawn(
-                    async move { reg.touch(&cluster).await }
-                        .into_actor(self)
-                        .map(|res, act, ctx| {
-                            if let Ok(false) = res {
-                                act.republish_routes(ctx);
-                            }
-                        }),
-                );
             }
             Control::IngressRoutes(m) => self.on_routes(ctx, m),
             Control::ProxyResponse(r) => {
@@ -390,56 +419,47 @@ impl TunnelActor {
 
     fn on_routes(&mut self, ctx: &mut Context<Self>, m: tunnelgate_proto::control::IngressRoutes) {
         let count = m.routes.len();
-        let (mut good, mut ack) = self.state.registry.vet_routes(&self.cluster, m.routes);
-        if m.action == RouteAction::Sync {
-            self.routes.clear();
-        }
-        let key = |r: &RouteSpec| (r.host.clone(), r.path.clone());
-        if m.action == RouteAction::Delete {
-            for r in &good {
-                self.routes.remove(&key(r));
-            }
-        } else {
-            let room = MAX_ROUTES_PER_TUNNEL.saturating_sub(self.routes.len());
-            if good.len() > room {
-                for r in good.split_off(room) {
-                    ack.accepted
-                        .retain(|k| !(k.host == r.host && k.path == r.path));
-                    ack.rejected
-                        .push(tunnelgate_proto::control::RouteRejection {
-                            host: r.host,
-                            path: r.path,
-                            reason: format!("more than {MAX_ROUTES_PER_TUNNEL} routes"),
-                        });
-                }
-            }
-            for r in &good {
-                self.routes.insert(key(r), r.clone());
-            }
-        }
-        for r in &ack.rejected {
-            tracing::warn!(cluster = %self.cluster, host = %r.host, path = %r.path, reason = %r.reason, "route rejected");
-        }
-        tracing::info!(
-            cluster = %self.cluster, action = ?m.action, routes = count,
-            accepted = ack.accepted.len(), rejected = ack.rejected.len(), "routes updated"
+        let (reg, cluster, conn, epoch, current) = (
+            self.state.registry.clone(),
+            self.cluster.clone(),
+            self.conn_id.clone(),
+            self.epoch,
+            self.routes.clone(),
         );
-        let (reg, cluster) = (self.state.registry.clone(), self.cluster.clone());
+        let action = m.action;
         // `wait`: later messages from this agent are handled after the routes are stored, so
         // updates apply in order and the ack means "routable on every node".
         ctx.wait(
-            async move { reg.store_routes(&cluster, m.action, good).await }
-                .into_actor(self)
-                .map(move |res, act, _ctx| {
-                    if let Err(e) = res {
-                        tracing::warn!(cluster = %act.cluster, error = %e, "routes kept on this node; published when the registry is back");
-                    }
-                    let routes = act.state.registry.route_count(&act.cluster);
-                    act.state.metrics.set_cluster(&act.cluster, true, routes);
-                    if !act.out.try_send(Outgoing::Text(Control::RoutesAck(ack).to_json())) {
-                        tracing::warn!(cluster = %act.cluster, "routes_ack dropped: agent is not reading");
-                    }
-                }),
+            async move {
+                reg.publish(&cluster, &conn, epoch, &current, action, m.routes)
+                    .await
+            }
+            .into_actor(self)
+            .map(move |(next, ack, stored), act, _ctx| {
+                act.routes = next;
+                act.routes_dirty = stored.is_err();
+                if let Err(e) = stored {
+                    tracing::warn!(cluster = %act.cluster, error = %e, "routes kept on this node; published when the registry is back");
+                }
+                for r in ack.rejected.iter().take(20) {
+                    tracing::warn!(cluster = %act.cluster, host = %r.host, path = %r.path, reason = %r.reason, "route rejected");
+                }
+                if ack.rejected.len() > 20 {
+                    tracing::warn!(cluster = %act.cluster, more = ack.rejected.len() - 20, "more routes rejected");
+                }
+                let conflicts = ack.rejected.iter().filter(|r| r.reason.starts_with("conflict")).count();
+                act.state.metrics.routes_rejected(&act.cluster, ack.rejected.len() - conflicts, conflicts);
+                tracing::info!(
+                    cluster = %act.cluster, tunnel = act.id, action = ?action, routes = count,
+                    accepted = ack.accepted.len(), rejected = ack.rejected.len(),
+                    published = act.routes.routes.len(), "routes updated"
+                );
+                let routes = act.state.registry.route_count(&act.cluster);
+                act.state.metrics.set_cluster(&act.cluster, true, routes);
+                if !act.out.try_send(Outgoing::Text(Control::RoutesAck(ack).to_json())) {
+                    tracing::warn!(cluster = %act.cluster, "routes_ack dropped: agent is not reading");
+                }
+            }),
         );
     }
 
@@ -471,6 +491,7 @@ impl TunnelActor {
     /// Gives the ownership lease up, once.
     fn release_lease(&mut self) {
         if let Some(epoch) = self.epoch.take() {
+            self.released_epoch = Some(epoch);
             let (reg, cluster, conn) = (
                 self.state.registry.clone(),
                 self.cluster.clone(),
@@ -480,21 +501,29 @@ impl TunnelActor {
         }
     }
 
-    /// Publishes this tunnel's routes again (the registry lost them).
+    /// Publishes this connection's routes again (the registry lost them, or the last change
+    /// could not be stored).
     fn republish_routes(&mut self, ctx: &mut Context<Self>) {
-        if self.routes.is_empty() {
+        if self.routes.routes.is_empty() && !self.routes_dirty {
             return;
         }
-        tracing::info!(cluster = %self.cluster, routes = self.routes.len(), "registry lost the routes; publishing them again");
-        let routes: Vec<RouteSpec> = self.routes.values().cloned().collect();
-        let (reg, cluster) = (self.state.registry.clone(), self.cluster.clone());
+        tracing::info!(cluster = %self.cluster, routes = self.routes.routes.len(), "publishing this tunnel's routes again");
+        let (reg, cluster, conn, epoch, set) = (
+            self.state.registry.clone(),
+            self.cluster.clone(),
+            self.conn_id.clone(),
+            self.epoch,
+            self.routes.clone(),
+        );
         ctx.spawn(
-            async move {
-                if let Err(e) = reg.store_routes(&cluster, RouteAction::Sync, routes).await {
-                    tracing::warn!(%cluster, error = %e, "publishing routes again failed");
-                }
-            }
-            .into_actor(self),
+            async move { reg.store_set(&cluster, &conn, epoch, &set).await }
+                .into_actor(self)
+                .map(|res, act, _| match res {
+                    Ok(()) => act.routes_dirty = false,
+                    Err(e) => {
+                        tracing::warn!(cluster = %act.cluster, error = %e, "publishing routes again failed")
+                    }
+                }),
         );
     }
 
@@ -521,24 +550,38 @@ impl TunnelActor {
             self.lease_duration(),
             self.epoch,
         );
+        let max = self.state.config.max_tunnels_per_cluster;
+        // (epoch, claimed anew): a lease claimed anew means the registry lost this tunnel's
+        // records, routes included.
         let work = async move {
-            match epoch {
-                Some(e) => match reg.refresh_tunnel(&cluster, &conn, e, lease).await? {
-                    LeaseState::Held => Ok(Some(e)),
-                    LeaseState::Lost => reg.claim_tunnel(&cluster, &conn, lease).await.map(Some),
-                    LeaseState::Fenced => Ok(None),
-                },
-                None => reg.claim_tunnel(&cluster, &conn, lease).await.map(Some),
-            }
+            let state = match epoch {
+                Some(e) => reg.refresh_tunnel(&cluster, &conn, e, lease).await?,
+                None => LeaseState::Lost,
+            };
+            let out: Result<Option<(u64, bool)>, crate::registry::RegistryError> =
+                match (state, epoch) {
+                    (LeaseState::Held, Some(e)) => Ok(Some((e, false))),
+                    (LeaseState::Fenced, _) => Ok(None),
+                    _ => match reg.claim_tunnel(&cluster, &conn, lease, 0, max).await? {
+                        Claim::Held(e) => Ok(Some((e, true))),
+                        Claim::TooMany => Ok(None),
+                    },
+                };
+            out
         };
         ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
             act.lease_busy = false;
             match res {
-                Ok(Some(e)) => act.epoch = Some(e),
+                Ok(Some((e, anew))) => {
+                    act.epoch = Some(e);
+                    if anew || act.routes_dirty {
+                        act.republish_routes(ctx);
+                    }
+                }
                 Ok(None) => act.close(
                     ctx,
                     1008,
-                    "a newer connection holds this tunnel's lease".into(),
+                    "a newer connection holds this tunnel's lease, or the cluster is at its tunnel quota".into(),
                     "fenced",
                 ),
                 Err(e) => {
@@ -554,46 +597,71 @@ impl TunnelActor {
         }
         if r.cluster != self.cluster {
             let reason = format!("this token does not belong to cluster {:?}", r.cluster);
-            let refusal = Control::RegisterError(RegisterError {
-                reason: reason.clone(),
-            });
-            // Queued, not jumped ahead: the agent reads why before the close. Nothing else is
-            // queued before registration, so there is room.
-            self.out.try_send(Outgoing::Text(refusal.to_json()));
-            self.out.try_send(Outgoing::Close {
-                code: 1008,
-                reason: reason.clone(),
-            });
-            self.state.metrics.tunnel_error("cluster_mismatch");
-            tracing::warn!(cluster = %self.cluster, claimed = %r.cluster, peer = ?self.peer, "register refused: cluster mismatch");
-            self.close_reason = Some(reason);
-            self.close_queued = true;
-            return ctx.stop();
+            return self.refuse_register(ctx, reason, "cluster_mismatch");
         }
         self.registered = true;
+        let id_ok = |c: &String| {
+            !c.is_empty() && c.len() <= 128 && c.bytes().all(|b| b.is_ascii_graphic() && b != b'|')
+        };
         self.conn_id = r
             .connection_id
             .clone()
-            .filter(|c| !c.is_empty() && c.len() <= 128 && !c.contains('|'))
+            .filter(id_ok)
             .unwrap_or_else(|| format!("{}-{}", self.state.config.node_id(), self.id));
+        self.routes.agent = r
+            .agent_id
+            .clone()
+            .filter(id_ok)
+            .unwrap_or_else(|| self.conn_id.clone());
         let (reg, cluster, conn, lease) = (
             self.state.registry.clone(),
             self.cluster.clone(),
             self.conn_id.clone(),
             self.lease_duration(),
         );
+        let (local, max) = (
+            self.state.hub.count(&self.cluster),
+            self.state.config.max_tunnels_per_cluster,
+        );
         // `wait`: nothing else from this agent is handled until the tunnel is on record.
         ctx.wait(
-            async move { reg.claim_tunnel(&cluster, &conn, lease).await }
+            async move { reg.claim_tunnel(&cluster, &conn, lease, local, max).await }
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     match res {
-                        Ok(epoch) => act.epoch = Some(epoch),
+                        Ok(Claim::Held(epoch)) => act.epoch = Some(epoch),
+                        Ok(Claim::TooMany) => {
+                            let reason = format!(
+                                "cluster {:?} already has its quota of {max} tunnels",
+                                act.cluster
+                            );
+                            return act.refuse_register(ctx, reason, "tunnel_quota");
+                        }
                         Err(e) => tracing::warn!(cluster = %act.cluster, error = %e, "tunnel serves through this node only until the registry is back"),
                     }
                     act.finish_register(ctx, r);
                 }),
         );
+    }
+
+    /// Tells the agent why it may not register, then closes.
+    fn refuse_register(&mut self, ctx: &mut Context<Self>, reason: String, metric: &'static str) {
+        let refusal = Control::RegisterError(RegisterError {
+            reason: reason.clone(),
+        });
+        // Queued, not jumped ahead: the agent reads why before the close. Nothing else is
+        // queued before registration, so there is room.
+        self.out.try_send(Outgoing::Text(refusal.to_json()));
+        self.out.try_send(Outgoing::Close {
+            code: 1008,
+            reason: reason.clone(),
+        });
+        self.state.metrics.tunnel_error(metric);
+        tracing::warn!(cluster = %self.cluster, peer = ?self.peer, %reason, "register refused");
+        self.registered = false;
+        self.close_reason = Some(reason);
+        self.close_queued = true;
+        ctx.stop();
     }
 
     fn finish_register(&mut self, ctx: &mut Context<Self>, r: tunnelgate_proto::control::Register) {
@@ -612,6 +680,7 @@ impl TunnelActor {
             &self.cluster,
             TunnelRef {
                 id: self.id,
+                conn: self.conn_id.clone(),
                 open: ctx.address().recipient(),
             },
         );
@@ -669,7 +738,18 @@ impl Actor for TunnelActor {
                 .unwrap_or_else(|| "tunnel closed".into());
             self.out.close(1000, reason);
         }
+        let epoch = self.epoch.or(self.released_epoch);
         self.release_lease();
+        if self.registered && self.role == Role::Agent {
+            // The connection's routes leave with it (unless a newer tunnel of the same
+            // connection id took them over).
+            let (reg, cluster, conn) = (
+                self.state.registry.clone(),
+                self.cluster.clone(),
+                self.conn_id.clone(),
+            );
+            actix_rt::spawn(async move { reg.withdraw(&cluster, &conn, epoch).await });
+        }
         if let Role::Peer { node_id } = &self.role {
             self.state.peers.remove(node_id, self.id);
             tracing::info!(peer_node = %node_id, reason = self.close_reason.as_deref().unwrap_or("closed"), "peer link down");
