@@ -84,11 +84,11 @@ if [ -n "$RATHOLE" ]; then
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$RH/" && break; sleep 0.05; done
 fi
 
-common=(--cluster demo:load-test-token --redis-url "redis://127.0.0.1:$REDIS/" --peer-secret load-test-peer-secret --log-format text)
+common=(--cluster demo:load-test-token-0123456789abcdef0123 --redis-url "redis://127.0.0.1:$REDIS/" --peer-secret load-test-peer-secret-0123456789 --admin-listen 127.0.0.1:0 --log-format text)
 RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW1" --peer-listen "127.0.0.1:$P1" --node-id n1 >"$work/n1.log" 2>&1 & N1=$!; pids+=($N1)
 RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW2" --peer-listen "127.0.0.1:$P2" --node-id n2 >"$work/n2.log" 2>&1 & N2=$!; pids+=($N2)
 wait_port "$GW1"; wait_port "$GW2"
-RUST_LOG=warn $B/tunnelgate-agent --gateway "ws://127.0.0.1:$GW1" --connections 1 --cluster demo --token load-test-token \
+RUST_LOG=warn $B/tunnelgate-agent --gateway "ws://127.0.0.1:$GW1" --connections 1 --cluster demo --token load-test-token-0123456789abcdef0123 \
   --route "app.demo.localhost=http://127.0.0.1:$UP" --log-format text >"$work/agent.log" 2>&1 & AG=$!; pids+=($AG)
 for _ in $(seq 200); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.demo.localhost' "http://127.0.0.1:$GW2/")" = 200 ] && break
@@ -168,12 +168,12 @@ log "simulated agents: ${AGENTS} idle tunnels on a fresh node, then a node resta
 for n in $AGENTS; do
   SIM=$(free_port)
   start_sim_node() {
-    RUST_LOG=warn $B/tunnelgate-gateway --cluster sim:sim-token-123 --max-tunnels-per-cluster 100000 --listen "127.0.0.1:$SIM" --log-format text >>"$work/sim-node.log" 2>&1 &
+    RUST_LOG=warn $B/tunnelgate-gateway --cluster sim:sim-token-0123456789abcdef0123456789 --max-tunnels-per-cluster 100000 --admin-listen 127.0.0.1:0 --listen "127.0.0.1:$SIM" --log-format text >>"$work/sim-node.log" 2>&1 &
     SN=$!; disown; pids+=($SN); wait_port "$SIM"
   }
   start_sim_node
   idle=$(rss_kib "$SN")
-  $B/tg-agents --url "ws://127.0.0.1:$SIM/v1/tunnel" --cluster sim --token sim-token-123 --count "$n" --storm > "$work/agents.out" 2>"$work/agents.err" & TA=$!
+  $B/tg-agents --url "ws://127.0.0.1:$SIM/v1/tunnel" --cluster sim --token sim-token-0123456789abcdef0123456789 --count "$n" --storm > "$work/agents.out" 2>"$work/agents.err" & TA=$!
   for _ in $(seq 1200); do grep -q '"registered"' "$work/agents.out" && break; kill -0 $TA 2>/dev/null || break; sleep 0.1; done
   grep -q '"registered"' "$work/agents.out" || { cat "$work/agents.err" >&2; echo "simulated agents never all registered" >&2; exit 1; }
   loaded=$(rss_kib "$SN"); cpu0=$(ticks "$SN")

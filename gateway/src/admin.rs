@@ -1,11 +1,21 @@
-//! The gateway's own endpoints: `/healthz` (the process answers), `/readyz` (it can serve),
-//! `/metrics` (Prometheus text).
+//! The gateway's own endpoints, on the internal listener (`--admin-listen`), never on the
+//! public one: `/healthz` (the process answers), `/readyz` (it can serve), `/metrics`
+//! (Prometheus text, which names every tenant). `/healthz` also answers on the gateway's own
+//! public names, for load balancers.
 
-use actix_web::HttpResponse;
+use actix_web::{HttpResponse, web};
 
 use crate::AppState;
 
-pub fn healthz() -> HttpResponse {
+pub async fn readyz_handler(state: web::Data<AppState>) -> HttpResponse {
+    readyz(&state)
+}
+
+pub async fn metrics_handler(state: web::Data<AppState>) -> HttpResponse {
+    metrics(&state)
+}
+
+pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 

@@ -24,6 +24,11 @@ pub const DEFAULT_MAX_TUNNELS_PER_CLUSTER: usize = 16;
 pub const DEFAULT_MAX_ROUTES_PER_CLUSTER: usize = crate::registry::DEFAULT_MAX_ROUTES;
 /// Bytes of route data one cluster may publish over all its agent connections.
 pub const DEFAULT_MAX_ROUTE_BYTES_PER_CLUSTER: usize = crate::registry::DEFAULT_MAX_ROUTE_BYTES;
+/// Shortest agent token accepted in a configuration: guessing must be hopeless.
+pub const MIN_TOKEN_LEN: usize = 32;
+/// Where `/metrics`, `/readyz` and `/healthz` are served: loopback unless an operator says
+/// otherwise (in Kubernetes, the pod address for probes and scrapes).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Time an agent has to send `register` after the upgrade.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,9 +44,11 @@ fn parse_cluster(s: &str) -> Result<ClusterArg, String> {
         .split_once(':')
         .ok_or_else(|| "expected ID:TOKEN, e.g. demo:s3cret".to_string())?;
     crate::registry::check_cluster_id(id)?;
-    if token.len() < 6 {
+    if token.len() < MIN_TOKEN_LEN {
         return Err(format!(
-            "token for cluster {id:?} is shorter than 6 characters"
+            "the token for cluster {id:?} has {} characters; agent tokens need at least \
+             {MIN_TOKEN_LEN} (generate one with `openssl rand -hex 32`)",
+            token.len()
         ));
     }
     Ok(ClusterArg {
@@ -64,6 +71,16 @@ pub struct Config {
     /// Address for public HTTP and the agent endpoint `/v1/tunnel`.
     #[arg(long, env = "TG_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+
+    /// Address of the internal listener: `/metrics`, `/readyz`, `/healthz`. Never tenants'.
+    #[arg(long, env = "TG_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+
+    /// A name of the gateway itself (what agents dial, e.g. `gw.example.io`); repeat for more.
+    /// These names (and IP literals) serve `/v1/tunnel` and never a tenant's route; no cluster
+    /// may claim them.
+    #[arg(long = "public-host", env = "TG_PUBLIC_HOSTS", value_delimiter = ',')]
+    pub public_hosts: Vec<String>,
 
     /// The gateway's DNS domain: cluster `c` serves `c.DOMAIN` and `*.c.DOMAIN`.
     #[arg(long, env = "TG_DOMAIN", default_value = "localhost")]
@@ -153,6 +170,10 @@ impl Config {
                 "--max-tunnels-per-cluster and --max-routes-per-cluster must be at least 1".into(),
             );
         }
+        for h in &mut self.public_hosts {
+            *h = tunnelgate_proto::routes::normalize_host(h)
+                .map_err(|e| format!("--public-host {h:?}: {e}"))?;
+        }
         let mut seen = std::collections::HashSet::new();
         for c in &self.clusters {
             if !seen.insert(c.id.clone()) {
@@ -179,6 +200,12 @@ impl Config {
         Ok(self)
     }
 
+    /// True for a name of the gateway itself: an IP literal or a `--public-host`.
+    pub fn is_gateway_name(&self, host: &str) -> bool {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<std::net::IpAddr>().is_ok() || self.public_hosts.iter().any(|h| h == host)
+    }
+
     pub fn node_id(&self) -> &str {
         self.node_id.as_deref().unwrap_or("node")
     }
@@ -195,18 +222,46 @@ mod tests {
 
     #[test]
     fn clusters_and_masking() {
-        let c = Config::try_parse_from(["g", "--cluster", "demo:s3cret", "--cluster", "b:123456"])
+        let t1 = "s3cret-s3cret-s3cret-s3cret-s3cret";
+        let t2 = "0123456789abcdef0123456789abcdef";
+        let c = Config::try_parse_from([
+            "g",
+            "--cluster",
+            &format!("demo:{t1}"),
+            "--cluster",
+            &format!("b:{t2}"),
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(c.clusters.len(), 2);
+        assert!(!format!("{c:?}").contains(t1));
+        assert!(Config::try_parse_from(["g", "--cluster", "demo"]).is_err());
+        assert!(Config::try_parse_from(["g", "--cluster", &format!("Bad_Id:{t1}")]).is_err());
+        let short = Config::try_parse_from(["g", "--cluster", "demo:s3cret"]).unwrap_err();
+        assert!(short.to_string().contains("openssl rand -hex 32"), "{short}");
+        let dup = Config::try_parse_from([
+            "g",
+            "--cluster",
+            &format!("a:{t1}"),
+            "--cluster",
+            &format!("a:{t2}"),
+        ])
+        .unwrap()
+        .validate();
+        assert!(dup.is_err());
+    }
+
+    #[test]
+    fn gateway_names() {
+        let c = Config::try_parse_from(["g", "--public-host", "GW.Example.io."])
             .unwrap()
             .validate()
             .unwrap();
-        assert_eq!(c.clusters.len(), 2);
-        assert!(!format!("{c:?}").contains("s3cret"));
-        assert!(Config::try_parse_from(["g", "--cluster", "demo"]).is_err());
-        assert!(Config::try_parse_from(["g", "--cluster", "Bad_Id:s3cret"]).is_err());
-        assert!(Config::try_parse_from(["g", "--cluster", "demo:short"]).is_err());
-        let dup = Config::try_parse_from(["g", "--cluster", "a:123456", "--cluster", "a:654321"])
-            .unwrap()
-            .validate();
-        assert!(dup.is_err());
+        assert!(c.is_gateway_name("gw.example.io"));
+        assert!(c.is_gateway_name("127.0.0.1"));
+        assert!(c.is_gateway_name("[::1]"));
+        assert!(!c.is_gateway_name("app.demo.example.io"));
+        assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
     }
 }

@@ -8,13 +8,15 @@
 //! - [`cluster`]: peer links to other nodes, the peer endpoint, membership.
 //! - [`proxy`]: the public HTTP handler: checks, routing, header rewriting, streaming.
 //! - [`error`]: proxy-path errors and the one place they become responses.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the internal listener.
+//! - [`guard`]: throttling of failed authentications per source address.
 //! - [`telemetry`]: metric names and log set-up.
 
 pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod proxy;
 pub mod registry;
 pub mod telemetry;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub hub: Hub,
     pub peers: cluster::PeerPool,
     pub metrics: Metrics,
+    /// Failed authentications per source, for the agent and peer endpoints.
+    pub auth_guard: guard::AuthGuard,
 }
 
 impl AppState {
@@ -62,21 +66,26 @@ impl AppState {
                 .map_err(|e| e.to_string())?
             }
         };
-        let registry = registry.with_quotas(registry::Quotas {
-            max_routes: config.max_routes_per_cluster,
-            max_bytes: config.max_route_bytes_per_cluster,
-        });
+        let registry = registry.with_policy(
+            registry::Quotas {
+                max_routes: config.max_routes_per_cluster,
+                max_bytes: config.max_route_bytes_per_cluster,
+            },
+            config.public_hosts.clone(),
+        );
         Ok(AppState {
             config,
             registry,
             hub: Hub::default(),
             peers: cluster::PeerPool::default(),
             metrics,
+            auth_guard: guard::AuthGuard::default(),
         })
     }
 }
 
-/// Builds the node on an already bound public listener (and the peer listener, with Redis).
+/// Builds the node on an already bound public listener; binds the admin listener
+/// (`--admin-listen`) and, with Redis, the peer listener.
 /// Await the returned [`Server`] inside an actix system; its handle stops it.
 pub fn run(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     let workers = config.workers;
@@ -117,6 +126,22 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<Server> {
         tracing::info!(addr = %addr, advertised = ?state.config.peer_advertise, "peer endpoint listening");
         actix_rt::spawn(peer);
     }
+    let admin_listener = TcpListener::bind(state.config.admin_listen)?;
+    let admin_addr = admin_listener.local_addr()?;
+    let st = state.clone();
+    let admin = HttpServer::new(move || {
+        App::new()
+            .app_data(st.clone())
+            .route("/healthz", web::get().to(admin::healthz))
+            .route("/readyz", web::get().to(admin::readyz_handler))
+            .route("/metrics", web::get().to(admin::metrics_handler))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(admin_listener)?
+    .run();
+    tracing::info!(addr = %admin_addr, "admin endpoint listening");
+    actix_rt::spawn(admin);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

@@ -212,7 +212,7 @@ async fn redis_restarted_empty_is_repopulated() {
     let start = Instant::now();
     loop {
         let r = c
-            .get(format!("http://{}/readyz", n1.addr))
+            .get(format!("http://{}/readyz", n1.admin))
             .send()
             .await
             .unwrap();
@@ -232,7 +232,7 @@ async fn redis_restarted_empty_is_repopulated() {
     let start = Instant::now();
     loop {
         let r = c
-            .get(format!("http://{}/readyz", n1.addr))
+            .get(format!("http://{}/readyz", n1.admin))
             .send()
             .await
             .unwrap();

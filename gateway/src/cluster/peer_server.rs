@@ -23,7 +23,8 @@ use super::{NODE_HEADER, same_secret};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::tunnel::{
-    OpenError, OpenStream, Started, WsIn, from_actix, pipe_body, refuse, start_stream, to_actix,
+    OpenError, OpenStream, Started, WsIn, from_actix, pipe_body, refuse, start_stream, throttled,
+    to_actix,
 };
 
 /// Authenticates a node and upgrades its peer link.
@@ -41,9 +42,15 @@ pub async fn accept(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    let ip = req.peer_addr().map(|p| p.ip());
+    if let Err(wait) = state.auth_guard.check(ip) {
+        state.metrics.auth_failure("throttled");
+        return throttled(wait);
+    }
     if !same_secret(presented, secret.expose()) {
         state.metrics.auth_failure("bad_peer_secret");
         tracing::warn!(peer = ?req.peer_addr(), "peer link refused: wrong secret");
+        let _ = state.auth_guard.failed(ip);
         return refuse(StatusCode::UNAUTHORIZED, "invalid peer secret");
     }
     let Some(node) = req

@@ -20,8 +20,9 @@ use headers::{
     upstream_request_headers,
 };
 
-/// Routes every request: a published host goes to its tunnel; otherwise the gateway's own
-/// endpoints (`/v1/tunnel`, `/healthz`, `/readyz`, `/metrics`), else 404.
+/// Routes every request: the gateway's own names (IP literals, `--public-host`) serve
+/// `/v1/tunnel` and `/healthz`; any other host goes to the tunnel of the cluster publishing it,
+/// else 503 (its cluster is offline) or 404.
 pub async fn dispatch(
     req: HttpRequest,
     payload: web::Payload,
@@ -32,6 +33,15 @@ pub async fn dispatch(
         Ok(h) => h,
         Err(e) => return fail(&state, &req, "", e),
     };
+    // The gateway's own names are never a tenant's: they serve the agent endpoint (and a
+    // liveness answer for load balancers), nothing else.
+    if state.config.is_gateway_name(&host) {
+        return match req.uri().path() {
+            "/v1/tunnel" => crate::tunnel::accept(req, payload, state).await,
+            "/healthz" => crate::admin::healthz().await,
+            _ => fail(&state, &req, "", ProxyError::NoRoute(host)),
+        };
+    }
     let target = match request_target(&req) {
         Ok(t) => t,
         Err(e) => return fail(&state, &req, "", e),
@@ -48,15 +58,9 @@ pub async fn dispatch(
         }
     };
     let Some(route) = route else {
-        return match req.uri().path() {
-            "/v1/tunnel" => crate::tunnel::accept(req, payload, state).await,
-            "/healthz" => crate::admin::healthz(),
-            "/readyz" => crate::admin::readyz(&state),
-            "/metrics" => crate::admin::metrics(&state),
-            _ => match offline_cluster(&state, &host).await {
-                Some(c) => fail(&state, &req, &c, ProxyError::ClusterOffline(c.clone())),
-                None => fail(&state, &req, "", ProxyError::NoRoute(host)),
-            },
+        return match offline_cluster(&state, &host).await {
+            Some(c) => fail(&state, &req, &c, ProxyError::ClusterOffline(c.clone())),
+            None => fail(&state, &req, "", ProxyError::NoRoute(host)),
         };
     };
     match proxy(&req, payload, &state, host, target.path, &route, started).await {

@@ -156,6 +156,8 @@ pub struct Registry {
     tokens: RwLock<HashMap<[u8; 32], String>>,
     configured: Vec<ClusterArg>,
     quotas: Quotas,
+    /// The gateway's own names (`--public-host`): never a tenant's.
+    reserved: Vec<String>,
     cache: Cache,
     healthy: AtomicBool,
     epochs: AtomicU64,
@@ -172,10 +174,12 @@ impl Registry {
         ))
     }
 
-    /// Sets the per-cluster route quotas (before the registry is shared).
-    pub fn with_quotas(mut self: Arc<Self>, quotas: Quotas) -> Arc<Self> {
+    /// Sets the per-cluster route quotas and the gateway's own names, which no cluster may
+    /// claim (before the registry is shared).
+    pub fn with_policy(mut self: Arc<Self>, quotas: Quotas, reserved: Vec<String>) -> Arc<Self> {
         if let Some(r) = Arc::get_mut(&mut self) {
             r.quotas = quotas;
+            r.reserved = reserved;
         }
         self
     }
@@ -213,6 +217,7 @@ impl Registry {
                 max_routes: DEFAULT_MAX_ROUTES,
                 max_bytes: DEFAULT_MAX_ROUTE_BYTES,
             },
+            reserved: Vec::new(),
             cache: Cache::default(),
             healthy: AtomicBool::new(true),
             epochs: AtomicU64::new(0),
@@ -315,6 +320,13 @@ impl Registry {
     pub fn check_claim(&self, cluster: &str, host: &str) -> Result<(), String> {
         check_route_host(host).map_err(|e| format!("invalid host: {e}"))?;
         let name = host.strip_prefix("*.").unwrap_or(host);
+        let covers = |g: &String| match host.strip_prefix("*.") {
+            Some(parent) => g == parent || g.split_once('.').is_some_and(|(_, p)| p == parent),
+            None => g == host,
+        };
+        if self.reserved.iter().any(covers) {
+            return Err(format!("{host} is a name of the gateway itself"));
+        }
         let own = format!("{cluster}.{}", self.domain);
         if name == own || name.ends_with(&format!(".{own}")) {
             Ok(())
@@ -705,7 +717,7 @@ mod tests {
             "gw.test",
             &[ClusterArg {
                 id: "demo".into(),
-                token: Secret::new("s3cret"),
+                token: Secret::new("s3cret-s3cret-s3cret-s3cret-s3cret"),
             }],
         )
     }
@@ -728,7 +740,7 @@ mod tests {
     #[test]
     fn tokens_identify_clusters() {
         let r = reg();
-        assert_eq!(r.authenticate("s3cret").as_deref(), Some("demo"));
+        assert_eq!(r.authenticate("s3cret-s3cret-s3cret-s3cret-s3cret").as_deref(), Some("demo"));
         assert_eq!(r.authenticate("wrong"), None);
         assert_eq!(unhex(&hex(&token_hash("x"))), Some(token_hash("x")));
         assert_eq!(unhex("zz"), None);
@@ -745,6 +757,11 @@ mod tests {
         assert!(r.check_claim("demo", "evildemo.gw.test").is_err());
         assert!(r.check_claim("demo", "*.gw.test").is_err());
         assert!(r.check_claim("demo", "demo.gw.test.evil.com").is_err());
+        let r = reg().with_policy(r.quotas(), vec!["demo.gw.test".into(), "t.demo.gw.test".into()]);
+        assert!(r.check_claim("demo", "demo.gw.test").is_err());
+        assert!(r.check_claim("demo", "t.demo.gw.test").is_err());
+        assert!(r.check_claim("demo", "*.demo.gw.test").is_err());
+        assert!(r.check_claim("demo", "app.demo.gw.test").is_ok());
         assert_eq!(r.owner_label("a.b.demo.gw.test"), Some("demo"));
         assert_eq!(r.owner_label("demo.gw.test"), Some("demo"));
         assert_eq!(r.owner_label("gw.test"), None);

@@ -24,6 +24,19 @@ pub fn refuse(status: actix_web::http::StatusCode, why: &str) -> HttpResponse {
         .body(format!("{}: {why}\n", status.as_u16()))
 }
 
+/// 429 for a source refused after too many failed authentications.
+pub fn throttled(wait_secs: u64) -> HttpResponse {
+    let mut r = refuse(
+        actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+        "too many failed authentications from this address; retry later",
+    );
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&wait_secs.to_string()) {
+        r.headers_mut()
+            .insert(actix_web::http::header::RETRY_AFTER, v);
+    }
+    r
+}
+
 /// Authenticates and upgrades an agent connection.
 pub async fn accept(
     req: HttpRequest,
@@ -32,6 +45,11 @@ pub async fn accept(
 ) -> HttpResponse {
     use actix_web::http::StatusCode;
     let peer = req.peer_addr();
+    let ip = peer.map(|p| p.ip());
+    if let Err(wait) = state.auth_guard.check(ip) {
+        state.metrics.auth_failure("throttled");
+        return throttled(wait);
+    }
     let token = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -41,11 +59,17 @@ pub async fn accept(
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         state.metrics.auth_failure("missing_token");
         tracing::warn!(?peer, "agent refused: no bearer token");
+        if let Err(wait) = state.auth_guard.failed(ip) {
+            tracing::warn!(?peer, seconds = wait, "too many failed authentications: source refused for a while");
+        }
         return refuse(StatusCode::UNAUTHORIZED, "missing bearer token");
     };
     let Some(cluster) = state.registry.authenticate(token) else {
         state.metrics.auth_failure("bad_token");
         tracing::warn!(?peer, "agent refused: unknown token");
+        if let Err(wait) = state.auth_guard.failed(ip) {
+            tracing::warn!(?peer, seconds = wait, "too many failed authentications: source refused for a while");
+        }
         return refuse(StatusCode::UNAUTHORIZED, "invalid agent token");
     };
     if let Some(claimed) = req

@@ -29,7 +29,7 @@ mod stream_actor;
 mod tunnel_actor;
 
 pub use endpoint::accept;
-pub use endpoint::{from_actix, refuse, to_actix};
+pub use endpoint::{from_actix, refuse, throttled, to_actix};
 pub use hub::{Hub, TunnelRef};
 pub use stream_actor::{
     BodySource, ClientGone, Started, StreamActor, StreamParts, payload_body, pipe_body,

@@ -21,8 +21,8 @@ pub use redis::Redis;
 pub use upstream::Upstream;
 
 /// Cluster ids and tokens every test gateway knows.
-pub const DEMO: (&str, &str) = ("demo", "demo-token-1");
-pub const OTHER: (&str, &str) = ("other", "other-token-2");
+pub const DEMO: (&str, &str) = ("demo", "demo-token-1-aaaaaaaaaaaaaaaaaaaaaaaa");
+pub const OTHER: (&str, &str) = ("other", "other-token-2-bbbbbbbbbbbbbbbbbbbbbbb");
 
 /// Upper bound for anything a test waits on; reaching it means a hang, which fails the test.
 pub const HANG: Duration = Duration::from_secs(30);
@@ -31,6 +31,8 @@ pub const HANG: Duration = Duration::from_secs(30);
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
+    /// The internal listener: `/metrics`, `/readyz`, `/healthz`.
+    pub admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -70,6 +72,7 @@ impl Gateway {
     pub fn start_on(listen: &str, extra: &[&str]) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunnelgate-gateway"));
         cmd.args(["--listen", listen, "--log-format", "json", "--workers", "2"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--cluster", &format!("{}:{}", DEMO.0, DEMO.1)])
             .args(["--cluster", &format!("{}:{}", OTHER.0, OTHER.1)])
             .args(extra)
@@ -80,15 +83,25 @@ impl Gateway {
         let stdout = child.stdout.take().expect("gateway stdout");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let (admin_tx, admin_rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
+            let mut admin_tx = Some(admin_tx);
+            let addr_of = |line: &str| {
+                let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
+                v["addr"].as_str().expect("addr field").to_string()
+            };
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line.contains("gateway listening")
                     && let Some(tx) = tx.take()
                 {
-                    let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-                    let _ = tx.send(v["addr"].as_str().expect("addr field").to_string());
+                    let _ = tx.send(addr_of(&line));
+                }
+                if line.contains("admin endpoint listening")
+                    && let Some(tx) = admin_tx.take()
+                {
+                    let _ = tx.send(addr_of(&line));
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -98,7 +111,17 @@ impl Gateway {
             .expect("gateway printed its address")
             .parse()
             .expect("gateway address");
-        Gateway { child, addr, logs }
+        let admin = admin_rx
+            .recv_timeout(HANG)
+            .expect("gateway printed its admin address")
+            .parse()
+            .expect("admin address");
+        Gateway {
+            child,
+            addr,
+            admin,
+            logs,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -138,7 +161,7 @@ impl Gateway {
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         client()
-            .get(format!("http://{}/metrics", self.addr))
+            .get(format!("http://{}/metrics", self.admin))
             .send()
             .await
             .expect("metrics request")
