@@ -168,7 +168,7 @@ log "simulated agents: ${AGENTS} idle tunnels on a fresh node, then a node resta
 for n in $AGENTS; do
   SIM=$(free_port)
   start_sim_node() {
-    RUST_LOG=warn $B/tunnelgate-gateway --cluster sim:sim-token-0123456789abcdef0123456789 --max-tunnels-per-cluster 100000 --admin-listen 127.0.0.1:0 --listen "127.0.0.1:$SIM" --log-format text >>"$work/sim-node.log" 2>&1 &
+    RUST_LOG=warn $B/tunnelgate-gateway --cluster sim:sim-token-0123456789abcdef0123456789 --max-tunnels-per-cluster 100000 --cluster-connect-rate 100000 --admin-listen 127.0.0.1:0 --listen "127.0.0.1:$SIM" --log-format text >>"$work/sim-node.log" 2>&1 &
     SN=$!; disown; pids+=($SN); wait_port "$SIM"
   }
   start_sim_node

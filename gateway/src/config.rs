@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_TUNNELS_PER_CLUSTER: usize = 16;
 pub const DEFAULT_MAX_ROUTES_PER_CLUSTER: usize = crate::registry::DEFAULT_MAX_ROUTES;
 /// Bytes of route data one cluster may publish over all its agent connections.
 pub const DEFAULT_MAX_ROUTE_BYTES_PER_CLUSTER: usize = crate::registry::DEFAULT_MAX_ROUTE_BYTES;
+/// New tunnels one cluster may open per second on one node (bursts of twice that).
+pub const DEFAULT_CLUSTER_CONNECT_RATE: u32 = 10;
 /// Shortest agent token accepted in a configuration: guessing must be hopeless.
 pub const MIN_TOKEN_LEN: usize = 32;
 /// Where `/metrics`, `/readyz` and `/healthz` are served: loopback unless an operator says
@@ -121,6 +123,11 @@ pub struct Config {
     /// Live agent tunnels one cluster may hold (over all nodes).
     #[arg(long, env = "TG_MAX_TUNNELS_PER_CLUSTER", default_value_t = DEFAULT_MAX_TUNNELS_PER_CLUSTER)]
     pub max_tunnels_per_cluster: usize,
+
+    /// New tunnels one cluster may open per second on this node (bursts of twice that);
+    /// more are answered 429 before the upgrade.
+    #[arg(long, env = "TG_CLUSTER_CONNECT_RATE", default_value_t = DEFAULT_CLUSTER_CONNECT_RATE)]
+    pub cluster_connect_rate: u32,
 
     /// Distinct routes (host, path) one cluster may publish over all its agents.
     #[arg(long, env = "TG_MAX_ROUTES_PER_CLUSTER", default_value_t = DEFAULT_MAX_ROUTES_PER_CLUSTER)]
@@ -239,7 +246,10 @@ mod tests {
         assert!(Config::try_parse_from(["g", "--cluster", "demo"]).is_err());
         assert!(Config::try_parse_from(["g", "--cluster", &format!("Bad_Id:{t1}")]).is_err());
         let short = Config::try_parse_from(["g", "--cluster", "demo:s3cret"]).unwrap_err();
-        assert!(short.to_string().contains("openssl rand -hex 32"), "{short}");
+        assert!(
+            short.to_string().contains("openssl rand -hex 32"),
+            "{short}"
+        );
         let dup = Config::try_parse_from([
             "g",
             "--cluster",

@@ -57,7 +57,10 @@ impl AuthGuard {
             return Ok(());
         };
         let mut g = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
-        match g.get(&ip).map(|until| until.saturating_duration_since(Instant::now())) {
+        match g
+            .get(&ip)
+            .map(|until| until.saturating_duration_since(Instant::now()))
+        {
             Some(left) if !left.is_zero() => Err(left.as_secs().max(1)),
             Some(_) => {
                 g.pop(&ip);

@@ -42,6 +42,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Failed authentications per source, for the agent and peer endpoints.
     pub auth_guard: guard::AuthGuard,
+    /// Per-cluster budgets for what agents send.
+    pub limits: tunnel::limits::ClusterLimits,
 }
 
 impl AppState {
@@ -73,7 +75,9 @@ impl AppState {
             },
             config.public_hosts.clone(),
         );
+        let limits = tunnel::limits::ClusterLimits::new(config.cluster_connect_rate.max(1));
         Ok(AppState {
+            limits,
             config,
             registry,
             hub: Hub::default(),

@@ -166,7 +166,11 @@ async fn every_error_status() {
         assert_eq!(got.status(), status, "{addr}{path}");
     }
     // Nor on a tenant's name that has no such route.
-    let got = c.get(gw.url("nothing.demo.localhost", "/metrics")).send().await.unwrap();
+    let got = c
+        .get(gw.url("nothing.demo.localhost", "/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_ne!(got.status(), 200);
 }
 

@@ -13,7 +13,12 @@ const AGENTS: usize = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_agents_register_and_survive_a_node_restart() {
-    let gw = Gateway::start(&["--max-tunnels-per-cluster", "1000"]);
+    let gw = Gateway::start(&[
+        "--max-tunnels-per-cluster",
+        "1000",
+        "--cluster-connect-rate",
+        "1000",
+    ]);
     let addr = gw.addr.to_string();
     let sim = Sim::start(SimConfig {
         url: format!("{}/v1/tunnel", gw.ws_url()),
@@ -38,7 +43,15 @@ async fn simulated_agents_register_and_survive_a_node_restart() {
 
     drop(gw);
     sim.wait_until("outage", HANG, |n| n == 0).await.unwrap();
-    let gw = Gateway::start_on(&addr, &["--max-tunnels-per-cluster", "1000"]);
+    let gw = Gateway::start_on(
+        &addr,
+        &[
+            "--max-tunnels-per-cluster",
+            "1000",
+            "--cluster-connect-rate",
+            "1000",
+        ],
+    );
     let took = sim
         .wait_until("storm", HANG, |n| n == AGENTS)
         .await
@@ -54,7 +67,12 @@ async fn simulated_agents_register_and_survive_a_node_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_agents_with_a_wrong_token_never_register() {
-    let gw = Gateway::start(&["--max-tunnels-per-cluster", "1000"]);
+    let gw = Gateway::start(&[
+        "--max-tunnels-per-cluster",
+        "1000",
+        "--cluster-connect-rate",
+        "1000",
+    ]);
     let sim = Sim::start(SimConfig {
         url: format!("{}/v1/tunnel", gw.ws_url()),
         cluster: DEMO.0.into(),

@@ -332,12 +332,15 @@ impl Target<'_> {
         if bodiless {
             drop(body);
             if let (Some(n), true) = (content_length, req.method() == Method::HEAD) {
-                // The size a GET would have; actix writes the head alone for HEAD, and this
-                // body has no bytes to write in any case.
+                // The size a GET would have, over a body of unknown size that has no bytes:
+                // nothing can follow the head, also when actix loses track of the request
+                // being HEAD (it does when a request is pipelined behind it, and would then
+                // frame a sized body; a sized empty body would end the connection there).
+                resp.no_chunking(n);
                 let none = futures_util::stream::empty::<Result<bytes::Bytes, ProxyError>>();
-                return Ok(resp.body(SizedStream::new(n, none)));
+                return Ok(resp.body(actix_web::body::BodyStream::new(none)));
             }
-            return Ok(resp.finish());
+            return Ok(resp.body(actix_web::body::None::new()));
         }
         if !head.body {
             return Ok(resp.finish());

@@ -740,7 +740,11 @@ mod tests {
     #[test]
     fn tokens_identify_clusters() {
         let r = reg();
-        assert_eq!(r.authenticate("s3cret-s3cret-s3cret-s3cret-s3cret").as_deref(), Some("demo"));
+        assert_eq!(
+            r.authenticate("s3cret-s3cret-s3cret-s3cret-s3cret")
+                .as_deref(),
+            Some("demo")
+        );
         assert_eq!(r.authenticate("wrong"), None);
         assert_eq!(unhex(&hex(&token_hash("x"))), Some(token_hash("x")));
         assert_eq!(unhex("zz"), None);
@@ -757,7 +761,10 @@ mod tests {
         assert!(r.check_claim("demo", "evildemo.gw.test").is_err());
         assert!(r.check_claim("demo", "*.gw.test").is_err());
         assert!(r.check_claim("demo", "demo.gw.test.evil.com").is_err());
-        let r = reg().with_policy(r.quotas(), vec!["demo.gw.test".into(), "t.demo.gw.test".into()]);
+        let r = reg().with_policy(
+            r.quotas(),
+            vec!["demo.gw.test".into(), "t.demo.gw.test".into()],
+        );
         assert!(r.check_claim("demo", "demo.gw.test").is_err());
         assert!(r.check_claim("demo", "t.demo.gw.test").is_err());
         assert!(r.check_claim("demo", "*.demo.gw.test").is_err());

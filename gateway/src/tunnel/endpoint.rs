@@ -60,7 +60,11 @@ pub async fn accept(
         state.metrics.auth_failure("missing_token");
         tracing::warn!(?peer, "agent refused: no bearer token");
         if let Err(wait) = state.auth_guard.failed(ip) {
-            tracing::warn!(?peer, seconds = wait, "too many failed authentications: source refused for a while");
+            tracing::warn!(
+                ?peer,
+                seconds = wait,
+                "too many failed authentications: source refused for a while"
+            );
         }
         return refuse(StatusCode::UNAUTHORIZED, "missing bearer token");
     };
@@ -68,7 +72,11 @@ pub async fn accept(
         state.metrics.auth_failure("bad_token");
         tracing::warn!(?peer, "agent refused: unknown token");
         if let Err(wait) = state.auth_guard.failed(ip) {
-            tracing::warn!(?peer, seconds = wait, "too many failed authentications: source refused for a while");
+            tracing::warn!(
+                ?peer,
+                seconds = wait,
+                "too many failed authentications: source refused for a while"
+            );
         }
         return refuse(StatusCode::UNAUTHORIZED, "invalid agent token");
     };
@@ -84,6 +92,20 @@ pub async fn accept(
             StatusCode::FORBIDDEN,
             &format!("this token does not belong to cluster {claimed:?}"),
         );
+    }
+    if let Err(why) = state
+        .limits
+        .of(&cluster)
+        .check(super::limits::Kind::Connect, 1)
+    {
+        state.metrics.tunnel_error("connect_rate");
+        tracing::warn!(?peer, %cluster, %why, "agent refused: too many new tunnels");
+        let mut r = refuse(StatusCode::TOO_MANY_REQUESTS, &why);
+        r.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from_static("1"),
+        );
+        return r;
     }
     let (mut response, session, stream) = match actix_ws::handle(&req, payload) {
         Ok(parts) => parts,

@@ -58,9 +58,8 @@ impl Hub {
     pub fn pick(&self, cluster: &str, conns: &[String], skip: &[u64]) -> Option<TunnelRef> {
         let g = self.read();
         let list = g.get(cluster)?;
-        let ok = |t: &&TunnelRef| {
-            !skip.contains(&t.id) && (conns.is_empty() || conns.contains(&t.conn))
-        };
+        let ok =
+            |t: &&TunnelRef| !skip.contains(&t.id) && (conns.is_empty() || conns.contains(&t.conn));
         let n = list.iter().filter(ok).count();
         if n == 0 {
             return None;

@@ -24,7 +24,7 @@
 
 mod endpoint;
 mod hub;
-mod limits;
+pub mod limits;
 mod stream_actor;
 mod tunnel_actor;
 

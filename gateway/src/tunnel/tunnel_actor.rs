@@ -159,8 +159,8 @@ pub struct TunnelActor {
     routes: ConnRoutes,
     /// The last route change could not be stored: publish again once the registry answers.
     routes_dirty: bool,
-    /// Per-kind rate limits on what the agent sends.
-    limits: ControlLimits,
+    /// Per-kind rate limits on what the cluster's agents send, shared by its tunnels here.
+    limits: Arc<ControlLimits>,
     /// The ownership lease: connection id, and the epoch once claimed.
     conn_id: String,
     epoch: Option<u64>,
@@ -181,6 +181,7 @@ impl TunnelActor {
         role: Role,
     ) -> Self {
         let now = Instant::now();
+        let limits = state.limits.of(&cluster);
         TunnelActor {
             id: NEXT_TUNNEL_ID.fetch_add(1, Ordering::Relaxed),
             cluster,
@@ -195,7 +196,7 @@ impl TunnelActor {
             close_queued: false,
             routes: ConnRoutes::default(),
             routes_dirty: false,
-            limits: ControlLimits::default(),
+            limits,
             conn_id: String::new(),
             epoch: None,
             released_epoch: None,

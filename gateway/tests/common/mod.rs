@@ -455,6 +455,71 @@ impl FakeAgent {
         assert!(self.recv_text().await.contains("routes_ack"));
     }
 
+    /// Registers as `cluster` and publishes `routes` (host, path) with one `sync`; returns
+    /// the `routes_ack` payload.
+    pub async fn register_routes(
+        &mut self,
+        cluster: &str,
+        routes: &[(&str, &str)],
+    ) -> serde_json::Value {
+        self.send_text(&format!(
+            r#"{{"type":"register","payload":{{"cluster":"{cluster}","agent_version":"fake"}}}}"#
+        ))
+        .await;
+        assert!(self.recv_text().await.contains("register_success"));
+        let routes: Vec<serde_json::Value> = routes
+            .iter()
+            .map(|(h, p)| serde_json::json!({"host": h, "path": p}))
+            .collect();
+        let msg = serde_json::json!({"type": "ingress_routes", "payload": {"action": "sync", "routes": routes}});
+        self.send_text(&msg.to_string()).await;
+        let ack: serde_json::Value = serde_json::from_str(&self.recv_text().await).unwrap();
+        assert_eq!(ack["type"], "routes_ack");
+        ack["payload"].clone()
+    }
+
+    /// The next `proxy_request`: its stream id and the request as JSON.
+    pub async fn next_request(&mut self) -> (u32, serde_json::Value) {
+        loop {
+            let v: serde_json::Value = serde_json::from_str(&self.recv_text().await).unwrap();
+            if v["type"] == "proxy_request" {
+                let id = v["payload"]["stream_id"].as_u64().unwrap() as u32;
+                return (id, v["payload"].clone());
+            }
+        }
+    }
+
+    /// Answers stream `id` with `status` and `headers`, then `body` as DATA frames and END
+    /// (when given), whatever the request was: what a hostile agent may do.
+    pub async fn respond(
+        &mut self,
+        id: u32,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let msg = serde_json::json!({"type": "proxy_response", "payload": {
+            "stream_id": id, "status": status, "headers": headers, "body": body.is_some()}});
+        self.send_text(&msg.to_string()).await;
+        if let Some(b) = body {
+            let data = tunnelgate_proto::Frame::Data {
+                stream: id,
+                data: bytes::Bytes::copy_from_slice(b),
+            };
+            self.send_binary(data.to_bytes().to_vec()).await;
+            self.send_binary(
+                tunnelgate_proto::Frame::End { stream: id }
+                    .to_bytes()
+                    .to_vec(),
+            )
+            .await;
+        }
+    }
+
     /// Waits for the gateway to close the connection; returns the close code and reason.
     pub async fn closed(&mut self) -> (u16, String) {
         use futures_util::StreamExt;

@@ -110,6 +110,10 @@ async fn handle(
     gate: Arc<Semaphore>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    if req.uri() == "*" || path.starts_with("/api") || path.starts_with("/admin") {
+        // The request target exactly as it arrived, for path and asterisk-form tests.
+        return Ok(Response::new(full(format!("target: {}", req.uri()))));
+    }
     let resp = match path.as_str() {
         "/hello" => Response::new(full("hello")),
         "/echo" => {
@@ -173,6 +177,11 @@ async fn handle(
                 .append("set-cookie", "a=1; Path=/".parse().unwrap());
             r.headers_mut()
                 .append("set-cookie", "b=2; Path=/".parse().unwrap());
+            // A tenant trying to set a cookie for the gateway's shared parent domain.
+            r.headers_mut().append(
+                "set-cookie",
+                "c=3; Domain=localhost; Path=/".parse().unwrap(),
+            );
             r.headers_mut()
                 .insert("connection", "x-upstream-hop".parse().unwrap());
             r.headers_mut()
