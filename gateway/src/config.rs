@@ -10,6 +10,8 @@ use tunnelgate_proto::limits::{DEFAULT_STREAM_WINDOW, MAX_STREAM_WINDOW, MIN_STR
 
 /// Wait for the first response byte from the upstream before answering 504.
 pub const DEFAULT_RESPONSE_TIMEOUT: &str = "30s";
+/// Longest pause between body chunks, either way, before the stream is cut.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: &str = "60s";
 /// How often an agent must send a heartbeat; a tunnel silent for three of these is closed.
 pub const DEFAULT_HEARTBEAT_INTERVAL: &str = "10s";
 /// Streams one tunnel may carry at once; one more gets 503.
@@ -111,6 +113,11 @@ pub struct Config {
     /// Time to wait for the upstream's response head before answering 504.
     #[arg(long, env = "TG_RESPONSE_TIMEOUT", default_value = DEFAULT_RESPONSE_TIMEOUT, value_parser = parse_duration)]
     pub response_timeout: Duration,
+
+    /// Longest pause between two chunks of a request or response body before the stream is
+    /// cut (408 for an upload not yet answered; the client's connection cut for a response).
+    #[arg(long, env = "TG_BODY_IDLE_TIMEOUT", default_value = DEFAULT_BODY_IDLE_TIMEOUT, value_parser = parse_duration)]
+    pub body_idle_timeout: Duration,
 
     /// Interval at which agents send heartbeats; three missed ones close the tunnel.
     #[arg(long, env = "TG_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]

@@ -22,6 +22,8 @@ pub enum Who {
 pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(Cow<'static, str>),
+    #[error("the request body stalled: no bytes for {0:?}")]
+    BodyTimeout(Duration),
     #[error("method {0} is not allowed through the gateway")]
     MethodNotAllowed(&'static str),
     #[error("request headers are larger than {0} bytes")]
@@ -55,6 +57,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::ClusterOffline(_)
@@ -75,6 +78,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
             ProxyError::NoRoute(_) => "no_route",
             ProxyError::ClusterOffline(_) => "cluster_offline",
@@ -94,6 +98,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
+            | ProxyError::BodyTimeout(_)
             | ProxyError::HeadersTooLarge(_)
             | ProxyError::NoRoute(_) => Who::Client,
             ProxyError::ClusterOffline(_)

@@ -591,3 +591,46 @@ async fn noisy_neighbour_on_two_nodes_with_redis() {
     let n2 = Gateway::node(&redis, &["--max-routes-per-cluster", "100"]);
     noisy_neighbour(&[&n1, &n2]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_are_cut_both_ways() {
+    // A client that stops sending its body gets 408 and frees the stream.
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&["--body-idle-timeout", "300ms"]);
+    let _a = Agent::start(&gw, DEMO, &[("app.demo.localhost", up.url())]).await;
+    let got = exchange(
+        gw.addr,
+        b"POST /sink HTTP/1.1\r\nHost: app.demo.localhost\r\nContent-Length: 100\r\n\r\n0123456789",
+        |t| t.contains("\r\n\r\n"),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    gw.wait_metric("gateway_streams 0").await;
+
+    // An agent that sends a head and then nothing cannot hold the client for ever.
+    let gw = Gateway::start(&["--body-idle-timeout", "300ms"]);
+    let mut agent = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
+    agent.register("demo", "app.demo.localhost").await;
+    let c = client();
+    let url = gw.url("app.demo.localhost", "/x");
+    let req = tokio::spawn(async move {
+        let r = c.get(url).send().await.unwrap();
+        r.bytes().await
+    });
+    let (id, _) = agent.next_request().await;
+    // A head, one chunk, no END.
+    let msg = serde_json::json!({"type": "proxy_response", "payload": {
+        "stream_id": id, "status": 200, "headers": [], "body": true}});
+    agent.send_text(&msg.to_string()).await;
+    let data = tunnelgate_proto::Frame::Data {
+        stream: id,
+        data: bytes::Bytes::from_static(b"partial"),
+    };
+    agent.send_binary(data.to_bytes().to_vec()).await;
+    let body = tokio::time::timeout(HANG, req).await.unwrap().unwrap();
+    assert!(
+        body.is_err(),
+        "a stalled response body ends in an error, not a hang"
+    );
+    gw.wait_metric("gateway_streams 0").await;
+}

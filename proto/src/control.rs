@@ -378,4 +378,110 @@ mod tests {
                 .unwrap();
         assert_eq!(m, Control::HeartbeatAck(HeartbeatAck { sent_at_ms: 1 }));
     }
+
+    mod props {
+        use super::super::*;
+        use crate::routes::PathType;
+        use proptest::prelude::*;
+
+        const TYPES: &[&str] = &[
+            "register",
+            "register_success",
+            "register_error",
+            "heartbeat",
+            "heartbeat_ack",
+            "ingress_routes",
+            "routes_ack",
+            "proxy_request",
+            "proxy_response",
+            "proxy_websocket_start",
+            "proxy_websocket_close",
+            "proxy_error",
+            "drain",
+            "other",
+        ];
+
+        /// JSON values of any shape, a few levels deep.
+        fn json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(|f| serde_json::json!(f)),
+                "\\PC{0,12}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6)
+                        .prop_map(serde_json::Value::from),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            Just("stream_id".to_string()),
+                            Just("status".to_string()),
+                            Just("headers".to_string()),
+                            Just("routes".to_string()),
+                            Just("action".to_string()),
+                            Just("host".to_string()),
+                            "[a-z_]{1,8}",
+                        ],
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn route() -> impl Strategy<Value = RouteSpec> {
+            (
+                "[a-z*.]{1,20}",
+                "/[a-z/%.]{0,20}",
+                any::<bool>(),
+                proptest::option::of("[a-z:/.0-9]{0,20}"),
+            )
+                .prop_map(|(host, path, exact, service)| RouteSpec {
+                    host,
+                    path,
+                    path_type: if exact {
+                        PathType::Exact
+                    } else {
+                        PathType::Prefix
+                    },
+                    service,
+                    ..Default::default()
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn decoding_never_panics_on_text(t in "\\PC{0,200}") {
+                let _ = Control::from_json(&t);
+            }
+
+            #[test]
+            fn decoding_never_panics_on_any_payload(ty in proptest::sample::select(TYPES), payload in json()) {
+                let text = serde_json::json!({"type": ty, "payload": payload}).to_string();
+                if let Ok(m) = Control::from_json(&text) {
+                    // Whatever decoded encodes and decodes to itself.
+                    prop_assert_eq!(Control::from_json(&m.to_json()).unwrap(), m);
+                }
+            }
+
+            #[test]
+            fn messages_round_trip(
+                routes in proptest::collection::vec(route(), 0..8),
+                headers in proptest::collection::vec(("[a-z-]{1,10}", "\\PC{0,20}"), 0..8),
+                id in any::<u32>(),
+                status in any::<u16>(),
+            ) {
+                let msgs = [
+                    Control::IngressRoutes(IngressRoutes { action: RouteAction::Sync, routes }),
+                    Control::ProxyResponse(ProxyResponse { stream_id: id, status, headers, body: true }),
+                ];
+                for m in msgs {
+                    prop_assert_eq!(Control::from_json(&m.to_json()).unwrap(), m);
+                }
+            }
+        }
+    }
 }

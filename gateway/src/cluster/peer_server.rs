@@ -278,6 +278,7 @@ async fn bridge(
         request,
         upload.map(pipe_body),
         state.config.response_timeout,
+        state.config.body_idle_timeout,
     );
     let mut head = match head.await {
         Ok(Ok(h)) => h,

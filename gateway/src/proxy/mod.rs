@@ -2,6 +2,7 @@
 //! routed on its `Host`, and streamed through the owning cluster's tunnel.
 
 pub mod headers;
+pub mod idle;
 pub mod websocket;
 
 use std::time::Instant;
@@ -292,6 +293,7 @@ impl Target<'_> {
             request,
             payload.take(),
             state.config.response_timeout,
+            state.config.body_idle_timeout,
         );
         let started = self.started;
         let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
@@ -345,6 +347,7 @@ impl Target<'_> {
         if !head.body {
             return Ok(resp.finish());
         }
+        let body = idle::IdleTimeout::new(body, self.state.config.body_idle_timeout);
         Ok(match content_length {
             Some(n) => resp.body(SizedStream::new(n, body)),
             None => resp.streaming(body),

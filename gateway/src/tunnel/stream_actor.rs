@@ -48,6 +48,8 @@ pub struct StreamParts {
     /// The request body, when it has one.
     pub payload: Option<BodySource>,
     pub response_timeout: Duration,
+    /// Longest pause between two chunks of the request body.
+    pub body_idle_timeout: Duration,
     /// A WebSocket session: the agent is always told when it ends (RESET), since the stream
     /// outlives the response head.
     pub websocket: bool,
@@ -73,6 +75,7 @@ pub fn start_stream(
     mut request: ProxyRequest,
     payload: Option<BodySource>,
     response_timeout: Duration,
+    body_idle_timeout: Duration,
 ) -> Started {
     let super::Opened {
         id,
@@ -93,6 +96,7 @@ pub fn start_stream(
         request,
         payload,
         response_timeout,
+        body_idle_timeout,
         websocket,
     })
     .start();
@@ -131,6 +135,8 @@ impl StreamActor {
 enum UploadError {
     #[error("client body: {0}")]
     Client(String),
+    #[error("the client sent no body bytes for {0:?}")]
+    Idle(Duration),
     #[error("tunnel closed")]
     Tunnel,
 }
@@ -141,6 +147,7 @@ async fn upload(
     shared: Arc<StreamShared>,
     request: ProxyRequest,
     payload: Option<BodySource>,
+    idle: Duration,
 ) -> Result<(), UploadError> {
     outbox
         .send_control(&Control::ProxyRequest(request))
@@ -149,7 +156,11 @@ async fn upload(
     let Some(mut payload) = payload else {
         return Ok(());
     };
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = tokio::time::timeout(idle, payload.next())
+            .await
+            .map_err(|_| UploadError::Idle(idle))?;
+        let Some(chunk) = next else { break };
         let mut chunk = chunk.map_err(UploadError::Client)?;
         while !chunk.is_empty() {
             let piece = chunk.split_to(chunk.len().min(MAX_FRAME_PAYLOAD));
@@ -185,15 +196,18 @@ impl Actor for StreamActor {
             p.shared.clone(),
             p.request.clone(),
             p.payload.take(),
+            p.body_idle_timeout,
         );
         ctx.spawn(pump.into_actor(self).map(|res, act, ctx| match res {
             Ok(()) => act.upload_done = true,
             Err(e) => {
                 tracing::debug!(stream = act.parts.id, error = %e, "upload stopped");
                 act.reset = Some(ResetCode::CANCEL);
-                act.parts.shared.resolve(Err(ProxyError::BadRequest(
-                    "request body ended early".into(),
-                )));
+                let err = match e {
+                    UploadError::Idle(d) => ProxyError::BodyTimeout(d),
+                    _ => ProxyError::BadRequest("request body ended early".into()),
+                };
+                act.parts.shared.resolve(Err(err));
                 ctx.stop();
             }
         }));
