@@ -334,7 +334,7 @@ async fn a_second_agent_cannot_wipe_or_take_the_first_ones_routes() {
     // A hostile agent of the cluster cannot take one.demo's route (conflict) nor wipe it
     // with a sync that the gateway rejects entirely.
     let mut evil = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
-    evil.send_text(r#"{"type":"register","payload":{"cluster":"demo","agent_version":"fake","agent_id":"evil"}}"#)
+    evil.send_text(r#"{"type":"register","payload":{"cluster":"demo","agent_version":"fake","protocol":2,"agent_id":"evil"}}"#)
         .await;
     assert!(evil.recv_text().await.contains("register_success"));
     evil.send_text(r#"{"type":"ingress_routes","payload":{"action":"sync","routes":[{"host":"one.demo.localhost","path":"/","service":"http://attacker"},{"host":"bank.other.localhost","path":"/"}]}}"#)
@@ -388,7 +388,7 @@ async fn quotas_are_per_cluster_and_fields_are_bounded() {
     assert!(ack["accepted"].as_array().unwrap().is_empty(), "{ack}");
     // A third tunnel is refused with the reason.
     let mut c = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
-    c.send_text(r#"{"type":"register","payload":{"cluster":"demo","agent_version":"fake"}}"#)
+    c.send_text(r#"{"type":"register","payload":{"cluster":"demo","agent_version":"fake","protocol":2}}"#)
         .await;
     let refusal = c.recv_text().await;
     assert!(
@@ -539,7 +539,7 @@ async fn noisy_neighbour(gws: &[&Gateway]) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let reg = format!(r#"{{"type":"register","payload":{{"cluster":"demo","agent_version":"noisy","connection_id":"noisy-{i}"}}}}"#);
+                let reg = format!(r#"{{"type":"register","payload":{{"cluster":"demo","agent_version":"noisy","protocol":2,"connection_id":"noisy-{i}"}}}}"#);
                 let _ = ws.send(Message::Text(reg.into())).await;
                 for k in 0..2000u32 {
                     let msg = match k % 5 {

@@ -182,6 +182,7 @@ async fn session(i: usize, config: &SimConfig, tx: &watch::Sender<usize>) -> Res
             hostname: None,
             connection_id: Some(format!("sim-{i}")),
             agent_id: None,
+            protocol: tunnelgate_proto::PROTOCOL_VERSION,
         });
         ws.send(Message::Text(reg.to_json().into()))
             .await

@@ -53,7 +53,7 @@ fn codec(c: &mut Criterion) {
         cluster: None,
         conns: Vec::new(),
         hops: 0,
-        websocket: false,
+        upgrade: None,
     });
     let json = req.to_json();
     c.bench_function("control/encode_proxy_request", |b| {

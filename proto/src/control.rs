@@ -50,6 +50,13 @@ pub struct Register {
     /// the connections of one agent never conflict with each other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
+    /// The wire protocol version the agent speaks ([`crate::PROTOCOL_VERSION`]); absent means 1.
+    #[serde(default = "protocol_one")]
+    pub protocol: u32,
+}
+
+fn protocol_one() -> u32 {
+    1
 }
 
 /// Gateway → agent: the tunnel is live, and the parameters both sides use on it.
@@ -65,6 +72,9 @@ pub struct RegisterSuccess {
     /// agent to write into Ingress status.
     #[serde(default)]
     pub public_host: Option<String>,
+    /// The wire protocol version the gateway speaks on this tunnel; absent means 1.
+    #[serde(default = "protocol_one")]
+    pub protocol: u32,
 }
 
 /// Gateway → agent: registration refused; the gateway closes the tunnel after sending it.
@@ -157,10 +167,11 @@ pub struct ProxyRequest {
     /// Gateway hops taken so far; a node never forwards a request that already took one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hops: u8,
-    /// The client asked for a WebSocket upgrade: the agent opens a WebSocket to the upstream
-    /// and answers 101; messages then flow as WS_* frames both ways.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub websocket: bool,
+    /// The client asked for an HTTP/1.1 upgrade (any protocol but h2c): the `Upgrade` value.
+    /// The agent sends the request with `Connection: upgrade`; after the upstream's 101 both
+    /// directions of the stream carry the connection's raw bytes as DATA (protocol 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<String>,
 }
 
 fn is_zero(n: &u8) -> bool {
@@ -314,6 +325,7 @@ mod tests {
                 hostname: None,
                 connection_id: None,
                 agent_id: Some("a1".into()),
+                protocol: crate::PROTOCOL_VERSION,
             }),
             Control::IngressRoutes(IngressRoutes {
                 action: RouteAction::Sync,
@@ -339,7 +351,7 @@ mod tests {
                 cluster: None,
                 conns: Vec::new(),
                 hops: 0,
-                websocket: false,
+                upgrade: Some("websocket".into()),
             }),
             Control::ProxyError(ProxyError {
                 stream_id: 3,

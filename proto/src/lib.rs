@@ -15,4 +15,9 @@ pub mod routes;
 pub mod window;
 
 pub use control::{Control, ControlError};
+
+/// The wire protocol version this build speaks. 2: upgraded connections carry raw bytes as
+/// DATA (WS_* frames are no longer used). A gateway and an agent of different versions refuse
+/// each other at `register` with a message naming both (docs/protocol.md, "Versions").
+pub const PROTOCOL_VERSION: u32 = 2;
 pub use frame::{DecodeError, Frame, ResetCode, StreamId};

@@ -17,4 +17,3 @@
 
 pub mod session;
 pub mod stream;
-pub mod websocket;

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tunnelgate_mux::{
-    Outbox, Outgoing, PipeWriter, PushError, SendCredit, WsMsg, outbox, pipe, write_loop,
+    Outbox, Outgoing, PipeWriter, PushError, SendCredit, outbox, pipe, write_loop,
 };
 use tunnelgate_proto::control::{
     Drain, Heartbeat, IngressRoutes, Register, RegisterSuccess, RouteAction,
@@ -22,7 +22,6 @@ use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
 use super::stream::StreamTask;
-use super::websocket::WsTask;
 use crate::config::{OUTBOX_CAPACITY, REGISTER_TIMEOUT};
 use crate::{Shared, Status};
 
@@ -56,7 +55,6 @@ pub enum SessionError {
 
 struct Entry {
     upload: Option<PipeWriter>,
-    ws: Option<PipeWriter<WsMsg>>,
     credit: Arc<SendCredit>,
     abort: AbortHandle,
 }
@@ -157,6 +155,7 @@ async fn register(
         hostname: std::env::var("HOSTNAME").ok(),
         connection_id: Some(format!("{}-{slot}", shared.instance)),
         agent_id: Some(shared.instance.to_string()),
+        protocol: tunnelgate_proto::PROTOCOL_VERSION,
     });
     ws.send(Message::Text(reg.to_json().into()))
         .await
@@ -165,6 +164,15 @@ async fn register(
         while let Some(msg) = ws.next().await {
             match msg.map_err(|e| SessionError::Register(e.to_string()))? {
                 Message::Text(t) => match Control::from_json(&t) {
+                    Ok(Control::RegisterSuccess(ok))
+                        if ok.protocol != tunnelgate_proto::PROTOCOL_VERSION =>
+                    {
+                        return Err(SessionError::Register(format!(
+                            "the gateway speaks Tunnelgate protocol {}, this agent speaks {}: run an agent and a gateway of the same protocol",
+                            ok.protocol,
+                            tunnelgate_proto::PROTOCOL_VERSION
+                        )));
+                    }
                     Ok(Control::RegisterSuccess(ok)) => return Ok(ok),
                     Ok(Control::RegisterError(e)) => return Err(SessionError::Register(e.reason)),
                     Ok(other) => {
@@ -458,22 +466,13 @@ fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String
                 out.reset(id, ResetCode::FLOW_CONTROL);
             }
         }
-        ws @ (Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. }) => {
-            let pushed = match (&entry.ws, WsMsg::from_frame(ws)) {
-                (Some(w), Some(m)) => w.push(m),
-                _ => Err(PushError::Ended),
-            };
-            if let Some(e) = pushed.err().filter(|e| *e != PushError::ReaderGone) {
-                let code = if matches!(e, PushError::Flow(_)) {
-                    ResetCode::FLOW_CONTROL
-                } else {
-                    ResetCode::PROTOCOL
-                };
-                if let Some(e) = t.remove(&id) {
-                    e.abort.abort();
-                }
-                out.reset(id, code);
+        Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
+            // Protocol 1's WebSocket frames: upgraded streams carry raw bytes as DATA now.
+            tracing::warn!(stream = id, "WS_* frame on a protocol 2 tunnel; resetting the stream");
+            if let Some(e) = t.remove(&id) {
+                e.abort.abort();
             }
+            out.reset(id, ResetCode::PROTOCOL);
         }
     }
     Ok(())
@@ -525,7 +524,7 @@ fn on_control(
             }
             let credit = Arc::new(SendCredit::new(ok.stream_window));
             // The task removes its own entry when it ends; the entry lets frames reach it.
-            let spawn = |t: &mut HashMap<StreamId, Entry>, fut, upload, ws| {
+            let spawn = |t: &mut HashMap<StreamId, Entry>, fut, upload| {
                 let done = table.clone();
                 let handle = tokio::spawn(async move {
                     fut.await;
@@ -536,26 +535,13 @@ fn on_control(
                     id,
                     Entry {
                         upload,
-                        ws,
                         credit: credit.clone(),
                         abort: handle.abort_handle(),
                     },
                 );
             };
-            if req.websocket {
-                let (w, r) = pipe::<WsMsg>(id, ok.stream_window, out.board());
-                let task = WsTask {
-                    request: req,
-                    from_gateway: r,
-                    credit: credit.clone(),
-                    outbox: out.clone(),
-                    rules: shared.rules(),
-                };
-                let fut: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(task.run());
-                spawn(&mut t, fut, None, Some(w));
-                return;
-            }
-            let (upload, reader) = match req.body {
+            // An upgrade's stream carries the client's bytes after the 101 as its upload.
+            let (upload, reader) = match req.body || req.upgrade.is_some() {
                 true => {
                     let (w, r) = pipe(id, ok.stream_window, out.board());
                     (Some(w), Some(r))
@@ -570,7 +556,7 @@ fn on_control(
                 rules: shared.rules(),
                 client: shared.client.clone(),
             };
-            spawn(&mut t, Box::pin(task.run()), upload, None);
+            spawn(&mut t, Box::pin(task.run()), upload);
         }
         other => tracing::debug!(message = other.name(), "ignoring control message"),
     }

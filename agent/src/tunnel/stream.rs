@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use tunnelgate_mux::{Outbox, PipeReader, SendCredit};
 use tunnelgate_proto::control::{ProxyError, ProxyErrorKind, ProxyRequest, ProxyResponse};
@@ -60,18 +60,13 @@ impl StreamTask {
                 return;
             }
         };
+        if self.request.upgrade.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            return self.run_upgraded(resp).await;
+        }
         let (parts, mut body) = resp.into_parts();
         let has_body = !http_body::Body::is_end_stream(&body);
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = header_list(&parts.headers);
         let head = Control::ProxyResponse(ProxyResponse {
             stream_id: id,
             status: parts.status.as_u16(),
@@ -110,6 +105,78 @@ impl StreamTask {
         let _ = self.outbox.send_frame(&Frame::End { stream: id }).await;
     }
 
+    /// After the upstream's 101: the head goes back, then the connection's raw bytes both
+    /// ways, each direction under its stream credit, until both ends have finished.
+    async fn run_upgraded(mut self, resp: http::Response<hyper::body::Incoming>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let id = self.request.stream_id;
+        let head = Control::ProxyResponse(ProxyResponse {
+            stream_id: id,
+            status: 101,
+            headers: header_list(resp.headers()),
+            body: true,
+        });
+        let upgraded = match hyper::upgrade::on(resp).await {
+            Ok(u) => u,
+            Err(e) => {
+                let msg = self.fail(ProxyErrorKind::UpstreamFailed, error_chain(&e));
+                let _ = self.outbox.send_control(&msg).await;
+                return;
+            }
+        };
+        if self.outbox.send_control(&head).await.is_err() {
+            return;
+        }
+        let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+        let upload = self.upload.take();
+        // Gateway → upstream: the client's bytes, then a half-close.
+        let up = async move {
+            if let Some(mut pipe) = upload {
+                while let Some(chunk) = pipe.next().await {
+                    let chunk = chunk.map_err(|e| e.0)?;
+                    wr.write_all(&chunk).await.map_err(|e| e.to_string())?;
+                }
+            }
+            wr.shutdown().await.map_err(|e| e.to_string())
+        };
+        // Upstream → gateway: what it sends, under credit, then END.
+        let (outbox, credit) = (self.outbox.clone(), self.credit.clone());
+        let down = async move {
+            let mut buf = bytes::BytesMut::with_capacity(MAX_FRAME_PAYLOAD);
+            loop {
+                buf.reserve(MAX_FRAME_PAYLOAD);
+                let n = (&mut rd)
+                    .take(MAX_FRAME_PAYLOAD as u64)
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                let data = buf.split().freeze();
+                credit
+                    .acquire(data.len())
+                    .await
+                    .map_err(|_| "stream closed".to_string())?;
+                outbox
+                    .send_frame(&Frame::Data { stream: id, data })
+                    .await
+                    .map_err(|_| "tunnel closed".to_string())?;
+            }
+            outbox
+                .send_frame(&Frame::End { stream: id })
+                .await
+                .map_err(|_| "tunnel closed".to_string())
+        };
+        let (up, down) = futures_util::future::join(up, down).await;
+        if let Err(e) = down {
+            tracing::debug!(stream = id, error = %e, "upgraded connection ended (upstream side)");
+            self.outbox.reset(id, ResetCode::UPSTREAM);
+        } else if let Err(e) = up {
+            tracing::debug!(stream = id, error = %e, "upgraded connection ended (client side)");
+        }
+    }
+
     fn build_request(&mut self) -> Result<http::Request<UpBody>, (ProxyErrorKind, String)> {
         let r = &self.request;
         let Some(target) = self.rules.find(&r.host, &r.path) else {
@@ -130,7 +197,12 @@ impl StreamTask {
         for (name, value) in &r.headers {
             b = b.header(name.as_str(), value.as_str());
         }
-        let body: UpBody = match self.upload.take() {
+        // An upgrade request has no body of its own: the upload carries the bytes after 101.
+        let upload = match r.upgrade {
+            Some(_) => None,
+            None => self.upload.take(),
+        };
+        let body: UpBody = match upload {
             Some(pipe) => {
                 StreamBody::new(pipe.map_ok(http_body::Frame::data).map_err(|e| e.into()))
                     .boxed_unsync()
@@ -144,6 +216,18 @@ impl StreamTask {
             )
         })
     }
+}
+
+/// A response's headers as the wire carries them.
+fn header_list(h: &http::HeaderMap) -> tunnelgate_proto::control::HeaderList {
+    h.iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// An error and its causes on one line (`connection refused` is in the source, not the top).

@@ -13,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use tunnelgate_mux::{
-    Item, Outbox, Outgoing, PipeWriter, PushError, SendCredit, WsMsg, outbox, pipe, write_loop,
+    Outbox, Outgoing, PipeWriter, PushError, SendCredit, outbox, pipe, write_loop,
 };
 use tunnelgate_proto::control::{ProxyError as ProxyErrorMsg, ProxyErrorKind, ProxyRequest};
 use tunnelgate_proto::limits::{MAX_FRAME_PAYLOAD, MAX_WS_MESSAGE};
@@ -91,9 +91,8 @@ pub async fn accept(
 }
 
 struct Bridge {
+    /// The entry node's body (for an upgrade, the client's bytes after the 101).
     upload: Option<PipeWriter>,
-    /// Messages from the entry node for a WebSocket session.
-    ws_up: Option<PipeWriter<WsMsg>>,
     credit: Arc<SendCredit>,
     task: SpawnHandle,
 }
@@ -149,20 +148,12 @@ impl PeerServer {
             }
             false => (None, None),
         };
-        let (ws_up, ws_reader) = match req.websocket {
-            true => {
-                let (w, r) = pipe::<WsMsg>(sid, window, self.out.board());
-                (Some(w), Some(r))
-            }
-            false => (None, None),
-        };
         let credit = Arc::new(SendCredit::new(window));
         let fut = bridge(
             self.state.clone(),
             tunnel.open,
             req,
             reader,
-            ws_reader,
             credit.clone(),
             self.out.clone(),
         );
@@ -173,7 +164,6 @@ impl PeerServer {
             sid,
             Bridge {
                 upload,
-                ws_up,
                 credit,
                 task,
             },
@@ -213,16 +203,10 @@ impl PeerServer {
                 }
             }
             Frame::Reset { .. } => self.cancel(ctx, sid),
-            ws @ (Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. }) => {
-                let pushed = match (&b.ws_up, WsMsg::from_frame(ws)) {
-                    (Some(w), Some(m)) => w.push(m),
-                    _ => Err(PushError::Ended),
-                };
-                if let Some(e) = pushed.err().filter(|e| *e != PushError::ReaderGone) {
-                    tracing::warn!(peer_node = %self.node, stream = sid, error = %e, "resetting forwarded stream");
-                    self.cancel(ctx, sid);
-                    self.out.reset(sid, ResetCode::PROTOCOL);
-                }
+            Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
+                tracing::warn!(peer_node = %self.node, stream = sid, "WS_* frame on a protocol 2 peer link; resetting");
+                self.cancel(ctx, sid);
+                self.out.reset(sid, ResetCode::PROTOCOL);
             }
         }
     }
@@ -242,7 +226,6 @@ async fn bridge(
     tunnel: actix::Recipient<OpenStream>,
     req: ProxyRequest,
     upload: Option<tunnelgate_mux::PipeReader>,
-    ws_up: Option<tunnelgate_mux::PipeReader<WsMsg>>,
     credit: Arc<SendCredit>,
     out: Outbox,
 ) {
@@ -255,8 +238,7 @@ async fn bridge(
         });
         out.try_send(Outgoing::Text(msg.to_json()));
     };
-    let websocket = req.websocket;
-    let opened = match tunnel.send(OpenStream { websocket }).await {
+    let opened = match tunnel.send(OpenStream {}).await {
         Ok(Ok(o)) => o,
         Ok(Err(OpenError::Busy)) => {
             return fail(ProxyErrorKind::Refused, "tunnel at its stream limit".into());
@@ -266,14 +248,7 @@ async fn bridge(
     let mut request = req;
     request.cluster = None;
     request.hops = 0;
-    let Started {
-        id,
-        head,
-        mut body,
-        ws,
-        shared: tunnel_credit,
-        outbox: tunnel_out,
-    } = start_stream(
+    let Started { head, mut body, .. } = start_stream(
         opened,
         request,
         upload.map(pipe_body),
@@ -290,36 +265,11 @@ async fn bridge(
     };
     head.stream_id = sid;
     let has_body = head.body;
-    let upgraded = head.status == 101;
     if out
         .send_control(&Control::ProxyResponse(head))
         .await
         .is_err()
     {
-        return;
-    }
-    if let (true, Some(mut down), Some(mut up)) = (upgraded, ws, ws_up) {
-        // Entry node → tunnel, under the tunnel stream's credit.
-        let to_tunnel = async {
-            while let Some(Ok(m)) = up.next().await {
-                if tunnel_credit.credit.acquire(m.cost()).await.is_err()
-                    || tunnel_out.send_frame(&m.to_frame(id)).await.is_err()
-                {
-                    break;
-                }
-            }
-        };
-        // Tunnel → entry node, under the entry node's credit.
-        let to_entry = async {
-            while let Some(Ok(m)) = down.next().await {
-                if credit.acquire(m.cost()).await.is_err()
-                    || out.send_frame(&m.to_frame(sid)).await.is_err()
-                {
-                    break;
-                }
-            }
-        };
-        futures_util::future::join(to_tunnel, to_entry).await;
         return;
     }
     if !has_body {

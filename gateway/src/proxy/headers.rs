@@ -60,8 +60,8 @@ fn is_edge_owned(name: &str) -> bool {
     EDGE_OWNED.contains(&name)
 }
 
-/// WebSocket handshake headers that belong to one connection: each hop does its own
-/// handshake (the subprotocol list is end to end and passes).
+/// WebSocket handshake headers, dropped from requests that are not upgrades (a stray
+/// handshake means nothing there); on an upgrade they pass end to end.
 const WS_HANDSHAKE: &[&str] = &[
     "sec-websocket-key",
     "sec-websocket-version",
@@ -107,17 +107,26 @@ pub fn check_request(req: &HttpRequest, max_header_bytes: usize) -> Result<Strin
     Ok(host)
 }
 
-/// True for a WebSocket upgrade request (`GET` with `Upgrade: websocket`).
-pub fn is_websocket_upgrade(req: &HttpRequest) -> bool {
-    req.method() == actix_web::http::Method::GET
-        && req
-            .headers()
-            .get_all(header::UPGRADE)
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
-            })
+/// The `Upgrade` an HTTP/1.1 request asks for (`Connection: upgrade` and an `Upgrade` header),
+/// for any protocol but h2c (HTTP/2 is negotiated at the edge, not tunnelled): WebSocket,
+/// SPDY/3.1 (kubectl's exec and port-forward fallback), and the rest.
+pub fn upgrade_request(req: &HttpRequest) -> Option<String> {
+    if req.version() != actix_web::http::Version::HTTP_11 {
+        return None;
+    }
+    let h = req.headers();
+    let asks = h
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let value = h.get(header::UPGRADE)?.to_str().ok()?.trim();
+    let protocols: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case("h2c"))
+        .collect();
+    (asks && !protocols.is_empty()).then(|| protocols.join(", "))
 }
 
 /// True when the request carries a body the upstream must receive.
@@ -149,10 +158,13 @@ fn is_hop(name: &HeaderName, listed: &[String]) -> bool {
     HOP_BY_HOP.contains(&n) || listed.iter().any(|t| t == n)
 }
 
-/// The headers sent to the agent: hop-by-hop and edge-owned ones removed, ours added.
+/// The headers sent to the agent: hop-by-hop and edge-owned ones removed, ours added. For an
+/// upgrade, `Connection: upgrade` and the `Upgrade` asked for go on, and the handshake headers
+/// (`Sec-WebSocket-*`) pass: client and upstream do their handshake end to end.
 pub fn upstream_request_headers(
     headers: &HeaderMap,
     client_ip: Option<IpAddr>,
+    upgrade: Option<&str>,
 ) -> Result<HeaderList, ProxyError> {
     let listed = connection_tokens(headers);
     let mut out = HeaderList::with_capacity(headers.len() + 3);
@@ -160,7 +172,7 @@ pub fn upstream_request_headers(
     for (name, value) in headers.iter() {
         if is_hop(name, &listed)
             || is_edge_owned(name.as_str())
-            || WS_HANDSHAKE.contains(&name.as_str())
+            || (upgrade.is_none() && WS_HANDSHAKE.contains(&name.as_str()))
         {
             continue;
         }
@@ -171,6 +183,10 @@ pub fn upstream_request_headers(
             original_host = Some(value.to_string());
         }
         out.push((name.as_str().to_string(), value.to_string()));
+    }
+    if let Some(u) = upgrade {
+        out.push(("connection".into(), "upgrade".into()));
+        out.push(("upgrade".into(), u.to_string()));
     }
     if let Some(ip) = client_ip {
         out.push(("x-forwarded-for".into(), ip.to_string()));
@@ -247,7 +263,7 @@ mod tests {
             .insert_header(("authorization", "Bearer abc"))
             .to_http_request();
         let h =
-            upstream_request_headers(req.headers(), Some("127.0.0.1".parse().unwrap())).unwrap();
+            upstream_request_headers(req.headers(), Some("127.0.0.1".parse().unwrap()), None).unwrap();
         let get = |n: &str| {
             h.iter()
                 .filter(|(k, _)| k == n)
@@ -276,7 +292,7 @@ mod tests {
             .insert_header(("x_forwarded_for", "6.6.6.6"))
             .insert_header(("X_Real_IP", "6.6.6.6"))
             .to_http_request();
-        let h = upstream_request_headers(req.headers(), Some("10.0.0.1".parse().unwrap())).unwrap();
+        let h = upstream_request_headers(req.headers(), Some("10.0.0.1".parse().unwrap()), None).unwrap();
         let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
         assert!(names.contains(&"host"), "{names:?}");
         assert!(names.contains(&"cookie"), "{names:?}");

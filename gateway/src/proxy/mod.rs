@@ -3,7 +3,6 @@
 
 pub mod headers;
 pub mod idle;
-pub mod websocket;
 
 use std::time::Instant;
 
@@ -148,14 +147,16 @@ async fn proxy(
     started: Instant,
 ) -> Result<HttpResponse, ProxyError> {
     let cluster = &route.cluster;
-    let headers = upstream_request_headers(req.headers(), req.peer_addr().map(|a| a.ip()))?;
-    let websocket = headers::is_websocket_upgrade(req);
-    let with_body = has_body(req.headers()) && !websocket;
-    let (mut body, upgrade) = match (websocket, with_body) {
-        (true, _) => (None, Some(payload)),
-        (false, true) => (Some(payload_body(payload)), None),
-        (false, false) => (None, None),
-    };
+    let upgrade = headers::upgrade_request(req);
+    let headers = upstream_request_headers(
+        req.headers(),
+        req.peer_addr().map(|a| a.ip()),
+        upgrade.as_deref(),
+    )?;
+    // An upgrade's "body" is the connection's bytes after the 101 (actix reads an upgrade
+    // request's payload raw, until the client closes).
+    let with_body = has_body(req.headers()) || upgrade.is_some();
+    let mut body = with_body.then(|| payload_body(payload));
     let target = Target {
         req,
         state,
@@ -163,8 +164,7 @@ async fn proxy(
         path: &path,
         cluster,
         conns: &route.conns,
-        websocket,
-        upgrade: std::cell::RefCell::new(upgrade),
+        upgrade,
         headers,
         with_body,
         started,
@@ -237,9 +237,8 @@ struct Target<'a> {
     headers: tunnelgate_proto::control::HeaderList,
     with_body: bool,
     started: Instant,
-    websocket: bool,
-    /// The client's connection, kept until the upstream accepted the upgrade.
-    upgrade: std::cell::RefCell<Option<web::Payload>>,
+    /// The `Upgrade` the client asked for (any protocol but h2c).
+    upgrade: Option<String>,
 }
 
 impl Target<'_> {
@@ -252,12 +251,7 @@ impl Target<'_> {
         payload: &mut Option<crate::tunnel::BodySource>,
     ) -> Result<HttpResponse, ProxyError> {
         let (req, state, cluster) = (self.req, self.state, self.cluster);
-        let opened = match open
-            .send(OpenStream {
-                websocket: self.websocket,
-            })
-            .await
-        {
+        let opened = match open.send(OpenStream {}).await {
             Ok(Ok(o)) => o,
             Ok(Err(OpenError::Busy)) => return Err(ProxyError::TunnelBusy),
             // Draining or closing: nothing was sent, another tunnel may take it.
@@ -279,16 +273,9 @@ impl Target<'_> {
                 Vec::new()
             },
             hops: u8::from(via_peer),
-            websocket: self.websocket,
+            upgrade: self.upgrade.clone(),
         };
-        let Started {
-            id,
-            head,
-            body,
-            ws,
-            shared: ws_credit,
-            outbox: ws_outbox,
-        } = start_stream(
+        let Started { head, body, .. } = start_stream(
             opened,
             request,
             payload.take(),
@@ -297,18 +284,13 @@ impl Target<'_> {
         );
         let started = self.started;
         let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
-        if let (101, Some(ws)) = (head.status, ws) {
+        if head.status == 101
+            && let Some(asked) = &self.upgrade
+        {
             state
                 .metrics
                 .request(cluster, 101, Some(started.elapsed().as_secs_f64()));
-            let payload = self
-                .upgrade
-                .borrow_mut()
-                .take()
-                .ok_or(ProxyError::TunnelLost)?;
-            return crate::proxy::websocket::bridge(
-                req, payload, &head, id, ws, ws_credit, ws_outbox,
-            );
+            return upgraded_response(&head.headers, asked, &self.own_names(), body);
         }
         let status = StatusCode::from_u16(head.status)
             .ok()
@@ -358,6 +340,27 @@ impl Target<'_> {
     fn own_names(&self) -> String {
         format!("{}.{}", self.cluster, self.state.config.domain)
     }
+}
+
+/// The client's 101: the upstream's headers (hop-by-hop ones dropped, the `Upgrade` it chose
+/// kept), then its raw bytes for as long as the connection lives, with no idle timeout. If the
+/// tunnel, a peer or the agent goes away, the body fails and actix drops the client's
+/// connection: a WebSocket client sees 1006, never a clean close it would take as deliberate.
+fn upgraded_response(
+    headers: &tunnelgate_proto::control::HeaderList,
+    asked: &str,
+    own: &str,
+    body: tunnelgate_mux::PipeReader,
+) -> Result<HttpResponse, ProxyError> {
+    let chosen = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("upgrade"))
+        .map_or(asked, |(_, v)| v.as_str())
+        .to_string();
+    let ResponseHead { mut resp, .. } =
+        response_head(StatusCode::SWITCHING_PROTOCOLS, headers, own)?;
+    resp.upgrade(chosen);
+    Ok(resp.streaming(body))
 }
 
 /// A response head built from the agent's, and the body length it announced.

@@ -50,9 +50,10 @@ pub struct StreamParts {
     pub response_timeout: Duration,
     /// Longest pause between two chunks of the request body.
     pub body_idle_timeout: Duration,
-    /// A WebSocket session: the agent is always told when it ends (RESET), since the stream
-    /// outlives the response head.
-    pub websocket: bool,
+    /// An upgraded connection: the agent is always told when it ends (RESET), since the
+    /// stream outlives the response head; its bytes have no idle timeout (a WebSocket may be
+    /// quiet for hours).
+    pub upgrade: bool,
 }
 
 /// A stream whose actor runs: what the opener still holds.
@@ -62,14 +63,12 @@ pub struct Started {
         Result<tunnelgate_proto::control::ProxyResponse, ProxyError>,
     >,
     pub body: tunnelgate_mux::PipeReader,
-    pub ws: Option<tunnelgate_mux::PipeReader<tunnelgate_mux::WsMsg>>,
     pub shared: Arc<StreamShared>,
     pub outbox: Outbox,
 }
 
 /// Starts the actor of an opened stream for `request` (its stream id is set here). The stream
-/// ends when the opener drops the reader it consumes: the message pipe of a WebSocket session,
-/// else the response body.
+/// ends when the opener drops the response body (for an upgrade, the upstream's bytes).
 pub fn start_stream(
     opened: super::Opened,
     mut request: ProxyRequest,
@@ -81,13 +80,12 @@ pub fn start_stream(
         id,
         head,
         mut body,
-        mut ws,
         shared,
         outbox,
         gone,
     } = opened;
     request.stream_id = id;
-    let websocket = request.websocket;
+    let upgrade = request.upgrade.is_some();
     let actor = StreamActor::new(StreamParts {
         id,
         shared: shared.clone(),
@@ -97,18 +95,14 @@ pub fn start_stream(
         payload,
         response_timeout,
         body_idle_timeout,
-        websocket,
+        upgrade,
     })
     .start();
-    match ws.as_mut() {
-        Some(w) => w.on_drop(move || actor.do_send(ClientGone)),
-        None => body.on_drop(move || actor.do_send(ClientGone)),
-    }
+    body.on_drop(move || actor.do_send(ClientGone));
     Started {
         id,
         head,
         body,
-        ws,
         shared,
         outbox,
     }
@@ -147,7 +141,7 @@ async fn upload(
     shared: Arc<StreamShared>,
     request: ProxyRequest,
     payload: Option<BodySource>,
-    idle: Duration,
+    idle: Option<Duration>,
 ) -> Result<(), UploadError> {
     outbox
         .send_control(&Control::ProxyRequest(request))
@@ -157,9 +151,12 @@ async fn upload(
         return Ok(());
     };
     loop {
-        let next = tokio::time::timeout(idle, payload.next())
-            .await
-            .map_err(|_| UploadError::Idle(idle))?;
+        let next = match idle {
+            Some(idle) => tokio::time::timeout(idle, payload.next())
+                .await
+                .map_err(|_| UploadError::Idle(idle))?,
+            None => payload.next().await,
+        };
         let Some(chunk) = next else { break };
         let mut chunk = chunk.map_err(UploadError::Client)?;
         while !chunk.is_empty() {
@@ -196,7 +193,7 @@ impl Actor for StreamActor {
             p.shared.clone(),
             p.request.clone(),
             p.payload.take(),
-            p.body_idle_timeout,
+            (!p.upgrade).then_some(p.body_idle_timeout),
         );
         ctx.spawn(pump.into_actor(self).map(|res, act, ctx| match res {
             Ok(()) => act.upload_done = true,
@@ -222,7 +219,7 @@ impl Actor for StreamActor {
     fn stopping(&mut self, _ctx: &mut Context<Self>) -> actix::Running {
         // Whatever happens, nobody waits for a head that can no longer come.
         self.parts.shared.resolve(Err(ProxyError::TunnelLost));
-        let clean = self.upload_done && self.parts.shared.remote_done() && !self.parts.websocket;
+        let clean = self.upload_done && self.parts.shared.remote_done() && !self.parts.upgrade;
         let reset = self.reset.or((!clean).then_some(ResetCode::CANCEL));
         self.parts.gone.do_send(StreamGone {
             id: self.parts.id,

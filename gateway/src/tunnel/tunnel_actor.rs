@@ -15,10 +15,10 @@ use actix::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 use tunnelgate_mux::{
-    Outbox, Outgoing, PipeError, PipeReader, PipeWriter, PushError, SendCredit, WsMsg, pipe,
+    Outbox, Outgoing, PipeError, PipeReader, PipeWriter, PushError, SendCredit, pipe,
 };
 use tunnelgate_proto::control::{ProxyResponse, RegisterError, RegisterSuccess};
-use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
+use tunnelgate_proto::{Control, Frame, PROTOCOL_VERSION, ResetCode, StreamId};
 
 use super::hub::TunnelRef;
 use super::limits::{ControlLimits, Kind};
@@ -30,10 +30,7 @@ use crate::registry::{Claim, ConnRoutes, LeaseState};
 /// Opens a stream on this tunnel for one proxied request.
 #[derive(Message, Default)]
 #[rtype(result = "Result<Opened, OpenError>")]
-pub struct OpenStream {
-    /// The request is a WebSocket upgrade: the stream also carries messages.
-    pub websocket: bool,
-}
+pub struct OpenStream {}
 
 /// A stream's side of the dance is over; `reset` says whether the agent must be told to stop.
 #[derive(Message)]
@@ -59,10 +56,8 @@ pub struct Opened {
     pub id: StreamId,
     /// Resolves with the agent's response head, or why there is none.
     pub head: oneshot::Receiver<Result<ProxyResponse, ProxyError>>,
-    /// The response body as the agent sends it.
+    /// The response body as the agent sends it (after a 101, the upstream's raw bytes).
     pub body: PipeReader,
-    /// WebSocket messages from the upstream, for an upgrade.
-    pub ws: Option<PipeReader<WsMsg>>,
     pub shared: Arc<StreamShared>,
     pub outbox: Outbox,
     pub gone: Recipient<StreamGone>,
@@ -102,16 +97,12 @@ impl StreamShared {
 struct Slot {
     shared: Arc<StreamShared>,
     body: PipeWriter,
-    ws: Option<PipeWriter<WsMsg>>,
 }
 
 impl Slot {
     /// Ends both directions towards the consumer with `why`.
     fn fail(&self, why: &str) {
         self.body.fail(PipeError(why.to_string()));
-        if let Some(w) = &self.ws {
-            w.fail(PipeError(why.to_string()));
-        }
         self.shared.credit.close();
     }
 }
@@ -318,23 +309,12 @@ impl TunnelActor {
                     self.reset_stream(id, ResetCode::FLOW_CONTROL, &e.to_string());
                 }
             }
-            ws @ (Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. }) => {
-                let pushed = match (&slot.ws, WsMsg::from_frame(ws)) {
-                    (Some(w), Some(m)) => w.push(m),
-                    _ => Err(PushError::Ended),
-                };
-                match pushed {
-                    Ok(()) | Err(PushError::ReaderGone) => {}
-                    Err(PushError::Ended) => self.reset_stream(
-                        id,
-                        ResetCode::PROTOCOL,
-                        "WebSocket frame on an HTTP stream",
-                    ),
-                    Err(PushError::Flow(e)) => {
-                        self.reset_stream(id, ResetCode::FLOW_CONTROL, &e.to_string())
-                    }
-                }
-            }
+            Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => self
+                .reset_stream(
+                    id,
+                    ResetCode::PROTOCOL,
+                    "WS_* frame: protocol 2 carries upgraded bytes as DATA",
+                ),
         }
     }
 
@@ -600,6 +580,14 @@ impl TunnelActor {
             let reason = format!("this token does not belong to cluster {:?}", r.cluster);
             return self.refuse_register(ctx, reason, "cluster_mismatch");
         }
+        if r.protocol != PROTOCOL_VERSION {
+            let reason = format!(
+                "the agent speaks Tunnelgate protocol {}, this gateway speaks protocol {PROTOCOL_VERSION} \
+                 (and accepts only {PROTOCOL_VERSION}): run an agent of the gateway's release",
+                r.protocol
+            );
+            return self.refuse_register(ctx, reason, "protocol_version");
+        }
         self.registered = true;
         let id_ok = |c: &String| {
             !c.is_empty() && c.len() <= 128 && c.bytes().all(|b| b.is_ascii_graphic() && b != b'|')
@@ -674,6 +662,7 @@ impl TunnelActor {
             stream_window: cfg.stream_window,
             max_streams: cfg.max_streams_per_tunnel,
             public_host: Some(format!("{}.{}", self.cluster, cfg.domain)),
+            protocol: PROTOCOL_VERSION,
         };
         self.out
             .try_send(Outgoing::Text(Control::RegisterSuccess(ok).to_json()));
@@ -795,7 +784,7 @@ impl StreamHandler<WsIn> for TunnelActor {
 impl Handler<OpenStream> for TunnelActor {
     type Result = Result<Opened, OpenError>;
 
-    fn handle(&mut self, msg: OpenStream, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _msg: OpenStream, ctx: &mut Context<Self>) -> Self::Result {
         if !self.registered || self.draining || self.close_reason.is_some() || self.out.is_closed()
         {
             return Err(OpenError::Closed);
@@ -817,13 +806,6 @@ impl Handler<OpenStream> for TunnelActor {
         let window = self.state.config.stream_window;
         let (head_tx, head) = oneshot::channel();
         let (writer, body) = pipe(id, window, self.out.board());
-        let (ws_writer, ws) = match msg.websocket {
-            true => {
-                let (w, r) = pipe::<WsMsg>(id, window, self.out.board());
-                (Some(w), Some(r))
-            }
-            false => (None, None),
-        };
         let shared = Arc::new(StreamShared {
             head: Mutex::new(Some(head_tx)),
             credit: SendCredit::new(window),
@@ -834,7 +816,6 @@ impl Handler<OpenStream> for TunnelActor {
             Slot {
                 shared: shared.clone(),
                 body: writer,
-                ws: ws_writer,
             },
         );
         self.state.metrics.streams.inc();
@@ -842,7 +823,6 @@ impl Handler<OpenStream> for TunnelActor {
             id,
             head,
             body,
-            ws,
             shared,
             outbox: self.out.clone(),
             gone: ctx.address().recipient(),

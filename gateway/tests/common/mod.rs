@@ -444,7 +444,7 @@ impl FakeAgent {
     /// Registers as `cluster` and publishes `host` (pointing nowhere).
     pub async fn register(&mut self, cluster: &str, host: &str) {
         self.send_text(&format!(
-            r#"{{"type":"register","payload":{{"cluster":"{cluster}","agent_version":"fake"}}}}"#
+            r#"{{"type":"register","payload":{{"cluster":"{cluster}","agent_version":"fake","protocol":2}}}}"#
         ))
         .await;
         assert!(self.recv_text().await.contains("register_success"));
@@ -463,7 +463,7 @@ impl FakeAgent {
         routes: &[(&str, &str)],
     ) -> serde_json::Value {
         self.send_text(&format!(
-            r#"{{"type":"register","payload":{{"cluster":"{cluster}","agent_version":"fake"}}}}"#
+            r#"{{"type":"register","payload":{{"cluster":"{cluster}","agent_version":"fake","protocol":2}}}}"#
         ))
         .await;
         assert!(self.recv_text().await.contains("register_success"));
