@@ -209,8 +209,10 @@ async fn agents_are_authenticated_before_the_upgrade() {
     gw.wait_log("token belongs to another cluster").await;
     // Or claims it in register.
     let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
-    fake.send_text(r#"{"type":"register","payload":{"cluster":"other","agent_version":"x","protocol":2}}"#)
-        .await;
+    fake.send_text(
+        r#"{"type":"register","payload":{"cluster":"other","agent_version":"x","protocol":2}}"#,
+    )
+    .await;
     assert!(fake.recv_text().await.contains("register_error"));
     assert_eq!(fake.closed().await.0, 1008);
     // The real agent of the other cluster gets nothing of demo's.

@@ -388,8 +388,10 @@ async fn quotas_are_per_cluster_and_fields_are_bounded() {
     assert!(ack["accepted"].as_array().unwrap().is_empty(), "{ack}");
     // A third tunnel is refused with the reason.
     let mut c = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
-    c.send_text(r#"{"type":"register","payload":{"cluster":"demo","agent_version":"fake","protocol":2}}"#)
-        .await;
+    c.send_text(
+        r#"{"type":"register","payload":{"cluster":"demo","agent_version":"fake","protocol":2}}"#,
+    )
+    .await;
     let refusal = c.recv_text().await;
     assert!(
         refusal.contains("register_error") && refusal.contains("quota"),

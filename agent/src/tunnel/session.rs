@@ -468,7 +468,10 @@ fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String
         }
         Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
             // Protocol 1's WebSocket frames: upgraded streams carry raw bytes as DATA now.
-            tracing::warn!(stream = id, "WS_* frame on a protocol 2 tunnel; resetting the stream");
+            tracing::warn!(
+                stream = id,
+                "WS_* frame on a protocol 2 tunnel; resetting the stream"
+            );
             if let Some(e) = t.remove(&id) {
                 e.abort.abort();
             }

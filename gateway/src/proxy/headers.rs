@@ -262,8 +262,8 @@ mod tests {
             .insert_header(("x-secret-hop", "1"))
             .insert_header(("authorization", "Bearer abc"))
             .to_http_request();
-        let h =
-            upstream_request_headers(req.headers(), Some("127.0.0.1".parse().unwrap()), None).unwrap();
+        let h = upstream_request_headers(req.headers(), Some("127.0.0.1".parse().unwrap()), None)
+            .unwrap();
         let get = |n: &str| {
             h.iter()
                 .filter(|(k, _)| k == n)
@@ -292,7 +292,8 @@ mod tests {
             .insert_header(("x_forwarded_for", "6.6.6.6"))
             .insert_header(("X_Real_IP", "6.6.6.6"))
             .to_http_request();
-        let h = upstream_request_headers(req.headers(), Some("10.0.0.1".parse().unwrap()), None).unwrap();
+        let h = upstream_request_headers(req.headers(), Some("10.0.0.1".parse().unwrap()), None)
+            .unwrap();
         let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
         assert!(names.contains(&"host"), "{names:?}");
         assert!(names.contains(&"cookie"), "{names:?}");

@@ -257,7 +257,8 @@ pub fn pattern_upload(n: u64) -> reqwest::Body {
 }
 
 /// A real WebSocket upstream (tokio-tungstenite) that echoes every message, selects the
-/// subprotocol `chat` when offered, and closes when told `close-me`.
+/// subprotocol `chat` when offered, and closes when told `close-me`; `host?` is answered with
+/// the `Host` its handshake carried, `close:CODE:REASON` with that close.
 pub struct WsUpstream {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -278,9 +279,17 @@ impl WsUpstream {
                     break;
                 };
                 tokio::spawn(async move {
+                    let seen_host = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+                    let host_slot = seen_host.clone();
                     #[allow(clippy::result_large_err)]
                     // the handshake callback's type is tungstenite's
-                    let pick = |req: &WsRequest, mut resp: WsResponse| {
+                    let pick = move |req: &WsRequest, mut resp: WsResponse| {
+                        *host_slot.lock().unwrap() = req
+                            .headers()
+                            .get("host")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
                         let offered = req
                             .headers()
                             .get("sec-websocket-protocol")
@@ -292,12 +301,37 @@ impl WsUpstream {
                         }
                         Ok(resp)
                     };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(sock, pick).await else {
+                    let config =
+                        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                            .max_message_size(Some(64 << 20))
+                            .max_frame_size(Some(64 << 20));
+                    let Ok(mut ws) =
+                        tokio_tungstenite::accept_hdr_async_with_config(sock, pick, Some(config))
+                            .await
+                    else {
                         return;
                     };
                     use futures_util::SinkExt;
+                    use tokio_tungstenite::tungstenite::Message;
+                    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
                     while let Some(Ok(m)) = ws.next().await {
                         if m.is_close() {
+                            return;
+                        }
+                        if m.is_text() && m.to_text().is_ok_and(|t| t == "host?") {
+                            let h = seen_host.lock().unwrap().clone();
+                            let _ = ws.send(Message::Text(h.into())).await;
+                            continue;
+                        }
+                        if let Some(rest) = m.to_text().ok().and_then(|t| t.strip_prefix("close:"))
+                        {
+                            let (code, reason) = rest.split_once(':').unwrap_or((rest, ""));
+                            let frame = CloseFrame {
+                                code: code.parse::<u16>().unwrap_or(1000).into(),
+                                reason: reason.to_string().into(),
+                            };
+                            let _ = ws.close(Some(frame)).await;
+                            while let Some(Ok(_)) = ws.next().await {}
                             return;
                         }
                         if m.is_text() && m.to_text().is_ok_and(|t| t == "close-me") {
@@ -320,6 +354,75 @@ impl WsUpstream {
 }
 
 impl Drop for WsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP/1.1 upstream that answers any request asking for `Upgrade: SPDY/3.1` (kubectl's
+/// exec and port-forward fallback) with 101 and then echoes the connection's raw bytes; it
+/// records each request head it saw.
+pub struct RawUpgradeUpstream {
+    pub addr: SocketAddr,
+    pub heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpgradeUpstream {
+    pub async fn start() -> RawUpgradeUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut b = [0u8; 4096];
+                    let end = loop {
+                        let Ok(n) = sock.read(&mut b).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&b[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    seen.lock().unwrap().push(head.clone());
+                    if !head.to_ascii_lowercase().contains("upgrade: spdy/3.1") {
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n")
+                        .await;
+                    // Bytes that came with the head, then everything after: echoed.
+                    if sock.write_all(&buf[end..]).await.is_err() {
+                        return;
+                    }
+                    let (mut r, mut w) = sock.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        RawUpgradeUpstream { addr, heads, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for RawUpgradeUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
