@@ -35,7 +35,7 @@ pub enum LogFormat {
 }
 
 /// `--route HOST=URL` or one `ingress` rule of the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Host the rule serves (`app.demo.localhost` or `*.demo.localhost`).
@@ -45,8 +45,20 @@ pub struct Rule {
     pub path: String,
     #[serde(default)]
     pub path_type: PathType,
-    /// Upstream base URL, `http://host:port`.
+    /// Upstream base URL, `http://host:port` or `https://host:port`.
     pub service: String,
+    /// PEM file of CA certificates trusted for this https origin (cloudflared's `caPool`).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Name the origin's certificate is checked against (`originServerName`).
+    #[serde(default)]
+    pub origin_server_name: Option<String>,
+    /// `Host` header the upstream receives instead of the public name (`httpHostHeader`).
+    #[serde(default)]
+    pub http_host_header: Option<String>,
+    /// Do not check the origin's certificate (`noTLSVerify`): explicit opt-in, logged.
+    #[serde(default)]
+    pub no_tls_verify: bool,
 }
 
 fn root() -> String {
@@ -62,6 +74,7 @@ fn parse_route(s: &str) -> Result<Rule, String> {
         path: root(),
         path_type: PathType::Prefix,
         service: url.trim().to_string(),
+        ..Default::default()
     })
 }
 
@@ -220,7 +233,7 @@ impl Config {
                     r.hostname, r.path
                 ));
             }
-            crate::upstream::Target::parse(&r.service)
+            crate::upstream::Target::for_rule(r, self.upstream_connect_timeout)
                 .map_err(|e| format!("route {}: {e}", r.hostname))?;
         }
         if !(1..=16).contains(&self.connections) {

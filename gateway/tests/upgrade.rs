@@ -261,3 +261,106 @@ async fn agents_of_another_protocol_are_refused_with_both_versions_named() {
         "{refusal}"
     );
 }
+
+/// An agent whose one rule comes from a config file (for the origin TLS keys).
+fn agent_with_rule(gw: &Gateway, dir: &std::path::Path, rule: &str) -> Agent {
+    let path = dir.join(format!("agent-{}.yaml", rand_suffix()));
+    std::fs::write(
+        &path,
+        format!("ingress:\n  - hostname: tls.demo.localhost\n{rule}"),
+    )
+    .unwrap();
+    Agent::spawn(
+        gw,
+        DEMO,
+        &[],
+        &["--config", path.to_str().unwrap(), "--connections", "1"],
+    )
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_with_a_private_ca_and_a_wrong_one() {
+    use common::upstream::{TestCa, TlsUpstream};
+    let dir = std::env::temp_dir().join(format!("tg-tls-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = TestCa::new("upstream.test");
+    let up = TlsUpstream::start(&ca).await;
+    std::fs::write(dir.join("ca.pem"), &ca.ca_pem).unwrap();
+    let other = TestCa::new("upstream.test");
+    std::fs::write(dir.join("other.pem"), &other.ca_pem).unwrap();
+    let c = common::client();
+
+    // The right CA and the certificate's name: served, with the public Host (or the
+    // override) at the upstream.
+    let gw = Gateway::start(&[]);
+    let a = agent_with_rule(
+        &gw,
+        &dir,
+        &format!(
+            "    service: {}\n    ca_file: {}\n    origin_server_name: upstream.test\n    http_host_header: internal.svc\n",
+            up.url(),
+            dir.join("ca.pem").display()
+        ),
+    );
+    a.connected().await;
+    let r = c
+        .get(gw.url("tls.demo.localhost", "/headers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("host: internal.svc"), "{text}");
+    drop(a);
+
+    // Another CA: refused, with a clear error in the agent's log and a plain 502 for the
+    // client (no internal detail).
+    let gw = Gateway::start(&[]);
+    let a = agent_with_rule(
+        &gw,
+        &dir,
+        &format!(
+            "    service: {}\n    ca_file: {}\n    origin_server_name: upstream.test\n",
+            up.url(),
+            dir.join("other.pem").display()
+        ),
+    );
+    a.connected().await;
+    let r = c
+        .get(gw.url("tls.demo.localhost", "/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        !body.contains("certificate"),
+        "internal detail leaked: {body}"
+    );
+    drop(a);
+
+    // The explicit opt-out of verification: served.
+    let gw = Gateway::start(&[]);
+    let a = agent_with_rule(
+        &gw,
+        &dir,
+        &format!("    service: {}\n    no_tls_verify: true\n", up.url()),
+    );
+    a.connected().await;
+    let r = c
+        .get(gw.url("tls.demo.localhost", "/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,6 +11,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use tunnelgate_proto::routes::{PathType, RouteSpec};
 
+/// The ingress-nginx annotation naming the backend protocol (`HTTPS` for TLS upstreams).
+pub const BACKEND_PROTOCOL: &str = "nginx.ingress.kubernetes.io/backend-protocol";
+
 /// Annotations never copied into routes (large, and of no use to the gateway).
 const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
 
@@ -76,6 +79,16 @@ pub fn translate<'a>(
         .flat_map(|t| t.hosts.iter().flatten())
         .map(String::as_str)
         .collect();
+    // The annotation users already write for ingress-nginx picks an https:// upstream.
+    let scheme = match ing
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(BACKEND_PROTOCOL))
+    {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
     let annotations: BTreeMap<String, String> = ing
         .metadata
         .annotations
@@ -144,7 +157,9 @@ pub fn translate<'a>(
                 _ => PathType::ImplementationSpecific,
             };
             let upstream = match mode {
-                UpstreamMode::Service => format!("http://{}.{ns}.svc:{port}", backend.name),
+                UpstreamMode::Service => {
+                    format!("{scheme}://{}.{ns}.svc:{port}", backend.name)
+                }
                 UpstreamMode::Controller(url) => url.clone(),
             };
             out.push(Translated {
@@ -258,6 +273,23 @@ spec:
         );
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].reason.contains("without a host"));
+    }
+
+    #[test]
+    fn backend_protocol_https_makes_an_https_upstream() {
+        let mut ing = ingress(WEB);
+        ing.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(BACKEND_PROTOCOL.into(), "HTTPS".into());
+        let svc = api_service();
+        let (routes, _) = translate(
+            &ing,
+            |ns, name| (ns == "shop" && name == "api").then_some(&svc),
+            &UpstreamMode::Service,
+        );
+        assert_eq!(routes[0].upstream, "https://web.shop.svc:80");
+        assert_eq!(routes[1].upstream, "https://api.shop.svc:8080");
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl StreamTask {
     /// Runs the request to completion; errors are reported to the gateway, never raised.
     pub async fn run(mut self) {
         let id = self.request.stream_id;
-        let req = match self.build_request() {
+        let (req, client) = match self.build_request() {
             Ok(r) => r,
             Err((kind, why)) => {
                 let msg = self.fail(kind, why);
@@ -47,7 +47,7 @@ impl StreamTask {
                 return;
             }
         };
-        let resp = match self.client.request(req).await {
+        let resp = match client.request(req).await {
             Ok(r) => r,
             Err(e) => {
                 let kind = if e.is_connect() {
@@ -177,7 +177,11 @@ impl StreamTask {
         }
     }
 
-    fn build_request(&mut self) -> Result<http::Request<UpBody>, (ProxyErrorKind, String)> {
+    /// The upstream request and the client for its target (the target's own, for an origin
+    /// with TLS options).
+    fn build_request(
+        &mut self,
+    ) -> Result<(http::Request<UpBody>, UpstreamClient), (ProxyErrorKind, String)> {
         let r = &self.request;
         let Some(target) = self.rules.find(&r.host, &r.path) else {
             return Err((
@@ -186,7 +190,7 @@ impl StreamTask {
             ));
         };
         let uri = upstream_uri(
-            "http",
+            target.scheme,
             &target.authority,
             &r.method,
             &r.path,
@@ -195,8 +199,15 @@ impl StreamTask {
         .map_err(|why| (ProxyErrorKind::UpstreamFailed, why))?;
         let mut b = http::Request::builder().method(r.method.as_str()).uri(uri);
         for (name, value) in &r.headers {
+            if target.host_header.is_some() && name.eq_ignore_ascii_case("host") {
+                continue;
+            }
             b = b.header(name.as_str(), value.as_str());
         }
+        if let Some(h) = &target.host_header {
+            b = b.header("host", h.as_str());
+        }
+        let client = target.client.clone().unwrap_or_else(|| self.client.clone());
         // An upgrade request has no body of its own: the upload carries the bytes after 101.
         let upload = match r.upgrade {
             Some(_) => None,
@@ -209,12 +220,13 @@ impl StreamTask {
             }
             None => Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync(),
         };
-        b.body(body).map_err(|e| {
+        let req = b.body(body).map_err(|e| {
             (
                 ProxyErrorKind::UpstreamFailed,
                 format!("cannot build the upstream request: {e}"),
             )
-        })
+        })?;
+        Ok((req, client))
     }
 }
 
