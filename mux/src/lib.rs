@@ -17,6 +17,4 @@ pub mod pipe;
 
 pub use credit::SendCredit;
 pub use outbox::{Board, Outbox, OutboxClosed, OutboxRx, Outgoing, outbox, write_loop};
-pub use pipe::{
-    Item, PipeError, PipeReader, PipeWriter, PushError, WS_MESSAGE_OVERHEAD, WsMsg, pipe,
-};
+pub use pipe::{Item, PipeError, PipeReader, PipeWriter, PushError, pipe};

@@ -20,7 +20,7 @@ use tunnelgate_proto::window::{FlowError, RecvWindow};
 
 use crate::outbox::Board;
 
-/// What a pipe carries: body chunks ([`Bytes`]) or WebSocket messages ([`WsMsg`]).
+/// What a pipe carries: body chunks ([`Bytes`]); the trait keeps the pipe independent of it.
 pub trait Item: Send + 'static {
     /// Credit this item takes from the stream's window.
     fn cost(&self) -> usize;
@@ -46,61 +46,6 @@ impl Item for Bytes {
         } else {
             Some(next)
         }
-    }
-}
-
-/// Credit each WebSocket message takes on top of its payload, so a window bounds the number
-/// of queued messages as well as their bytes (a flood of empty messages costs something).
-pub const WS_MESSAGE_OVERHEAD: usize = 64;
-
-/// One message of a proxied WebSocket session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WsMsg {
-    Text(Bytes),
-    Binary(Bytes),
-    Close(u16, Bytes),
-}
-
-impl WsMsg {
-    pub fn payload_len(&self) -> usize {
-        match self {
-            WsMsg::Text(b) | WsMsg::Binary(b) | WsMsg::Close(_, b) => b.len(),
-        }
-    }
-
-    /// The frame carrying this message on `stream`.
-    pub fn to_frame(self, stream: tunnelgate_proto::StreamId) -> tunnelgate_proto::Frame {
-        use tunnelgate_proto::Frame;
-        match self {
-            WsMsg::Text(data) => Frame::WsText { stream, data },
-            WsMsg::Binary(data) => Frame::WsBinary { stream, data },
-            WsMsg::Close(code, reason) => Frame::WsClose {
-                stream,
-                code,
-                reason,
-            },
-        }
-    }
-
-    /// The message a WS_* frame carries; None for other frames.
-    pub fn from_frame(frame: tunnelgate_proto::Frame) -> Option<WsMsg> {
-        use tunnelgate_proto::Frame;
-        match frame {
-            Frame::WsText { data, .. } => Some(WsMsg::Text(data)),
-            Frame::WsBinary { data, .. } => Some(WsMsg::Binary(data)),
-            Frame::WsClose { code, reason, .. } => Some(WsMsg::Close(code, reason)),
-            _ => None,
-        }
-    }
-}
-
-impl Item for WsMsg {
-    fn cost(&self) -> usize {
-        self.payload_len() + WS_MESSAGE_OVERHEAD
-    }
-
-    fn merge(&mut self, next: WsMsg) -> Option<WsMsg> {
-        Some(next)
     }
 }
 
@@ -413,24 +358,6 @@ mod tests {
         rx.await.unwrap();
         assert!(w.reader_gone());
         assert_eq!(w.push(Bytes::from_static(b"x")), Err(PushError::ReaderGone));
-    }
-
-    #[tokio::test]
-    async fn messages_keep_their_boundaries_and_pay_overhead() {
-        let (out, _rx) = outbox(4);
-        let (w, mut r) = pipe::<WsMsg>(1, 1024, out_board(&out));
-        w.push(WsMsg::Text(Bytes::from_static(b"a"))).unwrap();
-        w.push(WsMsg::Text(Bytes::from_static(b"b"))).unwrap();
-        assert_eq!(
-            r.next().await.unwrap().unwrap(),
-            WsMsg::Text(Bytes::from_static(b"a"))
-        );
-        // 1024 credit / 64 overhead: a flood of empty messages is cut off at the window.
-        let mut pushed = 0;
-        while w.push(WsMsg::Binary(Bytes::new())).is_ok() {
-            pushed += 1;
-        }
-        assert!(pushed < 1024 / WS_MESSAGE_OVERHEAD);
     }
 
     fn out_board(out: &crate::outbox::Outbox) -> Arc<Board> {
