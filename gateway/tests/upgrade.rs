@@ -286,6 +286,20 @@ fn rand_suffix() -> u64 {
         .as_nanos() as u64
 }
 
+/// Status and body of `path` on `tls.demo.localhost` through a new gateway and an agent with
+/// `rule`.
+async fn get_through(dir: &std::path::Path, rule: &str, path: &str) -> (u16, String) {
+    let gw = Gateway::start(&[]);
+    let a = agent_with_rule(&gw, dir, rule);
+    a.connected().await;
+    let r = common::client()
+        .get(gw.url("tls.demo.localhost", path))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstreams_with_a_private_ca_and_a_wrong_one() {
     use common::upstream::{TestCa, TlsUpstream};
@@ -296,71 +310,41 @@ async fn https_upstreams_with_a_private_ca_and_a_wrong_one() {
     std::fs::write(dir.join("ca.pem"), &ca.ca_pem).unwrap();
     let other = TestCa::new("upstream.test");
     std::fs::write(dir.join("other.pem"), &other.ca_pem).unwrap();
-    let c = common::client();
-
-    // The right CA and the certificate's name: served, with the public Host (or the
-    // override) at the upstream.
-    let gw = Gateway::start(&[]);
-    let a = agent_with_rule(
-        &gw,
+    // The right CA and the certificate's name: served, with the Host override at the upstream.
+    let (status, text) = get_through(
         &dir,
         &format!(
             "    service: {}\n    ca_file: {}\n    origin_server_name: upstream.test\n    http_host_header: internal.svc\n",
             up.url(),
             dir.join("ca.pem").display()
         ),
-    );
-    a.connected().await;
-    let r = c
-        .get(gw.url("tls.demo.localhost", "/headers"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let text = r.text().await.unwrap();
+        "/headers",
+    )
+    .await;
+    assert_eq!(status, 200);
     assert!(text.contains("host: internal.svc"), "{text}");
-    drop(a);
-
     // Another CA: refused, with a clear error in the agent's log and a plain 502 for the
     // client (no internal detail).
-    let gw = Gateway::start(&[]);
-    let a = agent_with_rule(
-        &gw,
+    let (status, body) = get_through(
         &dir,
         &format!(
             "    service: {}\n    ca_file: {}\n    origin_server_name: upstream.test\n",
             up.url(),
             dir.join("other.pem").display()
         ),
-    );
-    a.connected().await;
-    let r = c
-        .get(gw.url("tls.demo.localhost", "/hello"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
-    let body = r.text().await.unwrap();
+        "/hello",
+    )
+    .await;
+    assert_eq!(status, 502);
     assert!(
         !body.contains("certificate"),
         "internal detail leaked: {body}"
     );
-    drop(a);
-
     // The explicit opt-out of verification: served.
-    let gw = Gateway::start(&[]);
-    let a = agent_with_rule(
-        &gw,
-        &dir,
-        &format!("    service: {}\n    no_tls_verify: true\n", up.url()),
+    let rule = format!("    service: {}\n    no_tls_verify: true\n", up.url());
+    assert_eq!(
+        get_through(&dir, &rule, "/hello").await,
+        (200, "hello".into())
     );
-    a.connected().await;
-    let r = c
-        .get(gw.url("tls.demo.localhost", "/hello"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "hello");
     let _ = std::fs::remove_dir_all(&dir);
 }
