@@ -520,11 +520,19 @@ async fn noisy_neighbour(gws: &[&Gateway]) {
     // The noisy tenant: as many tunnels as its quota allows, each flooding heartbeats, route
     // syncs at the quota, drains, late frames and garbage, reconnecting when closed.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The flooders run on a runtime of their own, as they would on another machine: sharing
+    // the measuring client's runtime, their tight send loops would delay it and the test
+    // would measure itself.
+    let flood_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut noisy = Vec::new();
     for (i, gw) in gws.iter().cycle().take(4).enumerate() {
         let stop = stop.clone();
         let gw_url = gw.ws_url();
-        noisy.push(tokio::spawn(async move {
+        noisy.push(flood_rt.spawn(async move {
             use futures_util::SinkExt;
             use tokio_tungstenite::tungstenite::Message;
             let routes: Vec<serde_json::Value> = (0..200)
@@ -567,6 +575,7 @@ async fn noisy_neighbour(gws: &[&Gateway]) {
     for n in noisy {
         let _ = tokio::time::timeout(HANG, n).await;
     }
+    flood_rt.shutdown_background();
     println!(
         "noisy neighbour ({} node(s)): quiet p99 {:?}, under flood p99 {:?} ({:.2}x)",
         gws.len(),
