@@ -25,7 +25,6 @@ pub mod tunnel;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 
 use config::Config;
@@ -91,7 +90,7 @@ impl AppState {
 /// Builds the node on an already bound public listener; binds the admin listener
 /// (`--admin-listen`) and, with Redis, the peer listener.
 /// Await the returned [`Server`] inside an actix system; its handle stops it.
-pub fn run(config: Config, listener: TcpListener) -> std::io::Result<Server> {
+pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_server::Server> {
     let workers = config.workers;
     let peer_listen = config.peer_listen.filter(|_| config.redis_url.is_some());
     // Bind the peer listener first: with port 0 the real port is what other nodes must be told.
@@ -146,18 +145,43 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<Server> {
     .run();
     tracing::info!(addr = %admin_addr, "admin endpoint listening");
     actix_rt::spawn(admin);
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(web::PayloadConfig::new(usize::MAX))
-            .default_service(web::to(proxy::dispatch))
-    })
-    .on_connect(set_nodelay)
-    .listen(listener)?;
+    // The public listener: actix-web's App behind actix-http, each connection's first request
+    // head seen first by `proxy::front` (upgrades other than WebSocket; see there).
+    let mut builder = actix_server::Server::build();
     if let Some(w) = workers {
-        server = server.workers(w.max(1));
+        builder = builder.workers(w.max(1));
     }
-    Ok(server.run())
+    let server = builder
+        .listen("public", listener, move || {
+            use actix_service::ServiceFactoryExt as _;
+            let state = state.clone();
+            let app = App::new()
+                .app_data(state)
+                .app_data(web::PayloadConfig::new(usize::MAX))
+                .default_service(web::to(proxy::dispatch));
+            let app = actix_service::IntoServiceFactory::into_factory(app).map_err(
+                |e: actix_web::Error| {
+                    actix_web::ResponseError::error_response(e.as_response_error())
+                },
+            );
+            let http = actix_http::HttpService::build()
+                .finish(actix_service::map_config(app, |_| {
+                    actix_web::dev::AppConfig::default()
+                }));
+            actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {
+                // Tunnels and requests are many small writes: no Nagle delay.
+                let _ = io.set_nodelay(true);
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((
+                    proxy::front::FirstHead::new(io),
+                    actix_http::Protocol::Http1,
+                    peer,
+                ))
+            })
+            .and_then(http)
+        })?
+        .run();
+    Ok(server)
 }
 
 /// Tunnels carry many small frames each way; Nagle's algorithm would hold each one back for

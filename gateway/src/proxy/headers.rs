@@ -44,6 +44,9 @@ const EDGE_OWNED: &[&str] = &[
     "x-original-url",
     "x-rewrite-url",
     "x-original-host",
+    // Internal to the edge (`proxy::front`).
+    "x-tunnelgate-upgrade",
+    "x-tunnelgate-ignored",
 ];
 
 /// Headers that a `Connection` token can never remove: what routing and framing depend on and
@@ -120,7 +123,13 @@ pub fn upgrade_request(req: &HttpRequest) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let value = h.get(header::UPGRADE)?.to_str().ok()?.trim();
+    // `proxy::front` moved a non-WebSocket `Upgrade` here (clients cannot set this header).
+    let value = h
+        .get(super::front::UPGRADE_HEADER)
+        .or_else(|| h.get(header::UPGRADE))?
+        .to_str()
+        .ok()?
+        .trim();
     let protocols: Vec<&str> = value
         .split(',')
         .map(str::trim)

@@ -1,6 +1,7 @@
 //! The public HTTP entry: every request that is not the gateway's own lands here, is checked,
 //! routed on its `Host`, and streamed through the owning cluster's tunnel.
 
+pub mod front;
 pub mod headers;
 pub mod idle;
 
@@ -332,7 +333,8 @@ impl Target<'_> {
         let body = idle::IdleTimeout::new(body, self.state.config.body_idle_timeout);
         Ok(match content_length {
             Some(n) => resp.body(SizedStream::new(n, body)),
-            None => resp.streaming(body),
+            // (Not `streaming`, which would invent a Content-Type the upstream did not send.)
+            None => resp.body(actix_web::body::BodyStream::new(body)),
         })
     }
 
@@ -360,7 +362,7 @@ fn upgraded_response(
     let ResponseHead { mut resp, .. } =
         response_head(StatusCode::SWITCHING_PROTOCOLS, headers, own)?;
     resp.upgrade(chosen);
-    Ok(resp.streaming(body))
+    Ok(resp.body(actix_web::body::BodyStream::new(body)))
 }
 
 /// A response head built from the agent's, and the body length it announced.

@@ -142,6 +142,7 @@ async fn upload(
     request: ProxyRequest,
     payload: Option<BodySource>,
     idle: Option<Duration>,
+    upgraded: bool,
 ) -> Result<(), UploadError> {
     outbox
         .send_control(&Control::ProxyRequest(request))
@@ -158,7 +159,14 @@ async fn upload(
             None => payload.next().await,
         };
         let Some(chunk) = next else { break };
-        let mut chunk = chunk.map_err(UploadError::Client)?;
+        let mut chunk = match chunk {
+            Ok(c) => c,
+            // On an upgraded connection the client's FIN is a half-close ("done sending"),
+            // which actix reports as an incomplete payload: the upstream gets END and keeps
+            // answering. (An abort shows on the response side, which resets the stream.)
+            Err(_) if upgraded => break,
+            Err(e) => return Err(UploadError::Client(e)),
+        };
         while !chunk.is_empty() {
             let piece = chunk.split_to(chunk.len().min(MAX_FRAME_PAYLOAD));
             shared
@@ -194,6 +202,7 @@ impl Actor for StreamActor {
             p.request.clone(),
             p.payload.take(),
             (!p.upgrade).then_some(p.body_idle_timeout),
+            p.upgrade,
         );
         ctx.spawn(pump.into_actor(self).map(|res, act, ctx| match res {
             Ok(()) => act.upload_done = true,

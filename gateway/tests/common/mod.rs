@@ -137,6 +137,11 @@ impl Gateway {
         format!("http://{host}:{}{path}", self.addr.port())
     }
 
+    /// Every log line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
     /// Waits until a log line contains `needle`.
     pub async fn wait_log(&self, needle: &str) -> String {
         let deadline = tokio::time::Instant::now() + HANG;
