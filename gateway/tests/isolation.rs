@@ -469,30 +469,35 @@ async fn noisy_neighbour(gws: &[&Gateway]) {
     let target = *gws.last().unwrap();
     let url = target.url("app.other.localhost", "/hello");
     let c = client();
-    let measure = |n: usize| {
+    // `conc` clients, each sending its share of `n` requests one after another: the quiet
+    // tenant's steady load. Returns (p99, errors).
+    let measure = |n: usize, conc: usize| {
         let (c, url) = (c.clone(), url.clone());
         async move {
+            let workers = (0..conc).map(|_| {
+                let (c, url) = (c.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(n / conc);
+                    let mut errors = 0;
+                    for _ in 0..n / conc {
+                        let t = std::time::Instant::now();
+                        match c.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {
+                                let _ = r.bytes().await;
+                            }
+                            _ => errors += 1,
+                        }
+                        lat.push(t.elapsed());
+                    }
+                    (lat, errors)
+                })
+            });
             let mut lat = Vec::with_capacity(n);
             let mut errors = 0;
-            for _ in 0..n {
-                let t = std::time::Instant::now();
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.bytes().await;
-                    }
-                    _ => errors += 1,
-                }
-                lat.push(t.elapsed());
-            }
-            if std::env::var("NOISY_TRACE").is_ok() {
-                let worst: Vec<(usize, u128)> = {
-                    let mut v: Vec<(usize, u128)> =
-                        lat.iter().map(|d| d.as_micros()).enumerate().collect();
-                    v.sort_by_key(|x| std::cmp::Reverse(x.1));
-                    v.truncate(25);
-                    v
-                };
-                println!("worst (index, µs): {worst:?}");
+            for w in futures_util::future::join_all(workers).await {
+                let (l, e) = w.unwrap();
+                lat.extend(l);
+                errors += e;
             }
             lat.sort();
             (lat[lat.len() * 99 / 100], errors)
@@ -514,9 +519,10 @@ async fn noisy_neighbour(gws: &[&Gateway]) {
     };
     let cpu0: u64 = gws.iter().map(|g| cpu(g)).sum();
     let t0 = std::time::Instant::now();
-    let (quiet_p99, errors) = measure(n).await;
+    let (quiet_p99, errors) = measure(n, 1).await;
+    let (quiet_p99_load, errors8) = measure(n, 8).await;
     let quiet_cpu = (gws.iter().map(|g| cpu(g)).sum::<u64>() - cpu0, t0.elapsed());
-    assert_eq!(errors, 0);
+    assert_eq!(errors + errors8, 0);
     // The noisy tenant: as many tunnels as its quota allows, each flooding heartbeats, route
     // syncs at the quota, drains, late frames and garbage, reconnecting when closed.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -568,7 +574,9 @@ async fn noisy_neighbour(gws: &[&Gateway]) {
     }
     let cpu1: u64 = gws.iter().map(|g| cpu(g)).sum();
     let t1 = std::time::Instant::now();
-    let (noisy_p99, errors) = measure(n).await;
+    let (noisy_p99, errors1) = measure(n, 1).await;
+    let (noisy_p99_load, errors8) = measure(n, 8).await;
+    let errors = errors1 + errors8;
     let noisy_cpu = (gws.iter().map(|g| cpu(g)).sum::<u64>() - cpu1, t1.elapsed());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     println!("gateway CPU ticks (10 ms) / wall: quiet {quiet_cpu:?}, noisy {noisy_cpu:?}");
@@ -576,12 +584,17 @@ async fn noisy_neighbour(gws: &[&Gateway]) {
         let _ = tokio::time::timeout(HANG, n).await;
     }
     flood_rt.shutdown_background();
+    let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64();
     println!(
-        "noisy neighbour ({} node(s)): quiet p99 {:?}, under flood p99 {:?} ({:.2}x)",
+        "noisy neighbour ({} node(s)): one client: quiet p99 {:?}, under flood {:?} ({:.2}x); \
+         8 clients: quiet p99 {:?}, under flood {:?} ({:.2}x)",
         gws.len(),
         quiet_p99,
         noisy_p99,
-        noisy_p99.as_secs_f64() / quiet_p99.as_secs_f64()
+        ratio(quiet_p99, noisy_p99),
+        quiet_p99_load,
+        noisy_p99_load,
+        ratio(quiet_p99_load, noisy_p99_load),
     );
     assert_eq!(
         errors, 0,
