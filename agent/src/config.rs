@@ -94,6 +94,15 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tunnelgate-agent", version, about)]
 pub struct Config {
+    /// PEM CA certificate(s) trusted for a `wss://` gateway, beside the system's roots.
+    #[arg(long, env = "TG_GATEWAY_CA")]
+    pub gateway_ca: Option<std::path::PathBuf>,
+
+    /// Allow `ws://` to a gateway that is not on loopback (the token then crosses the network
+    /// in clear): only for a network you trust.
+    #[arg(long, env = "TG_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
     /// Gateway URL(s), `ws://host:port` or `wss://…`; several are tried in turn. Env
     /// `TG_GATEWAY` (or `SERVER_URL`).
     #[arg(long = "gateway", env = "TG_GATEWAY", value_delimiter = ',')]
@@ -202,10 +211,28 @@ impl Config {
         }
         for g in &self.gateways {
             let url = url::Url::parse(g).map_err(|e| format!("--gateway {g:?}: {e}"))?;
-            if !matches!(url.scheme(), "ws" | "http") {
-                return Err(format!(
-                    "--gateway {g:?}: only ws:// (or http://) is supported by this build; terminate TLS in front of the gateway"
-                ));
+            match url.scheme() {
+                "wss" | "https" => {}
+                "ws" | "http" => {
+                    let loopback = match url.host() {
+                        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+                        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                        None => false,
+                    };
+                    if !loopback && !self.insecure_plaintext {
+                        return Err(format!(
+                            "--gateway {g:?}: ws:// would send the agent token and every request in clear \
+                             over the network; use wss:// (the gateway's --tls-listen), or give \
+                             --insecure-plaintext for a network you trust"
+                        ));
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "--gateway {g:?}: scheme {other:?} is not supported (use wss:// or ws://)"
+                    ));
+                }
             }
         }
         if self.cluster.as_deref().is_none_or(str::is_empty) {

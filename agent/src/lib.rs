@@ -78,6 +78,8 @@ pub struct Shared {
     rules: std::sync::RwLock<Arc<Rules>>,
     pub client: UpstreamClient,
     pub status: watch::Sender<Status>,
+    /// TLS for `wss://` gateways.
+    pub gateway_tls: Arc<rustls::ClientConfig>,
 }
 
 /// While alive, marks a node as carrying one of this agent's tunnels.
@@ -174,6 +176,7 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let client = upstream::client(config.upstream_connect_timeout);
+    let gateway_tls = Arc::new(upstream::gateway_tls(config.gateway_ca.as_deref())?);
     let (ack_tx, ack_rx) = tokio::sync::mpsc::channel(ACK_QUEUE);
     let shared = Arc::new(Shared {
         acks: config.kubernetes.then_some(ack_tx),
@@ -185,6 +188,7 @@ pub async fn run(
         config,
         client,
         status,
+        gateway_tls,
     });
     shared.set_routes(Rules::pairs(&shared.config.routes)?);
     if shared.config.kubernetes {

@@ -151,6 +151,16 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
+/// The TLS client configuration for the agent's tunnel to the gateway (`wss://`): the
+/// system's roots, plus `ca_file` (`--gateway-ca`) for a private CA; names are verified.
+pub fn gateway_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    rustls_config(&OriginTls {
+        ca_file: ca_file.map(std::path::Path::to_path_buf),
+        ..Default::default()
+    })
+    .map_err(|e| format!("--gateway-ca: {e}"))
+}
+
 /// A pooled client for `tls` (plain `http://` targets use it too).
 pub fn client_with(connect_timeout: Duration, tls: &OriginTls) -> Result<UpstreamClient, String> {
     let mut conn = HttpConnector::new();

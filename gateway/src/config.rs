@@ -76,6 +76,20 @@ pub struct Config {
     #[arg(long, env = "TG_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Address for HTTPS (public requests and agents over `wss://`); needs `--tls-cert`.
+    #[arg(long, env = "TG_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// A PEM certificate chain for `--tls-listen`; repeat for more, each with its `--tls-key`
+    /// in the same order. The certificate is chosen by the client's SNI; files are reloaded
+    /// when they change.
+    #[arg(long = "tls-cert", env = "TG_TLS_CERTS", value_delimiter = ',')]
+    pub tls_certs: Vec<std::path::PathBuf>,
+
+    /// The PEM private key of the `--tls-cert` at the same position.
+    #[arg(long = "tls-key", env = "TG_TLS_KEYS", value_delimiter = ',')]
+    pub tls_keys: Vec<std::path::PathBuf>,
+
     /// Address of the internal listener: `/metrics`, `/readyz`, `/healthz`. Never tenants'.
     #[arg(long, env = "TG_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
@@ -183,6 +197,16 @@ impl Config {
             return Err(
                 "--max-tunnels-per-cluster and --max-routes-per-cluster must be at least 1".into(),
             );
+        }
+        if self.tls_certs.len() != self.tls_keys.len() {
+            return Err(format!(
+                "{} --tls-cert and {} --tls-key given: give them in pairs",
+                self.tls_certs.len(),
+                self.tls_keys.len()
+            ));
+        }
+        if self.tls_listen.is_some() && self.tls_certs.is_empty() {
+            return Err("--tls-listen needs --tls-cert FILE --tls-key FILE".into());
         }
         for h in &mut self.public_hosts {
             *h = tunnelgate_proto::routes::normalize_host(h)

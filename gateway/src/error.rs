@@ -22,6 +22,8 @@ pub enum Who {
 pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(Cow<'static, str>),
+    #[error("host {0} is not served on this TLS connection (its SNI names another cluster)")]
+    Misdirected(String),
     #[error("the request body stalled: no bytes for {0:?}")]
     BodyTimeout(Duration),
     #[error("method {0} is not allowed through the gateway")]
@@ -58,6 +60,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::ClusterOffline(_)
@@ -79,6 +82,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::BodyTimeout(_) => "body_timeout",
+            ProxyError::Misdirected(_) => "misdirected",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
             ProxyError::NoRoute(_) => "no_route",
             ProxyError::ClusterOffline(_) => "cluster_offline",
@@ -99,6 +103,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::BodyTimeout(_)
+            | ProxyError::Misdirected(_)
             | ProxyError::HeadersTooLarge(_)
             | ProxyError::NoRoute(_) => Who::Client,
             ProxyError::ClusterOffline(_)

@@ -11,6 +11,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the internal listener.
 //! - [`guard`]: throttling of failed authentications per source address.
 //! - [`telemetry`]: metric names and log set-up.
+//! - [`tls`]: HTTPS at the edge: certificates by SNI, reloaded when their files change.
 
 pub mod admin;
 pub mod cluster;
@@ -20,6 +21,7 @@ pub mod guard;
 pub mod proxy;
 pub mod registry;
 pub mod telemetry;
+pub mod tls;
 pub mod tunnel;
 
 use std::net::TcpListener;
@@ -151,23 +153,84 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
     if let Some(w) = workers {
         builder = builder.workers(w.max(1));
     }
+    let tls = match state.config.tls_listen {
+        Some(addr) => {
+            let pairs = state
+                .config
+                .tls_certs
+                .iter()
+                .cloned()
+                .zip(state.config.tls_keys.iter().cloned())
+                .collect();
+            let store = tls::CertStore::load(pairs).map_err(std::io::Error::other)?;
+            let config = Arc::new(store.server_config().map_err(std::io::Error::other)?);
+            let watched = store.clone();
+            actix_rt::spawn(async move {
+                let mut tick = tokio::time::interval(tls::RELOAD_CHECK);
+                loop {
+                    tick.tick().await;
+                    watched.reload_if_changed();
+                }
+            });
+            let l = TcpListener::bind(addr)?;
+            tracing::info!(addr = %l.local_addr()?, "https listening");
+            Some((l, tokio_rustls::TlsAcceptor::from(config)))
+        }
+        None => None,
+    };
+    let app_state = state.clone();
+    // One App per worker and listener: the proxy, with the request payload unbounded (the
+    // stream's window bounds it).
+    let app = move || {
+        use actix_service::ServiceFactoryExt as _;
+        let app = App::new()
+            .app_data(app_state.clone())
+            .app_data(web::PayloadConfig::new(usize::MAX))
+            .default_service(web::to(proxy::dispatch));
+        actix_service::map_config(
+            actix_service::IntoServiceFactory::into_factory(app).map_err(|e: actix_web::Error| {
+                actix_web::ResponseError::error_response(e.as_response_error())
+            }),
+            |_| actix_web::dev::AppConfig::default(),
+        )
+    };
+    if let Some((l, acceptor)) = tls {
+        let app = app.clone();
+        builder = builder.listen("tls", l, move || {
+            use actix_service::ServiceFactoryExt as _;
+            type Io = proxy::front::FirstHead<
+                tokio_rustls::server::TlsStream<actix_web::rt::net::TcpStream>,
+            >;
+            let http = actix_http::HttpService::build()
+                .on_connect_ext(|io: &Io, ext: &mut actix_http::Extensions| {
+                    let sni = io.get_ref().get_ref().1.server_name().map(str::to_string);
+                    ext.insert(tls::Tls { sni });
+                })
+                .finish(app());
+            let acceptor = acceptor.clone();
+            actix_service::fn_service(move |io: actix_web::rt::net::TcpStream| {
+                let acceptor = acceptor.clone();
+                async move {
+                    let _ = io.set_nodelay(true);
+                    let peer = io.peer_addr().ok();
+                    let tls = acceptor.accept(io).await.map_err(|e| {
+                        tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                        actix_http::error::DispatchError::Io(e)
+                    })?;
+                    Ok((
+                        proxy::front::FirstHead::new(tls),
+                        actix_http::Protocol::Http1,
+                        peer,
+                    ))
+                }
+            })
+            .and_then(http)
+        })?;
+    }
     let server = builder
         .listen("public", listener, move || {
             use actix_service::ServiceFactoryExt as _;
-            let state = state.clone();
-            let app = App::new()
-                .app_data(state)
-                .app_data(web::PayloadConfig::new(usize::MAX))
-                .default_service(web::to(proxy::dispatch));
-            let app = actix_service::IntoServiceFactory::into_factory(app).map_err(
-                |e: actix_web::Error| {
-                    actix_web::ResponseError::error_response(e.as_response_error())
-                },
-            );
-            let http = actix_http::HttpService::build()
-                .finish(actix_service::map_config(app, |_| {
-                    actix_web::dev::AppConfig::default()
-                }));
+            let http = actix_http::HttpService::build().finish(app());
             actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {
                 // Tunnels and requests are many small writes: no Nagle delay.
                 let _ = io.set_nodelay(true);

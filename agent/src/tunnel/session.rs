@@ -77,8 +77,14 @@ fn lock(t: &Table) -> MutexGuard<'_, HashMap<StreamId, Entry>> {
 /// The URL of the tunnel endpoint for a gateway URL.
 pub fn tunnel_url(gateway: &str) -> Result<String, String> {
     let mut u = url::Url::parse(gateway).map_err(|e| e.to_string())?;
-    if u.scheme() == "http" {
-        let _ = u.set_scheme("ws");
+    match u.scheme() {
+        "http" => {
+            let _ = u.set_scheme("ws");
+        }
+        "https" => {
+            let _ = u.set_scheme("wss");
+        }
+        _ => {}
     }
     if matches!(u.path(), "" | "/") {
         u.set_path("/v1/tunnel");
@@ -118,7 +124,8 @@ async fn connect(shared: &Shared, gateway: &str) -> Result<(Ws, Option<String>),
     let cfg = WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE + 16))
         .max_frame_size(Some(MAX_WS_MESSAGE + 16));
-    let attempt = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+    let tls = tokio_tungstenite::Connector::Rustls(shared.gateway_tls.clone());
+    let attempt = tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, Some(tls));
     match tokio::time::timeout(REGISTER_TIMEOUT, attempt).await {
         Err(_) => Err(SessionError::Connect(format!(
             "no answer from {url} within {REGISTER_TIMEOUT:?}"

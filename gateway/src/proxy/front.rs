@@ -96,6 +96,11 @@ impl<T> FirstHead<T> {
             state: State::Head(Vec::new()),
         }
     }
+
+    /// The connection underneath (a TLS one, for its SNI).
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
 }
 
 fn head_end(buf: &[u8]) -> Option<usize> {

@@ -174,6 +174,7 @@ pub fn upstream_request_headers(
     headers: &HeaderMap,
     client_ip: Option<IpAddr>,
     upgrade: Option<&str>,
+    proto: &str,
 ) -> Result<HeaderList, ProxyError> {
     let listed = connection_tokens(headers);
     let mut out = HeaderList::with_capacity(headers.len() + 3);
@@ -200,7 +201,7 @@ pub fn upstream_request_headers(
     if let Some(ip) = client_ip {
         out.push(("x-forwarded-for".into(), ip.to_string()));
     }
-    out.push(("x-forwarded-proto".into(), "http".into()));
+    out.push(("x-forwarded-proto".into(), proto.into()));
     if let Some(h) = original_host {
         out.push(("x-forwarded-host".into(), h));
     }
@@ -271,8 +272,13 @@ mod tests {
             .insert_header(("x-secret-hop", "1"))
             .insert_header(("authorization", "Bearer abc"))
             .to_http_request();
-        let h = upstream_request_headers(req.headers(), Some("127.0.0.1".parse().unwrap()), None)
-            .unwrap();
+        let h = upstream_request_headers(
+            req.headers(),
+            Some("127.0.0.1".parse().unwrap()),
+            None,
+            "http",
+        )
+        .unwrap();
         let get = |n: &str| {
             h.iter()
                 .filter(|(k, _)| k == n)
@@ -301,8 +307,13 @@ mod tests {
             .insert_header(("x_forwarded_for", "6.6.6.6"))
             .insert_header(("X_Real_IP", "6.6.6.6"))
             .to_http_request();
-        let h = upstream_request_headers(req.headers(), Some("10.0.0.1".parse().unwrap()), None)
-            .unwrap();
+        let h = upstream_request_headers(
+            req.headers(),
+            Some("10.0.0.1".parse().unwrap()),
+            None,
+            "http",
+        )
+        .unwrap();
         let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
         assert!(names.contains(&"host"), "{names:?}");
         assert!(names.contains(&"cookie"), "{names:?}");

@@ -34,6 +34,18 @@ pub async fn dispatch(
         Ok(h) => h,
         Err(e) => return fail(&state, &req, "", e),
     };
+    // Over TLS the SNI and the Host must not name different clusters: no domain fronting
+    // from one tenant's certificate name to another tenant.
+    if let Some(crate::tls::Tls { sni: Some(sni) }) = req.conn_data::<crate::tls::Tls>() {
+        let sni = sni.to_ascii_lowercase();
+        let (a, b) = (
+            state.registry.cluster_of(&sni),
+            state.registry.cluster_of(&host),
+        );
+        if a.is_some() && b.is_some() && a != b {
+            return fail(&state, &req, "", ProxyError::Misdirected(host));
+        }
+    }
     // The gateway's own names are never a tenant's: they serve the agent endpoint (and a
     // liveness answer for load balancers), nothing else.
     if state.config.is_gateway_name(&host) {
@@ -149,10 +161,15 @@ async fn proxy(
 ) -> Result<HttpResponse, ProxyError> {
     let cluster = &route.cluster;
     let upgrade = headers::upgrade_request(req);
+    let proto = match req.conn_data::<crate::tls::Tls>() {
+        Some(_) => "https",
+        None => "http",
+    };
     let headers = upstream_request_headers(
         req.headers(),
         req.peer_addr().map(|a| a.ip()),
         upgrade.as_deref(),
+        proto,
     )?;
     // An upgrade's "body" is the connection's bytes after the 101 (actix reads an upgrade
     // request's payload raw, until the client closes).

@@ -137,6 +137,17 @@ impl Gateway {
         format!("http://{host}:{}{path}", self.addr.port())
     }
 
+    /// The HTTPS listener's address (with `--tls-listen`), from the log.
+    pub async fn https_addr(&self) -> SocketAddr {
+        let line = self.wait_log("https listening").await;
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        v["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("https address")
+    }
+
     /// Every log line so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
@@ -249,6 +260,16 @@ impl Agent {
         extra: &[&str],
     ) -> Agent {
         let urls: Vec<String> = gws.iter().map(|g| g.ws_url()).collect();
+        Agent::spawn_urls(&urls, cluster, routes, extra)
+    }
+
+    /// An agent dialling exactly `urls` (e.g. `wss://…`).
+    pub fn spawn_urls(
+        urls: &[String],
+        cluster: (&str, &str),
+        routes: &[(&str, String)],
+        extra: &[&str],
+    ) -> Agent {
         let mut args: Vec<String> = vec![
             "tunnelgate-agent".into(),
             "--gateway".into(),

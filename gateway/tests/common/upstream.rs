@@ -487,12 +487,19 @@ pub async fn ws_echo_roundtrip(ws: &mut tokio_tungstenite::WebSocketStream<tokio
 /// A test certificate authority and a server certificate it signed for `name`.
 pub struct TestCa {
     pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
     pub cert_der: rustls::pki_types::CertificateDer<'static>,
     pub key_der: rustls::pki_types::PrivateKeyDer<'static>,
 }
 
 impl TestCa {
     pub fn new(name: &str) -> TestCa {
+        TestCa::with_names(&[name])
+    }
+
+    /// A CA and a server certificate for all of `names` (wildcards allowed).
+    pub fn with_names(names: &[&str]) -> TestCa {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -502,12 +509,15 @@ impl TestCa {
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let cert =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
         TestCa {
             ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             cert_der: cert.der().clone(),
             key_der: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         }
