@@ -15,7 +15,7 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 failed=0
 passed=0
-for dir in base/gateway base/redis base/agent overlays/example overlays/example-agent; do
+for dir in base/gateway base/redis base/agent overlays/example overlays/example-agent overlays/cert-manager; do
   name="${dir//\//-}"
   if ! kubectl kustomize "$dir" > "$out/$name.yaml"; then
     echo "k8s: FAIL: kubectl kustomize $dir" >&2
