@@ -90,6 +90,15 @@ pub struct Config {
     #[arg(long = "tls-key", env = "TG_TLS_KEYS", value_delimiter = ',')]
     pub tls_keys: Vec<std::path::PathBuf>,
 
+    /// Answer plain-HTTP requests for tenants' names with a 308 to HTTPS (ACME HTTP-01
+    /// challenge paths and the gateway's own names are not redirected).
+    #[arg(long, env = "TG_REDIRECT_HTTP")]
+    pub redirect_http: bool,
+
+    /// The port clients reach HTTPS on, for `--redirect-http` (443 behind a load balancer).
+    #[arg(long, env = "TG_HTTPS_PORT", default_value_t = 443)]
+    pub https_port: u16,
+
     /// Address of the internal listener: `/metrics`, `/readyz`, `/healthz`. Never tenants'.
     #[arg(long, env = "TG_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,

@@ -217,11 +217,13 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
                         tracing::debug!(?peer, error = %e, "TLS handshake failed");
                         actix_http::error::DispatchError::Io(e)
                     })?;
-                    Ok((
-                        proxy::front::FirstHead::new(tls),
-                        actix_http::Protocol::Http1,
-                        peer,
-                    ))
+                    // HTTP/2 when the client chose it by ALPN; its requests are routed and
+                    // streamed like HTTP/1.1 ones (upgrades are HTTP/1.1 only).
+                    let protocol = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => actix_http::Protocol::Http2,
+                        _ => actix_http::Protocol::Http1,
+                    };
+                    Ok((proxy::front::FirstHead::new(tls), protocol, peer))
                 }
             })
             .and_then(http)

@@ -126,7 +126,8 @@ impl CertStore {
         }
     }
 
-    /// The server configuration (HTTP/1.1 by ALPN) that picks certificates from this store.
+    /// The server configuration (HTTP/2 or HTTP/1.1 by ALPN) that picks certificates from
+    /// this store.
     pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -134,7 +135,7 @@ impl CertStore {
             .map_err(|e| format!("TLS: {e}"))?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)
     }
 }

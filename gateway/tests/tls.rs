@@ -87,6 +87,41 @@ async fn https_with_sni_certificates_reloaded_without_restart() {
     assert_eq!(code, "200", "{body}");
     assert!(body.contains("x-forwarded-proto: https"), "{body}");
 
+    // HTTP/2 by ALPN, routed and streamed like HTTP/1.1 (a body both ways).
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "20", "--cacert"])
+        .arg(&ca_file)
+        .args([
+            "--data-binary",
+            "sent over h2",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .arg(format!("https://app.demo.localhost:{}/echo", https.port()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "sent over h2\n2 200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "20", "--cacert"])
+        .arg(&ca_file)
+        .arg(format!(
+            "https://app.demo.localhost:{}/headers",
+            https.port()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("host: app.demo.localhost:{}", https.port())),
+        "the upstream did not get the public Host over h2: {text}"
+    );
+
     // SNI for one cluster, Host for another: refused.
     let (code, body) = curl(
         &ca_file,
@@ -184,6 +219,42 @@ async fn agents_over_wss_with_a_private_ca_and_the_wrong_one_refused() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_redirects_to_https_but_not_acme_or_the_gateways_names() {
+    let gw = Gateway::start(&["--redirect-http", "--https-port", "8443"]);
+    let c = common::client();
+    let no_follow = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_follow
+        .get(format!("http://{}/a/b?c=1", gw.addr))
+        .header("host", "app.demo.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        "https://app.demo.localhost:8443/a/b?c=1"
+    );
+    let r = no_follow
+        .get(format!("http://{}/.well-known/acme-challenge/tok", gw.addr))
+        .header("host", "app.demo.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 308, "ACME HTTP-01 paths stay on plain HTTP");
+    // The gateway's own names are not redirected (agents on loopback dial ws://).
+    let r = c
+        .get(format!("http://{}/healthz", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[test]

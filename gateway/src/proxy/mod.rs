@@ -55,6 +55,12 @@ pub async fn dispatch(
             _ => fail(&state, &req, "", ProxyError::NoRoute(host)),
         };
     }
+    if state.config.redirect_http
+        && req.conn_data::<crate::tls::Tls>().is_none()
+        && !req.uri().path().starts_with("/.well-known/acme-challenge/")
+    {
+        return redirect_to_https(&req, &host, state.config.https_port);
+    }
     let target = match request_target(&req) {
         Ok(t) => t,
         Err(e) => return fail(&state, &req, "", e),
@@ -80,6 +86,18 @@ pub async fn dispatch(
         Ok(resp) => resp,
         Err(e) => fail(&state, &req, &route.cluster, e),
     }
+}
+
+/// 308 to the same host, path and query over HTTPS (`--redirect-http`).
+fn redirect_to_https(req: &HttpRequest, host: &str, port: u16) -> HttpResponse {
+    let authority = match port {
+        443 => host.to_string(),
+        p => format!("{host}:{p}"),
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    HttpResponse::PermanentRedirect()
+        .insert_header(("location", format!("https://{authority}{pq}")))
+        .finish()
 }
 
 /// The cluster a host without a route belongs to by name, when that cluster has no live
@@ -165,12 +183,19 @@ async fn proxy(
         Some(_) => "https",
         None => "http",
     };
-    let headers = upstream_request_headers(
+    let mut headers = upstream_request_headers(
         req.headers(),
         req.peer_addr().map(|a| a.ip()),
         upgrade.as_deref(),
         proto,
     )?;
+    // HTTP/2 carries the host in :authority: the upstream gets it as Host all the same.
+    if !headers.iter().any(|(n, _)| n == "host")
+        && let Some(a) = req.uri().authority()
+    {
+        headers.push(("host".into(), a.as_str().to_string()));
+        headers.push(("x-forwarded-host".into(), a.as_str().to_string()));
+    }
     // An upgrade's "body" is the connection's bytes after the 101 (actix reads an upgrade
     // request's payload raw, until the client closes).
     let with_body = has_body(req.headers()) || upgrade.is_some();
