@@ -133,6 +133,20 @@ pub struct Config {
     #[arg(long, env = "TG_PEER_SECRET", hide_env_values = true, value_parser = |s: &str| Ok::<_, String>(Secret::new(s)))]
     pub peer_secret: Option<Secret>,
 
+    /// PEM certificate chain this node presents on peer links (server and client side);
+    /// with `--peer-key` and `--peer-ca`, peer links run over mutual TLS.
+    #[arg(long, env = "TG_PEER_CERT")]
+    pub peer_cert: Option<std::path::PathBuf>,
+
+    /// The private key of `--peer-cert`.
+    #[arg(long, env = "TG_PEER_KEY")]
+    pub peer_key: Option<std::path::PathBuf>,
+
+    /// The CA (PEM) every node's peer certificate is signed by; only it is trusted on peer
+    /// links, both ways.
+    #[arg(long, env = "TG_PEER_CA")]
+    pub peer_ca: Option<std::path::PathBuf>,
+
     /// Time to wait for the upstream's response head before answering 504.
     #[arg(long, env = "TG_RESPONSE_TIMEOUT", default_value = DEFAULT_RESPONSE_TIMEOUT, value_parser = parse_duration)]
     pub response_timeout: Duration,
@@ -206,6 +220,13 @@ impl Config {
             return Err(
                 "--max-tunnels-per-cluster and --max-routes-per-cluster must be at least 1".into(),
             );
+        }
+        let peer_tls = [&self.peer_cert, &self.peer_key, &self.peer_ca]
+            .iter()
+            .filter(|o| o.is_some())
+            .count();
+        if peer_tls != 0 && peer_tls != 3 {
+            return Err("peer TLS needs all of --peer-cert, --peer-key and --peer-ca".into());
         }
         if self.tls_certs.len() != self.tls_keys.len() {
             return Err(format!(

@@ -45,6 +45,8 @@ pub struct AppState {
     pub auth_guard: guard::AuthGuard,
     /// Per-cluster budgets for what agents send.
     pub limits: tunnel::limits::ClusterLimits,
+    /// Mutual TLS for peer links, when configured.
+    pub peer_tls: Option<tls::PeerTls>,
 }
 
 impl AppState {
@@ -77,7 +79,12 @@ impl AppState {
             config.public_hosts.clone(),
         );
         let limits = tunnel::limits::ClusterLimits::new(config.cluster_connect_rate.max(1));
+        let peer_tls = match (&config.peer_cert, &config.peer_key, &config.peer_ca) {
+            (Some(c), Some(k), Some(ca)) => Some(tls::PeerTls::load(c, k, ca)?),
+            _ => None,
+        };
         Ok(AppState {
+            peer_tls,
             limits,
             config,
             registry,
@@ -118,17 +125,62 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
     if let Some(listener) = peer_listener {
         let addr = listener.local_addr()?;
         let st = state.clone();
-        let peer = HttpServer::new(move || {
-            App::new()
+        let peer_app = move || {
+            use actix_service::ServiceFactoryExt as _;
+            let app = App::new()
                 .app_data(st.clone())
-                .route("/v1/peer", web::get().to(cluster::peer_server::accept))
-        })
-        .on_connect(set_nodelay)
-        .workers(1)
-        .disable_signals()
-        .listen(listener)?
+                .route("/v1/peer", web::get().to(cluster::peer_server::accept));
+            actix_service::map_config(
+                actix_service::IntoServiceFactory::into_factory(app).map_err(
+                    |e: actix_web::Error| {
+                        actix_web::ResponseError::error_response(e.as_response_error())
+                    },
+                ),
+                |_| actix_web::dev::AppConfig::default(),
+            )
+        };
+        let builder = actix_server::Server::build().workers(1).disable_signals();
+        let peer = match &state.peer_tls {
+            // Mutual TLS: only nodes with a certificate of the peer CA get a link (and they
+            // still present the peer secret).
+            Some(t) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(t.server.clone());
+                builder.listen("peer", listener, move || {
+                    use actix_service::ServiceFactoryExt as _;
+                    let acceptor = acceptor.clone();
+                    let http = actix_http::HttpService::build().finish(peer_app());
+                    actix_service::fn_service(move |io: actix_web::rt::net::TcpStream| {
+                        let acceptor = acceptor.clone();
+                        async move {
+                            let _ = io.set_nodelay(true);
+                            let peer = io.peer_addr().ok();
+                            let tls = acceptor.accept(io).await.map_err(|e| {
+                                tracing::warn!(?peer, error = %e, "peer TLS handshake refused");
+                                actix_http::error::DispatchError::Io(e)
+                            })?;
+                            Ok((tls, actix_http::Protocol::Http1, peer))
+                        }
+                    })
+                    .and_then(http)
+                })?
+            }
+            None => builder.listen("peer", listener, move || {
+                use actix_service::ServiceFactoryExt as _;
+                let http = actix_http::HttpService::build().finish(peer_app());
+                actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {
+                    let _ = io.set_nodelay(true);
+                    let peer = io.peer_addr().ok();
+                    Ok::<_, actix_http::error::DispatchError>((
+                        io,
+                        actix_http::Protocol::Http1,
+                        peer,
+                    ))
+                })
+                .and_then(http)
+            })?,
+        }
         .run();
-        tracing::info!(addr = %addr, advertised = ?state.config.peer_advertise, "peer endpoint listening");
+        tracing::info!(addr = %addr, advertised = ?state.config.peer_advertise, tls = state.peer_tls.is_some(), "peer endpoint listening");
         actix_rt::spawn(peer);
     }
     let admin_listener = TcpListener::bind(state.config.admin_listen)?;
@@ -247,12 +299,4 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
         })?
         .run();
     Ok(server)
-}
-
-/// Tunnels carry many small frames each way; Nagle's algorithm would hold each one back for
-/// the peer's delayed ACK (tens of milliseconds per request).
-fn set_nodelay(conn: &dyn std::any::Any, _ext: &mut actix_web::dev::Extensions) {
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        let _ = tcp.set_nodelay(true);
-    }
 }

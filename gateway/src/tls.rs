@@ -156,3 +156,52 @@ impl ResolvesServerCert for CertStore {
         loaded.first().map(|l| l.key.clone())
     }
 }
+
+/// Mutual TLS on peer links: each node presents its `--peer-cert` and trusts only `--peer-ca`.
+pub struct PeerTls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl PeerTls {
+    pub fn load(cert: &PathBuf, key: &PathBuf, ca: &PathBuf) -> Result<PeerTls, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| format!("--peer-cert {}: {e}", cert.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--peer-cert {}: {e}", cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| format!("--peer-key {}: {e}", key.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("--peer-ca {}: {e}", ca.display()))?
+        {
+            roots
+                .add(c.map_err(|e| format!("--peer-ca {}: {e}", ca.display()))?)
+                .map_err(|e| format!("--peer-ca {}: {e}", ca.display()))?;
+        }
+        let roots = Arc::new(roots);
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("--peer-ca: {e}"))?;
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| format!("--peer-cert: {e}"))?;
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("--peer-cert: {e}"))?;
+        Ok(PeerTls {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
+    }
+}

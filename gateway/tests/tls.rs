@@ -290,3 +290,52 @@ fn plaintext_to_a_remote_gateway_is_refused_by_default() {
     assert!(parse(&["--gateway", "ws://127.0.0.1:8080"]).is_ok());
     assert!(parse(&["--gateway", "wss://gw.example.io"]).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_links_over_mutual_tls() {
+    let dir = Dir::new();
+    let ca = TestCa::with_names(&["127.0.0.1"]);
+    let (cert, key, ca_file) = (
+        dir.write("peer.crt", &ca.cert_pem),
+        dir.write("peer.key", &ca.key_pem),
+        dir.write("peer-ca.pem", &ca.ca_pem),
+    );
+    let redis = common::Redis::start();
+    let tls = [
+        "--peer-cert",
+        cert.to_str().unwrap(),
+        "--peer-key",
+        key.to_str().unwrap(),
+        "--peer-ca",
+        ca_file.to_str().unwrap(),
+    ];
+    let n1 = Gateway::node(&redis, &tls);
+    let n2 = Gateway::node(&redis, &tls);
+    let up = Upstream::start().await;
+    let a = Agent::spawn_to(
+        &[&n1],
+        DEMO,
+        &[("app.demo.localhost", up.url())],
+        &["--connections", "1"],
+    );
+    a.connected().await;
+    // Through n2, forwarded to n1 over the TLS peer link.
+    let r = common::client()
+        .get(n2.url("app.demo.localhost", "/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello");
+    n2.wait_metric(r#"gateway_forwarded_requests_total{reason="forwarded"}"#)
+        .await;
+    // A stranger with the peer secret but no certificate gets no link (plain or TLS).
+    let peer = n1.peer_addr().await;
+    let plain = tokio::time::timeout(
+        HANG,
+        tokio_tungstenite::connect_async(format!("ws://{peer}/v1/peer")),
+    )
+    .await
+    .unwrap();
+    assert!(plain.is_err(), "a plaintext peer link was accepted");
+}

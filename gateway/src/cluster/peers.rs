@@ -71,7 +71,12 @@ impl PeerPool {
             .ok_or("no --peer-secret configured")?
             .expose()
             .to_string();
-        let url = format!("ws://{}/v1/peer", owner.peer_addr);
+        let scheme = if state.peer_tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        let url = format!("{scheme}://{}/v1/peer", owner.peer_addr);
         let mut req = url
             .as_str()
             .into_client_request()
@@ -90,7 +95,11 @@ impl PeerPool {
         let cfg = WebSocketConfig::default()
             .max_message_size(Some(MAX_WS_MESSAGE + 16))
             .max_frame_size(Some(MAX_WS_MESSAGE + 16));
-        let connect = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+        let tls = state
+            .peer_tls
+            .as_ref()
+            .map(|t| tokio_tungstenite::Connector::Rustls(t.client.clone()));
+        let connect = tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, tls);
         let (ws, _) = tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| {
