@@ -658,3 +658,30 @@ async fn stalled_bodies_are_cut_both_ways() {
     );
     gw.wait_metric("gateway_streams 0").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flat_names_belong_to_the_cluster_after_the_double_dash() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&[]);
+    let _a = Agent::start(&gw, DEMO, &[("shop--demo.localhost", up.url())]).await;
+    let r = client()
+        .get(gw.url("shop--demo.localhost", "/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Another tenant cannot claim a flat name of demo's.
+    let mut evil = FakeAgent::connect(&gw, Some(OTHER.1), None).await.unwrap();
+    let ack = evil
+        .register_routes(
+            "other",
+            &[
+                ("cart--demo.localhost", "/"),
+                ("cart--other.localhost", "/"),
+            ],
+        )
+        .await;
+    let rejected = ack["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{ack}");
+    assert_eq!(rejected[0]["host"], "cart--demo.localhost");
+}

@@ -224,14 +224,16 @@ pub fn response_connection_tokens(headers: &HeaderList) -> Vec<String> {
         .collect()
 }
 
-/// A `Set-Cookie` value with any `Domain` attribute outside `own` (the publishing cluster's
-/// names: `own` and every name under it) removed, so the cookie stays with the host that set
-/// it. A tenant cannot set cookies for the gateway's shared parent domain or another tenant.
-pub fn scope_set_cookie<'a>(value: &'a str, own: &str) -> std::borrow::Cow<'a, str> {
+/// A `Set-Cookie` value with any `Domain` attribute that `is_own` refuses (a name that is not
+/// the publishing cluster's) removed, so the cookie stays with the host that set it. A tenant
+/// cannot set cookies for the gateway's shared parent domain or another tenant.
+pub fn scope_set_cookie<'a>(
+    value: &'a str,
+    is_own: impl Fn(&str) -> bool,
+) -> std::borrow::Cow<'a, str> {
     let within = |d: &str| {
         let d = d.trim().trim_start_matches('.').trim_end_matches('.');
-        let d = d.to_ascii_lowercase();
-        d == own || d.ends_with(&format!(".{own}"))
+        is_own(&d.to_ascii_lowercase())
     };
     let mut parts = value.split(';');
     let first = parts.next().unwrap_or("");
@@ -337,7 +339,7 @@ mod tests {
 
     #[test]
     fn cookies_stay_within_the_cluster() {
-        let own = "demo.localhost";
+        let own = |d: &str| d == "demo.localhost" || d.ends_with(".demo.localhost");
         assert_eq!(
             scope_set_cookie("a=1; Domain=localhost; Path=/", own),
             "a=1; Path=/"

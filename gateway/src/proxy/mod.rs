@@ -380,9 +380,9 @@ impl Target<'_> {
         })
     }
 
-    /// The names the publishing cluster owns (cookies may be scoped to them).
-    fn own_names(&self) -> String {
-        format!("{}.{}", self.cluster, self.state.config.domain)
+    /// Whether a name is the publishing cluster's (cookies may be scoped to it).
+    fn own_names(&self) -> impl Fn(&str) -> bool + '_ {
+        move |d: &str| self.state.registry.cluster_of(d) == Some(self.cluster)
     }
 }
 
@@ -393,7 +393,7 @@ impl Target<'_> {
 fn upgraded_response(
     headers: &tunnelgate_proto::control::HeaderList,
     asked: &str,
-    own: &str,
+    own: &dyn Fn(&str) -> bool,
     body: tunnelgate_mux::PipeReader,
 ) -> Result<HttpResponse, ProxyError> {
     let chosen = headers
@@ -419,7 +419,7 @@ struct ResponseHead {
 fn response_head(
     status: StatusCode,
     headers: &tunnelgate_proto::control::HeaderList,
-    own: &str,
+    own: &dyn Fn(&str) -> bool,
 ) -> Result<ResponseHead, ProxyError> {
     use actix_web::http::header::{HeaderName, HeaderValue};
     let listed = response_connection_tokens(headers);

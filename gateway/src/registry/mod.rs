@@ -100,12 +100,14 @@ pub fn check_cluster_id(id: &str) -> Result<(), String> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !id.starts_with('-')
-        && !id.ends_with('-');
+        && !id.ends_with('-')
+        && !id.contains("--");
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "cluster id {id:?} must be one DNS label: a-z, 0-9 and '-', at most 63 characters"
+            "cluster id {id:?} must be one DNS label: a-z, 0-9 and '-' (never two in a row: \
+             `--` separates a name from its cluster in flat names), at most 63 characters"
         ))
     }
 }
@@ -311,8 +313,17 @@ impl Registry {
     }
 
     /// The cluster whose names include `host`: the label just before the domain.
+    /// Two naming schemes, both under the gateway's domain: nested, `{name}.{cluster}.{domain}`
+    /// (the label before the domain; a wildcard certificate per cluster), and flat,
+    /// `{name}--{cluster}.{domain}` (one label, so one `*.{domain}` certificate covers every
+    /// tenant; cluster ids never contain `--`, which keeps it unambiguous).
     fn owner_label<'a>(&self, host: &'a str) -> Option<&'a str> {
         let rest = host.strip_suffix(self.domain.as_str())?.strip_suffix('.')?;
+        if !rest.contains('.')
+            && let Some((name, cluster)) = rest.rsplit_once("--")
+        {
+            return Some(cluster).filter(|c| !c.is_empty() && !name.is_empty());
+        }
         Some(rest.rsplit('.').next().unwrap_or(rest)).filter(|c| !c.is_empty())
     }
 
@@ -328,11 +339,16 @@ impl Registry {
             return Err(format!("{host} is a name of the gateway itself"));
         }
         let own = format!("{cluster}.{}", self.domain);
-        if name == own || name.ends_with(&format!(".{own}")) {
+        let flat = host.strip_suffix(&format!("--{cluster}.{}", self.domain));
+        if name == own
+            || name.ends_with(&format!(".{own}"))
+            || flat.is_some_and(|n| !n.is_empty() && !n.contains('.') && !n.starts_with('*'))
+        {
             Ok(())
         } else {
             Err(format!(
-                "cluster {cluster:?} may only publish {own} and names under it"
+                "cluster {cluster:?} may only publish {own}, names under it, and NAME--{cluster}.{}",
+                self.domain
             ))
         }
     }
@@ -770,6 +786,14 @@ mod tests {
         assert!(r.check_claim("demo", "*.demo.gw.test").is_err());
         assert!(r.check_claim("demo", "app.demo.gw.test").is_ok());
         assert_eq!(r.owner_label("a.b.demo.gw.test"), Some("demo"));
+        // The flat scheme: one label, `--` before the cluster.
+        assert!(r.check_claim("demo", "app--demo.gw.test").is_ok());
+        assert!(r.check_claim("demo", "app--other.gw.test").is_err());
+        assert!(r.check_claim("demo", "--demo.gw.test").is_err());
+        assert!(r.check_claim("demo", "x.app--demo.gw.test").is_err());
+        assert_eq!(r.owner_label("app--demo.gw.test"), Some("demo"));
+        assert_eq!(r.owner_label("a--b--demo.gw.test"), Some("demo"));
+        assert!(check_cluster_id("a--b").is_err());
         assert_eq!(r.owner_label("demo.gw.test"), Some("demo"));
         assert_eq!(r.owner_label("gw.test"), None);
         assert_eq!(r.owner_label("evil.com"), None);
