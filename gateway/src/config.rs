@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "TG_ADMIN_LISTEN", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
 
+    /// A token for the admin API on `--admin-listen` (at least 32 characters); repeat (or
+    /// comma-separate) for rotation. Without one the admin API answers 401.
+    #[arg(long = "admin-token", env = "TG_ADMIN_TOKEN", value_delimiter = ',', hide_env_values = true, value_parser = |s: &str| Ok::<_, String>(Secret::new(s)))]
+    pub admin_tokens: Vec<Secret>,
+
     /// A name of the gateway itself (what agents dial, e.g. `gw.example.io`); repeat for more.
     /// These names (and IP literals) serve `/v1/tunnel` and never a tenant's route; no cluster
     /// may claim them.
@@ -220,6 +225,15 @@ impl Config {
             return Err(
                 "--max-tunnels-per-cluster and --max-routes-per-cluster must be at least 1".into(),
             );
+        }
+        if self
+            .admin_tokens
+            .iter()
+            .any(|t| t.expose().len() < MIN_TOKEN_LEN)
+        {
+            return Err(format!(
+                "--admin-token must have at least {MIN_TOKEN_LEN} characters (generate one with `openssl rand -hex 32`)"
+            ));
         }
         let peer_tls = [&self.peer_cert, &self.peer_key, &self.peer_ca]
             .iter()

@@ -9,11 +9,13 @@
 //! - [`proxy`]: the public HTTP handler: checks, routing, header rewriting, streaming.
 //! - [`error`]: proxy-path errors and the one place they become responses.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the internal listener.
+//! - [`admin_api`]: the admin API (`/admin/v1/…`): tenants and tokens at run time.
 //! - [`guard`]: throttling of failed authentications per source address.
 //! - [`telemetry`]: metric names and log set-up.
 //! - [`tls`]: HTTPS at the edge: certificates by SNI, reloaded when their files change.
 
 pub mod admin;
+pub mod admin_api;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -183,6 +185,7 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
         tracing::info!(addr = %addr, advertised = ?state.config.peer_advertise, tls = state.peer_tls.is_some(), "peer endpoint listening");
         actix_rt::spawn(peer);
     }
+    actix_rt::spawn(admin_api::reconcile(state.clone().into_inner()));
     let admin_listener = TcpListener::bind(state.config.admin_listen)?;
     let admin_addr = admin_listener.local_addr()?;
     let st = state.clone();
@@ -192,6 +195,7 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
             .route("/healthz", web::get().to(admin::healthz))
             .route("/readyz", web::get().to(admin::readyz_handler))
             .route("/metrics", web::get().to(admin::metrics_handler))
+            .configure(admin_api::routes)
     })
     .workers(1)
     .disable_signals()

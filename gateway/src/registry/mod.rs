@@ -12,6 +12,7 @@ pub mod keys;
 mod memory;
 pub mod redis;
 pub mod table;
+pub mod tenants;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -77,12 +78,7 @@ pub struct NodeRecord {
     pub started_at: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ClusterRecord {
-    name: String,
-    token_hash: String,
-    created_at: u64,
-}
+pub use tenants::{ClusterRecord, TenantError, TokenRecord};
 
 /// Cache invalidation notices on the events channel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,8 +150,12 @@ pub struct Registry {
     domain: String,
     node_id: String,
     store: Store,
-    /// Token hash → cluster id, for authentication without a round trip.
-    tokens: RwLock<HashMap<[u8; 32], String>>,
+    /// Token hash → (cluster id, token id), for authentication without a round trip.
+    tokens: RwLock<HashMap<[u8; 32], (String, String)>>,
+    /// (cluster, token id) of every valid token.
+    valid: RwLock<std::collections::HashSet<(String, String)>>,
+    /// Every cluster record (the admin API's; with Redis, as last loaded).
+    records: RwLock<std::collections::BTreeMap<String, ClusterRecord>>,
     configured: Vec<ClusterArg>,
     quotas: Quotas,
     /// The gateway's own names (`--public-host`): never a tenant's.
@@ -205,15 +205,24 @@ impl Registry {
     }
 
     fn with_store(domain: &str, node_id: &str, clusters: &[ClusterArg], store: Store) -> Registry {
-        let tokens = clusters
+        let records: std::collections::BTreeMap<String, ClusterRecord> = clusters
             .iter()
-            .map(|c| (token_hash(c.token.expose()), c.id.clone()))
+            .map(|c| {
+                (
+                    c.id.clone(),
+                    ClusterRecord::bootstrap(&c.id, c.token.expose()),
+                )
+            })
             .collect();
+        let tokens = tenants::token_map(records.values());
+        let valid = tokens.values().cloned().collect();
         Registry {
             domain: domain.to_string(),
             node_id: node_id.to_string(),
             store,
             tokens: RwLock::new(tokens),
+            valid: RwLock::new(valid),
+            records: RwLock::new(records),
             configured: clusters.to_vec(),
             quotas: Quotas {
                 max_routes: DEFAULT_MAX_ROUTES,
@@ -258,8 +267,8 @@ impl Registry {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// The cluster a bearer token belongs to. Answered from memory.
-    pub fn authenticate(&self, token: &str) -> Option<String> {
+    /// The cluster and token id a bearer token belongs to. Answered from memory.
+    pub fn authenticate(&self, token: &str) -> Option<(String, String)> {
         self.tokens
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -267,49 +276,55 @@ impl Registry {
             .cloned()
     }
 
-    fn knows_cluster(&self, cluster: &str) -> bool {
-        self.tokens
+    /// True while token `token_id` of `cluster` is valid (a tunnel that authenticated with a
+    /// revoked token, or of a deleted cluster, is closed).
+    pub fn token_valid(&self, cluster: &str, token_id: &str) -> bool {
+        self.valid
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .any(|c| c == cluster)
+            .contains(&(cluster.to_string(), token_id.to_string()))
     }
 
-    /// Writes the configured clusters to Redis and loads every cluster (and token) from it.
+    fn knows_cluster(&self, cluster: &str) -> bool {
+        self.records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(cluster)
+    }
+
+    /// Writes the configured clusters to Redis (the `--cluster` bootstrap) and loads every
+    /// cluster (and token) from it.
     pub async fn sync_clusters(&self) -> Result<(), RegistryError> {
         let Some(r) = self.redis_store() else {
             return Ok(());
         };
         for c in &self.configured {
-            let rec = ClusterRecord {
-                name: c.id.clone(),
-                token_hash: hex(&token_hash(c.token.expose())),
-                created_at: now_ms(),
-            };
+            let rec = ClusterRecord::bootstrap(&c.id, c.token.expose());
             let json = serde_json::to_string(&rec).unwrap_or_default();
-            self.note(r.put_cluster(&c.id, json).await)?;
+            self.note(r.put_cluster_if_absent(&c.id, json).await)?;
         }
         let all = self.note(r.load_clusters().await)?;
-        let mut tokens: HashMap<[u8; 32], String> = self
-            .configured
-            .iter()
-            .map(|c| (token_hash(c.token.expose()), c.id.clone()))
-            .collect();
+        let mut records = std::collections::BTreeMap::new();
         for (id, json) in all {
-            match serde_json::from_str::<ClusterRecord>(&json)
-                .ok()
-                .and_then(|r| unhex(&r.token_hash))
-            {
-                Some(h) => {
-                    tokens.insert(h, id);
+            match serde_json::from_str::<ClusterRecord>(&json) {
+                Ok(rec) => {
+                    records.insert(id, rec);
                 }
-                None => {
-                    tracing::warn!(cluster = %id, "unreadable cluster record in Redis; ignored")
+                Err(e) => {
+                    tracing::warn!(cluster = %id, error = %e, "unreadable cluster record in Redis; ignored")
                 }
             }
         }
-        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+        self.set_records(records);
         Ok(())
+    }
+
+    /// Replaces the cluster records and the token map built from them.
+    fn set_records(&self, records: std::collections::BTreeMap<String, ClusterRecord>) {
+        let tokens = tenants::token_map(records.values());
+        *self.valid.write().unwrap_or_else(|p| p.into_inner()) = tokens.values().cloned().collect();
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+        *self.records.write().unwrap_or_else(|p| p.into_inner()) = records;
     }
 
     /// The cluster whose names include `host`: the label just before the domain.
@@ -757,9 +772,8 @@ mod tests {
     fn tokens_identify_clusters() {
         let r = reg();
         assert_eq!(
-            r.authenticate("s3cret-s3cret-s3cret-s3cret-s3cret")
-                .as_deref(),
-            Some("demo")
+            r.authenticate("s3cret-s3cret-s3cret-s3cret-s3cret"),
+            Some(("demo".to_string(), tenants::BOOTSTRAP_TOKEN_ID.to_string()))
         );
         assert_eq!(r.authenticate("wrong"), None);
         assert_eq!(unhex(&hex(&token_hash("x"))), Some(token_hash("x")));

@@ -54,6 +54,14 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ttl) e
 return 1
 ";
 
+/// Creates a cluster record and its membership unless the record exists. 1: created.
+const CREATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+";
+
 /// Lease values are `node|epoch|until_ms`: plain strings, so no float rounding in Lua. A claim
 /// is refused (-1) when the cluster already holds `max` live leases besides this connection's.
 const CLAIM: &str = r"
@@ -124,6 +132,7 @@ pub struct RedisStore {
     client: redis::Client,
     count: CallCounter,
     put_routes: Script,
+    create: Script,
     claim: Script,
     refresh: Script,
     release: Script,
@@ -155,6 +164,7 @@ impl RedisStore {
             client,
             count,
             put_routes: Script::new(PUT_ROUTES),
+            create: Script::new(CREATE),
             claim: Script::new(CLAIM),
             refresh: Script::new(REFRESH),
             release: Script::new(RELEASE),
@@ -189,17 +199,68 @@ impl RedisStore {
         .map(|_| ())
     }
 
-    pub async fn put_cluster(&self, id: &str, record: String) -> Result<(), RegistryError> {
-        let (key, id) = (keys::cluster(id), id.to_string());
-        self.run("put_cluster", |mut c| async move {
-            redis::pipe()
-                .atomic()
-                .set(&key, record)
-                .sadd(keys::CLUSTERS, id)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+    /// Writes a cluster record unless one exists; true when written. The record and its set
+    /// membership appear together (a cluster is never visible without its token hashes).
+    pub async fn put_cluster_if_absent(
+        &self,
+        id: &str,
+        record: String,
+    ) -> Result<bool, RegistryError> {
+        let mut inv = self.create.prepare_invoke();
+        inv.key(keys::cluster(id))
+            .key(keys::CLUSTERS)
+            .arg(id)
+            .arg(record);
+        let n: i64 = self
+            .run("put_cluster", |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Replaces an existing cluster record; false when there is none.
+    pub async fn replace_cluster(&self, id: &str, record: String) -> Result<bool, RegistryError> {
+        let key = keys::cluster(id);
+        let done: Option<String> = self
+            .run("replace_cluster", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(record)
+                    .arg("XX")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(done.is_some())
+    }
+
+    /// Deletes a cluster: its record, its membership, its route sets and leases.
+    pub async fn delete_cluster(&self, id: &str) -> Result<bool, RegistryError> {
+        let (rec, routes, tunnel, id) = (
+            keys::cluster(id),
+            keys::cluster_routes(id),
+            keys::tunnel(id),
+            id.to_string(),
+        );
+        let (n, _, _, _): (i64, i64, i64, i64) = self
+            .run("delete_cluster", |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .del(&rec)
+                    .srem(keys::CLUSTERS, id)
+                    .del(&routes)
+                    .del(&tunnel)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Tells every node the cluster records changed.
+    pub async fn publish_raw(&self, event: String) -> Result<(), RegistryError> {
+        self.publish(event).await
     }
 
     /// Every cluster record (id, JSON).

@@ -68,7 +68,7 @@ pub async fn accept(
         }
         return refuse(StatusCode::UNAUTHORIZED, "missing bearer token");
     };
-    let Some(cluster) = state.registry.authenticate(token) else {
+    let Some((cluster, token_id)) = state.registry.authenticate(token) else {
         state.metrics.auth_failure("bad_token");
         tracing::warn!(?peer, "agent refused: unknown token");
         if let Err(wait) = state.auth_guard.failed(ip) {
@@ -134,7 +134,7 @@ pub async fn accept(
     let state = Arc::clone(&state.into_inner());
     TunnelActor::create(move |ctx| {
         ctx.add_stream(stream.map(from_actix));
-        TunnelActor::new(cluster, peer, out, state, Role::Agent)
+        TunnelActor::new(cluster, peer, out, state, Role::Agent).with_token(token_id)
     });
     response
 }

@@ -7,7 +7,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use actix::Recipient;
 
-use super::tunnel_actor::OpenStream;
+use super::tunnel_actor::{OpenStream, Revoked};
 
 /// A handle to one live tunnel.
 #[derive(Clone)]
@@ -15,7 +15,11 @@ pub struct TunnelRef {
     pub id: u64,
     /// The agent connection id (the registry's key for this tunnel's routes and lease).
     pub conn: String,
+    /// The id of the token its agent authenticated with.
+    pub token_id: String,
     pub open: Recipient<OpenStream>,
+    /// Closes the tunnel (its token was revoked, or its cluster deleted).
+    pub revoke: Recipient<Revoked>,
 }
 
 #[derive(Default)]
@@ -66,6 +70,21 @@ impl Hub {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
         list.iter().filter(ok).nth(i).cloned()
+    }
+
+    /// Closes every tunnel whose token `valid` no longer accepts; returns how many.
+    pub fn revoke_where(&self, invalid: impl Fn(&str, &str) -> bool) -> usize {
+        let g = self.read();
+        let mut n = 0;
+        for (cluster, list) in g.iter() {
+            for t in list.iter().filter(|t| invalid(cluster, &t.token_id)) {
+                t.revoke.do_send(Revoked {
+                    reason: format!("the token of this tunnel (cluster {cluster:?}) was revoked or its cluster deleted"),
+                });
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn count(&self, cluster: &str) -> usize {

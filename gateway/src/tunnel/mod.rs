@@ -36,5 +36,5 @@ pub use stream_actor::{
     start_stream,
 };
 pub use tunnel_actor::{
-    OpenError, OpenStream, Opened, Role, StreamGone, StreamShared, TunnelActor, WsIn,
+    OpenError, OpenStream, Opened, Revoked, Role, StreamGone, StreamShared, TunnelActor, WsIn,
 };

@@ -32,6 +32,14 @@ use crate::registry::{Claim, ConnRoutes, LeaseState};
 #[rtype(result = "Result<Opened, OpenError>")]
 pub struct OpenStream {}
 
+/// The token this tunnel authenticated with was revoked, or its cluster deleted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Revoked {
+    /// Why, for the agent and the log.
+    pub reason: String,
+}
+
 /// A stream's side of the dance is over; `reset` says whether the agent must be told to stop.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -161,6 +169,8 @@ pub struct TunnelActor {
     role: Role,
     /// The agent is stopping: no new streams; the ones in flight finish.
     draining: bool,
+    /// The id of the token the agent authenticated with.
+    token_id: String,
 }
 
 impl TunnelActor {
@@ -196,7 +206,14 @@ impl TunnelActor {
             registered: role != Role::Agent,
             role,
             draining: false,
+            token_id: String::new(),
         }
+    }
+
+    /// Notes which of its cluster's tokens the agent authenticated with.
+    pub fn with_token(mut self, token_id: String) -> Self {
+        self.token_id = token_id;
+        self
     }
 
     /// This tunnel's id on this node.
@@ -671,7 +688,9 @@ impl TunnelActor {
             TunnelRef {
                 id: self.id,
                 conn: self.conn_id.clone(),
+                token_id: self.token_id.clone(),
                 open: ctx.address().recipient(),
+                revoke: ctx.address().recipient(),
             },
         );
         self.state.metrics.tunnels.inc();
@@ -827,6 +846,14 @@ impl Handler<OpenStream> for TunnelActor {
             outbox: self.out.clone(),
             gone: ctx.address().recipient(),
         })
+    }
+}
+
+impl Handler<Revoked> for TunnelActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Revoked, ctx: &mut Context<Self>) {
+        self.close(ctx, 1008, msg.reason, "revoked");
     }
 }
 

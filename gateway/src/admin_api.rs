@@ -1,0 +1,304 @@
+//! The admin API (`/admin/v1/…`) on the internal listener: tenants at run time. Every call
+//! needs `Authorization: Bearer` one of the `--admin-token`s (several, for rotation); failures
+//! are counted and throttled per source like agent tokens. JSON in and out; unknown fields are
+//! refused; errors are `{"error":{"code","message"}}` with the right 4xx. Changes apply on
+//! every node without restart: an event tells the others at once, and each node reloads the
+//! records every few seconds in case it missed one; tunnels whose token was revoked, or whose
+//! cluster was deleted, are closed on every node.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::registry::{ClusterRecord, TenantError};
+
+/// The OpenAPI 3 document of this API (served at `GET /admin/v1/openapi.json`).
+pub const OPENAPI: &str = include_str!("admin_openapi.json");
+
+fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({
+        "error": {"code": code, "message": message.to_string()}
+    }))
+}
+
+fn tenant_error(e: TenantError) -> HttpResponse {
+    match &e {
+        TenantError::Invalid(_) => error(StatusCode::BAD_REQUEST, "invalid", e),
+        TenantError::Exists(_) => error(StatusCode::CONFLICT, "exists", e),
+        TenantError::NoCluster(_) | TenantError::NoToken(..) => {
+            error(StatusCode::NOT_FOUND, "not_found", e)
+        }
+        TenantError::Registry(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", e)
+        }
+    }
+}
+
+/// Checks the caller's admin token; the refusal to send otherwise.
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), Box<HttpResponse>> {
+    let ip = req.peer_addr().map(|p| p.ip());
+    if let Err(wait) = state.auth_guard.check(ip) {
+        state.metrics.auth_failure("admin_throttled");
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "too many failed authentications from this address; retry later",
+        );
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut()
+                .insert(actix_web::http::header::RETRY_AFTER, v);
+        }
+        return Err(Box::new(r));
+    }
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = !presented.is_empty()
+        && state
+            .config
+            .admin_tokens
+            .iter()
+            .any(|t| crate::cluster::same_secret(presented, t.expose()));
+    if ok {
+        return Ok(());
+    }
+    state.metrics.auth_failure("bad_admin_token");
+    let _ = state.auth_guard.failed(ip);
+    Err(Box::new(error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        if state.config.admin_tokens.is_empty() {
+            "no --admin-token is configured: the admin API is off"
+        } else {
+            "missing or wrong admin token (Authorization: Bearer …)"
+        },
+    )))
+}
+
+/// A cluster as the API shows it: its record (no secrets) and its live state on this node.
+#[derive(Serialize)]
+struct ClusterView {
+    id: String,
+    uuid: String,
+    created_at: u64,
+    token_ids: Vec<String>,
+    /// Live tunnels on this node.
+    tunnels_here: usize,
+    /// True when some node holds a live tunnel of the cluster.
+    online: bool,
+    routes: usize,
+}
+
+async fn view(state: &AppState, rec: &ClusterRecord) -> ClusterView {
+    let here = state.hub.count(&rec.name);
+    let remote = if state.registry.is_shared() {
+        state
+            .registry
+            .remote_owners(&rec.name)
+            .await
+            .map_or(0, |o| o.len())
+    } else {
+        0
+    };
+    ClusterView {
+        id: rec.name.clone(),
+        uuid: rec.uuid.clone(),
+        created_at: rec.created_at,
+        token_ids: rec.token_ids(),
+        tunnels_here: here,
+        online: here + remote > 0,
+        routes: state.registry.route_count(&rec.name),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCluster {
+    id: String,
+}
+
+/// Closes local tunnels whose token is no longer valid.
+fn enforce(state: &AppState) {
+    let n = state
+        .hub
+        .revoke_where(|c, t| !state.registry.token_valid(c, t));
+    if n > 0 {
+        tracing::info!(
+            tunnels = n,
+            "closed tunnels of revoked tokens or deleted clusters"
+        );
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<HttpResponse>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("request body: {e}"),
+        ))
+    })
+}
+
+async fn create_cluster(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return *r;
+    }
+    let n: NewCluster = match parse(&body) {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    match state.registry.create_cluster(&n.id).await {
+        Ok((rec, token_id, token)) => {
+            tracing::info!(cluster = %rec.name, %token_id, "cluster created");
+            HttpResponse::Created().json(serde_json::json!({
+                "id": rec.name, "uuid": rec.uuid, "token_id": token_id, "token": token,
+            }))
+        }
+        Err(e) => tenant_error(e),
+    }
+}
+
+async fn list_clusters(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return *r;
+    }
+    let mut items = Vec::new();
+    for rec in state.registry.clusters() {
+        items.push(view(&state, &rec).await);
+    }
+    HttpResponse::Ok().json(serde_json::json!({ "items": items }))
+}
+
+async fn get_cluster(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return *r;
+    }
+    match state.registry.cluster(&path) {
+        Some(rec) => HttpResponse::Ok().json(view(&state, &rec).await),
+        None => tenant_error(TenantError::NoCluster(path.into_inner())),
+    }
+}
+
+async fn delete_cluster(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return *r;
+    }
+    match state.registry.delete_cluster(&path).await {
+        Ok(()) => {
+            tracing::info!(cluster = %path, "cluster deleted");
+            enforce(&state);
+            HttpResponse::NoContent().finish()
+        }
+        Err(e) => tenant_error(e),
+    }
+}
+
+async fn add_token(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return *r;
+    }
+    if !body.is_empty() {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Empty {}
+        if let Err(r) = parse::<Empty>(&body) {
+            return *r;
+        }
+    }
+    match state.registry.add_token(&path).await {
+        Ok((token_id, token)) => {
+            tracing::info!(cluster = %path, %token_id, "token issued");
+            HttpResponse::Created().json(serde_json::json!({"token_id": token_id, "token": token}))
+        }
+        Err(e) => tenant_error(e),
+    }
+}
+
+async fn revoke_token(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return *r;
+    }
+    let (cluster, token_id) = path.into_inner();
+    match state.registry.revoke_token(&cluster, &token_id).await {
+        Ok(()) => {
+            tracing::info!(%cluster, %token_id, "token revoked");
+            enforce(&state);
+            HttpResponse::NoContent().finish()
+        }
+        Err(e) => tenant_error(e),
+    }
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+/// The admin API's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/admin/v1/openapi.json", web::get().to(openapi))
+        .route("/admin/v1/clusters", web::post().to(create_cluster))
+        .route("/admin/v1/clusters", web::get().to(list_clusters))
+        .route("/admin/v1/clusters/{id}", web::get().to(get_cluster))
+        .route("/admin/v1/clusters/{id}", web::delete().to(delete_cluster))
+        .route("/admin/v1/clusters/{id}/tokens", web::post().to(add_token))
+        .route(
+            "/admin/v1/clusters/{id}/tokens/{token_id}",
+            web::delete().to(revoke_token),
+        );
+}
+
+/// Keeps this node's view of the tenants current: reloads the records every few seconds with
+/// Redis (a missed event heals) and closes tunnels whose token is no longer valid.
+pub async fn reconcile(state: std::sync::Arc<AppState>) {
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    let mut n: u32 = 0;
+    loop {
+        tick.tick().await;
+        n = n.wrapping_add(1);
+        if state.registry.is_shared() && n.is_multiple_of(RELOAD_EVERY_TICKS) {
+            let _ = state.registry.sync_clusters().await;
+        }
+        let closed = state
+            .hub
+            .revoke_where(|c, t| !state.registry.token_valid(c, t));
+        if closed > 0 {
+            tracing::info!(
+                tunnels = closed,
+                "closed tunnels of revoked tokens or deleted clusters"
+            );
+        }
+    }
+}
+
+/// How often local tunnels are checked against the tokens.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Ticks between reloads of the records from Redis.
+const RELOAD_EVERY_TICKS: u32 = 3;

@@ -1,0 +1,349 @@
+//! Tenants at run time: cluster records with their agent tokens (stored only hashed), created,
+//! listed, changed and deleted through the admin API, applied on every node without restart
+//! (an event on the channel, and a periodic reload that heals a missed one).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Event, Registry, RegistryError, hex, now_ms, token_hash, unhex};
+
+/// Ids a tenant may not take: the gateway's own words and subtrees.
+pub const RESERVED_IDS: &[&str] = &[
+    "admin",
+    "api",
+    "app",
+    "gateway",
+    "gw",
+    "k8s",
+    "kubernetes",
+    "localhost",
+    "metrics",
+    "peer",
+    "status",
+    "tunnel",
+    "www",
+];
+
+/// The token id of a cluster given with `--cluster ID:TOKEN`.
+pub const BOOTSTRAP_TOKEN_ID: &str = "bootstrap";
+
+/// A cluster as stored (`cluster:{id}` in Redis).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    /// The cluster id (a DNS label; `{id}.{domain}` is its name).
+    pub name: String,
+    /// Never reused, unlike the id: what external records (CNAME targets) should name.
+    #[serde(default)]
+    pub uuid: String,
+    /// The `--cluster` bootstrap token's hash (older records have only this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<TokenRecord>,
+    pub created_at: u64,
+}
+
+/// One agent token of a cluster, hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub hash: String,
+    pub created_at: u64,
+}
+
+/// Why an admin operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cluster {0:?} already exists")]
+    Exists(String),
+    #[error("no cluster {0:?}")]
+    NoCluster(String),
+    #[error("cluster {0:?} has no token {1:?}")]
+    NoToken(String, String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// A new agent token: 256 random bits, shown once.
+pub fn new_token() -> String {
+    random_hex(32)
+}
+
+impl ClusterRecord {
+    /// The record of a `--cluster ID:TOKEN` cluster.
+    pub fn bootstrap(id: &str, token: &str) -> ClusterRecord {
+        ClusterRecord {
+            name: id.to_string(),
+            uuid: String::new(),
+            token_hash: Some(hex(&token_hash(token))),
+            tokens: Vec::new(),
+            created_at: now_ms(),
+        }
+    }
+
+    /// A new cluster with one token; returns it with the token's id and the token itself.
+    fn create(id: &str) -> (ClusterRecord, String, String) {
+        let token = new_token();
+        let token_id = format!("tok-{}", random_hex(6));
+        let rec = ClusterRecord {
+            name: id.to_string(),
+            uuid: format!("c{}", random_hex(12)),
+            token_hash: None,
+            tokens: vec![TokenRecord {
+                id: token_id.clone(),
+                hash: hex(&token_hash(&token)),
+                created_at: now_ms(),
+            }],
+            created_at: now_ms(),
+        };
+        (rec, token_id, token)
+    }
+
+    /// Token ids, the bootstrap one included.
+    pub fn token_ids(&self) -> Vec<String> {
+        self.token_hash
+            .iter()
+            .map(|_| BOOTSTRAP_TOKEN_ID.to_string())
+            .chain(self.tokens.iter().map(|t| t.id.clone()))
+            .collect()
+    }
+}
+
+/// Token hash → (cluster, token id) for every record.
+pub fn token_map<'a>(
+    records: impl Iterator<Item = &'a ClusterRecord>,
+) -> HashMap<[u8; 32], (String, String)> {
+    let mut out = HashMap::new();
+    for r in records {
+        if let Some(h) = r.token_hash.as_deref().and_then(unhex) {
+            out.insert(h, (r.name.clone(), BOOTSTRAP_TOKEN_ID.to_string()));
+        }
+        for t in &r.tokens {
+            if let Some(h) = unhex(&t.hash) {
+                out.insert(h, (r.name.clone(), t.id.clone()));
+            }
+        }
+    }
+    out
+}
+
+impl Registry {
+    /// Checks an id a tenant asks for: a DNS label, not reserved, not the first label of one
+    /// of the gateway's own names.
+    pub fn check_new_id(&self, id: &str) -> Result<(), TenantError> {
+        super::check_cluster_id(id).map_err(TenantError::Invalid)?;
+        let gateway_label = self
+            .reserved
+            .iter()
+            .any(|h| h.strip_suffix(&format!(".{}", self.domain)) == Some(id));
+        if RESERVED_IDS.contains(&id) || gateway_label {
+            return Err(TenantError::Invalid(format!(
+                "cluster id {id:?} is reserved"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every cluster record.
+    pub fn clusters(&self) -> Vec<ClusterRecord> {
+        self.records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn cluster(&self, id: &str) -> Option<ClusterRecord> {
+        self.records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Creates a cluster with one token; returns the record, the token id and the token (the
+    /// only time it is shown).
+    pub async fn create_cluster(
+        &self,
+        id: &str,
+    ) -> Result<(ClusterRecord, String, String), TenantError> {
+        self.check_new_id(id)?;
+        let (rec, token_id, token) = ClusterRecord::create(id);
+        match self.redis_store() {
+            None => {
+                let mut all = self.records_copy();
+                if all.contains_key(id) {
+                    return Err(TenantError::Exists(id.into()));
+                }
+                all.insert(id.to_string(), rec.clone());
+                self.set_records(all);
+            }
+            Some(r) => {
+                let json = serde_json::to_string(&rec).unwrap_or_default();
+                if !self.note(r.put_cluster_if_absent(id, json).await)? {
+                    return Err(TenantError::Exists(id.into()));
+                }
+                self.clusters_changed().await;
+            }
+        }
+        Ok((rec, token_id, token))
+    }
+
+    /// Deletes a cluster: its tokens stop authenticating and its tunnels close on every node.
+    pub async fn delete_cluster(&self, id: &str) -> Result<(), TenantError> {
+        match self.redis_store() {
+            None => {
+                let mut all = self.records_copy();
+                if all.remove(id).is_none() {
+                    return Err(TenantError::NoCluster(id.into()));
+                }
+                self.set_records(all);
+            }
+            Some(r) => {
+                if !self.note(r.delete_cluster(id).await)? {
+                    return Err(TenantError::NoCluster(id.into()));
+                }
+                self.clusters_changed().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a token to a cluster; returns its id and the token.
+    pub async fn add_token(&self, id: &str) -> Result<(String, String), TenantError> {
+        let token = new_token();
+        let token_id = format!("tok-{}", random_hex(6));
+        let t = TokenRecord {
+            id: token_id.clone(),
+            hash: hex(&token_hash(&token)),
+            created_at: now_ms(),
+        };
+        self.change(id, |rec| {
+            rec.tokens.push(t);
+            Ok(())
+        })
+        .await?;
+        Ok((token_id, token))
+    }
+
+    /// Revokes a token: tunnels that authenticated with it close on every node.
+    pub async fn revoke_token(&self, id: &str, token_id: &str) -> Result<(), TenantError> {
+        self.change(id, |rec| {
+            if token_id == BOOTSTRAP_TOKEN_ID && rec.token_hash.is_some() {
+                rec.token_hash = None;
+                return Ok(());
+            }
+            let before = rec.tokens.len();
+            rec.tokens.retain(|t| t.id != token_id);
+            if rec.tokens.len() == before {
+                return Err(TenantError::NoToken(id.into(), token_id.into()));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies `f` to cluster `id`'s record and stores it.
+    async fn change(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ClusterRecord) -> Result<(), TenantError>,
+    ) -> Result<(), TenantError> {
+        if let Some(r) = self.redis_store() {
+            // Read the newest record first: another node may have changed it.
+            self.sync_clusters().await?;
+            let mut rec = self
+                .cluster(id)
+                .ok_or_else(|| TenantError::NoCluster(id.into()))?;
+            f(&mut rec)?;
+            let json = serde_json::to_string(&rec).unwrap_or_default();
+            if !self.note(r.replace_cluster(id, json).await)? {
+                return Err(TenantError::NoCluster(id.into()));
+            }
+            self.clusters_changed().await;
+            return Ok(());
+        }
+        let mut all = self.records_copy();
+        let rec = all
+            .get_mut(id)
+            .ok_or_else(|| TenantError::NoCluster(id.into()))?;
+        f(rec)?;
+        self.set_records(all);
+        Ok(())
+    }
+
+    fn records_copy(&self) -> BTreeMap<String, ClusterRecord> {
+        self.records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reloads this node's records and tells the others to.
+    async fn clusters_changed(&self) {
+        let _ = self.sync_clusters().await;
+        if let Some(r) = self.redis_store() {
+            let ev = Event::Clusters {
+                from: self.node_id.clone(),
+            };
+            let _ = r
+                .publish_raw(serde_json::to_string(&ev).unwrap_or_default())
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn clusters_and_tokens_at_run_time() {
+        let r = Registry::in_memory("gw.test", &[]);
+        assert!(r.authenticate("nothing").is_none());
+        let (rec, tid, token) = r.create_cluster("acme").await.unwrap();
+        assert_eq!(token.len(), 64, "256 bits, hex");
+        assert!(
+            !format!("{rec:?}").contains(&token),
+            "only the hash is stored"
+        );
+        assert_eq!(r.authenticate(&token), Some(("acme".into(), tid.clone())));
+        assert!(matches!(
+            r.create_cluster("acme").await,
+            Err(TenantError::Exists(_))
+        ));
+        for bad in ["Acme", "a--b", "admin", "www", "-x", ""] {
+            assert!(
+                matches!(r.create_cluster(bad).await, Err(TenantError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        let (t2id, t2) = r.add_token("acme").await.unwrap();
+        r.revoke_token("acme", &tid).await.unwrap();
+        assert!(r.authenticate(&token).is_none());
+        assert!(!r.token_valid("acme", &tid));
+        assert!(r.token_valid("acme", &t2id));
+        assert_eq!(r.authenticate(&t2).map(|(c, _)| c).as_deref(), Some("acme"));
+        assert!(matches!(
+            r.revoke_token("acme", "tok-nope").await,
+            Err(TenantError::NoToken(..))
+        ));
+        r.delete_cluster("acme").await.unwrap();
+        assert!(r.authenticate(&t2).is_none());
+        assert!(r.cluster_of("app.acme.gw.test").is_none());
+        assert!(matches!(
+            r.delete_cluster("acme").await,
+            Err(TenantError::NoCluster(_))
+        ));
+    }
+}

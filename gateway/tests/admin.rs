@@ -1,0 +1,253 @@
+//! The admin API: tenants and tokens at run time, on one node and across nodes sharing Redis,
+//! with the refusals an operator's mistakes should get.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Agent, Gateway, HANG, Redis, Upstream, client};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-token-0123456789abcdef0123456789";
+
+async fn call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{}{path}", gw.admin);
+    let mut req = match method {
+        "POST" => c.post(url),
+        "DELETE" => c.delete(url),
+        _ => c.get(url),
+    };
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    call(gw, method, path, body, Some(ADMIN)).await
+}
+
+/// Waits until `host` answers `status` through `gw`.
+async fn until_status(gw: &Gateway, host: &str, status: u16, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let got = client()
+            .get(gw.url(host, "/hello"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if got == status {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{host}: {got} instead of {status} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_and_tokens_at_run_time_on_one_node() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&["--admin-token", ADMIN]);
+    let (s, created) = admin(
+        &gw,
+        "POST",
+        "/admin/v1/clusters",
+        Some(json!({"id": "acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let token = created["token"].as_str().unwrap().to_string();
+    let first_id = created["token_id"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 64);
+    // An agent with the new token is served at once: no restart.
+    let agent = Agent::start(&gw, ("acme", &token), &[("app.acme.localhost", up.url())]).await;
+    until_status(&gw, "app.acme.localhost", 200, HANG).await;
+    let (s, list) = admin(&gw, "GET", "/admin/v1/clusters", None).await;
+    assert_eq!(s, 200);
+    let acme = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "acme")
+        .cloned()
+        .unwrap();
+    assert_eq!(acme["online"], true, "{acme}");
+    assert!(
+        !list.to_string().contains(&token),
+        "the token is never shown again"
+    );
+
+    // Rotation: a second token, then the first revoked: the tunnel using it closes.
+    let (s, second) = admin(&gw, "POST", "/admin/v1/clusters/acme/tokens", None).await;
+    assert_eq!(s, 201);
+    let second_token = second["token"].as_str().unwrap().to_string();
+    let agent2 = Agent::start(
+        &gw,
+        ("acme", &second_token),
+        &[("app.acme.localhost", up.url())],
+    )
+    .await;
+    let (s, _) = admin(
+        &gw,
+        "DELETE",
+        &format!("/admin/v1/clusters/acme/tokens/{first_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let mut rx = agent.status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|s| matches!(s, tunnelgate_agent::Status::Disconnected { .. })),
+    )
+    .await
+    .expect("the revoked token's tunnel closes within 5 s")
+    .unwrap();
+    until_status(&gw, "app.acme.localhost", 200, HANG).await; // served by the second agent
+    drop(agent2);
+
+    // Deleted: every name of the cluster stops answering within 5 s.
+    let (s, _) = admin(&gw, "DELETE", "/admin/v1/clusters/acme", None).await;
+    assert_eq!(s, 204);
+    until_status(&gw, "app.acme.localhost", 404, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_mistakes_get_clear_refusals() {
+    let gw = Gateway::start(&["--admin-token", ADMIN]);
+    let (s, e) = call(&gw, "GET", "/admin/v1/clusters", None, None).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (s, _) = call(&gw, "GET", "/admin/v1/clusters", None, Some("wrong-token")).await;
+    assert_eq!(s, 401);
+    assert_eq!(
+        admin(
+            &gw,
+            "POST",
+            "/admin/v1/clusters",
+            Some(json!({"id": "ok1"}))
+        )
+        .await
+        .0,
+        201
+    );
+    let (s, e) = admin(
+        &gw,
+        "POST",
+        "/admin/v1/clusters",
+        Some(json!({"id": "ok1"})),
+    )
+    .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("exists")));
+    for bad in [
+        json!({"id": "Bad_Id"}),
+        json!({"id": "admin"}),
+        json!({"id": "a--b"}),
+        json!({"id": "ok2", "extra": 1}),
+        json!({}),
+    ] {
+        let (s, e) = admin(&gw, "POST", "/admin/v1/clusters", Some(bad.clone())).await;
+        assert_eq!(s, 400, "{bad}: {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    assert_eq!(
+        admin(&gw, "GET", "/admin/v1/clusters/nope", None).await.0,
+        404
+    );
+    assert_eq!(
+        admin(
+            &gw,
+            "DELETE",
+            "/admin/v1/clusters/ok1/tokens/tok-nope",
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    let (s, doc) = call(&gw, "GET", "/admin/v1/openapi.json", None, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_every_node() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let nodes: Vec<Gateway> = (0..3)
+        .map(|_| Gateway::node(&redis, &["--admin-token", ADMIN]))
+        .collect();
+    let (s, created) = admin(
+        &nodes[0],
+        "POST",
+        "/admin/v1/clusters",
+        Some(json!({"id": "globex"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let token = created["token"].as_str().unwrap().to_string();
+    let token_id = created["token_id"].as_str().unwrap().to_string();
+    // Accepted by node 3 within a second.
+    let start = Instant::now();
+    let agent = Agent::spawn_to(
+        &[&nodes[2]],
+        ("globex", &token),
+        &[("app.globex.localhost", up.url())],
+        &["--connections", "1"],
+    );
+    agent.connected().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "node 3 took {:?}",
+        start.elapsed()
+    );
+    until_status(&nodes[1], "app.globex.localhost", 200, HANG).await;
+    // Revoked on node 1: the tunnel on node 3 closes within 5 s.
+    let (s, _) = admin(
+        &nodes[0],
+        "DELETE",
+        &format!("/admin/v1/clusters/globex/tokens/{token_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let mut rx = agent.status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|s| matches!(s, tunnelgate_agent::Status::Disconnected { .. })),
+    )
+    .await
+    .expect("closed on every node within 5 s")
+    .unwrap();
+    // Deleted on node 2: its names answer 404 everywhere within 5 s.
+    let (s, _) = admin(&nodes[1], "DELETE", "/admin/v1/clusters/globex", None).await;
+    assert_eq!(s, 204);
+    for n in &nodes {
+        until_status(n, "app.globex.localhost", 404, Duration::from_secs(5)).await;
+    }
+}
