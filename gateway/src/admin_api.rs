@@ -26,6 +26,7 @@ fn tenant_error(e: TenantError) -> HttpResponse {
     match &e {
         TenantError::Invalid(_) => error(StatusCode::BAD_REQUEST, "invalid", e),
         TenantError::Exists(_) => error(StatusCode::CONFLICT, "exists", e),
+        TenantError::Reserved(_) => error(StatusCode::CONFLICT, "reserved", e),
         TenantError::NoCluster(_) | TenantError::NoToken(..) => {
             error(StatusCode::NOT_FOUND, "not_found", e)
         }
@@ -261,17 +262,43 @@ async fn openapi() -> HttpResponse {
         .body(OPENAPI)
 }
 
-/// The admin API's routes.
+/// 405 with the methods `path` has (RFC 9110 wants them in `Allow`).
+fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("this path takes {allow} (see /admin/v1/openapi.json)"),
+    );
+    r.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allow),
+    );
+    r
+}
+
+/// The admin API's routes; other methods on them get 405 with `Allow`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/v1/openapi.json", web::get().to(openapi))
-        .route("/admin/v1/clusters", web::post().to(create_cluster))
-        .route("/admin/v1/clusters", web::get().to(list_clusters))
-        .route("/admin/v1/clusters/{id}", web::get().to(get_cluster))
-        .route("/admin/v1/clusters/{id}", web::delete().to(delete_cluster))
-        .route("/admin/v1/clusters/{id}/tokens", web::post().to(add_token))
-        .route(
-            "/admin/v1/clusters/{id}/tokens/{token_id}",
-            web::delete().to(revoke_token),
+    let resource = |path: &str, allow: &'static str| {
+        web::resource(path.to_string())
+            .default_service(web::to(move || async move { method_not_allowed(allow) }))
+    };
+    cfg.service(resource("/admin/v1/openapi.json", "GET").route(web::get().to(openapi)))
+        .service(
+            resource("/admin/v1/clusters", "GET, POST")
+                .route(web::post().to(create_cluster))
+                .route(web::get().to(list_clusters)),
+        )
+        .service(
+            resource("/admin/v1/clusters/{id}", "GET, DELETE")
+                .route(web::get().to(get_cluster))
+                .route(web::delete().to(delete_cluster)),
+        )
+        .service(
+            resource("/admin/v1/clusters/{id}/tokens", "POST").route(web::post().to(add_token)),
+        )
+        .service(
+            resource("/admin/v1/clusters/{id}/tokens/{token_id}", "DELETE")
+                .route(web::delete().to(revoke_token)),
         );
 }
 

@@ -59,6 +59,8 @@ pub enum TenantError {
     Invalid(String),
     #[error("cluster {0:?} already exists")]
     Exists(String),
+    #[error("cluster id {0:?} is reserved for the gateway")]
+    Reserved(String),
     #[error("no cluster {0:?}")]
     NoCluster(String),
     #[error("cluster {0:?} has no token {1:?}")]
