@@ -313,15 +313,7 @@ pub async fn reconcile(state: std::sync::Arc<AppState>) {
         if state.registry.is_shared() && n.is_multiple_of(RELOAD_EVERY_TICKS) {
             let _ = state.registry.sync_clusters().await;
         }
-        let closed = state
-            .hub
-            .revoke_where(|c, t| !state.registry.token_valid(c, t));
-        if closed > 0 {
-            tracing::info!(
-                tunnels = closed,
-                "closed tunnels of revoked tokens or deleted clusters"
-            );
-        }
+        enforce(&state);
     }
 }
 

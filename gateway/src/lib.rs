@@ -154,12 +154,7 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
                     actix_service::fn_service(move |io: actix_web::rt::net::TcpStream| {
                         let acceptor = acceptor.clone();
                         async move {
-                            let _ = io.set_nodelay(true);
-                            let peer = io.peer_addr().ok();
-                            let tls = acceptor.accept(io).await.map_err(|e| {
-                                tracing::warn!(?peer, error = %e, "peer TLS handshake refused");
-                                actix_http::error::DispatchError::Io(e)
-                            })?;
+                            let (tls, peer) = accept_tls(&acceptor, io, "peer").await?;
                             Ok((tls, actix_http::Protocol::Http1, peer))
                         }
                     })
@@ -267,12 +262,7 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
             actix_service::fn_service(move |io: actix_web::rt::net::TcpStream| {
                 let acceptor = acceptor.clone();
                 async move {
-                    let _ = io.set_nodelay(true);
-                    let peer = io.peer_addr().ok();
-                    let tls = acceptor.accept(io).await.map_err(|e| {
-                        tracing::debug!(?peer, error = %e, "TLS handshake failed");
-                        actix_http::error::DispatchError::Io(e)
-                    })?;
+                    let (tls, peer) = accept_tls(&acceptor, io, "public").await?;
                     // HTTP/2 when the client chose it by ALPN; its requests are routed and
                     // streamed like HTTP/1.1 ones (upgrades are HTTP/1.1 only).
                     let protocol = match tls.get_ref().1.alpn_protocol() {
@@ -303,4 +293,26 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
         })?
         .run();
     Ok(server)
+}
+
+/// A TLS connection accepted on `listener` (without Nagle's delay: tunnels and requests are
+/// many small writes), with the client's address.
+async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    io: actix_web::rt::net::TcpStream,
+    listener: &'static str,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<actix_web::rt::net::TcpStream>,
+        Option<std::net::SocketAddr>,
+    ),
+    actix_http::error::DispatchError,
+> {
+    let _ = io.set_nodelay(true);
+    let peer = io.peer_addr().ok();
+    let tls = acceptor.accept(io).await.map_err(|e| {
+        tracing::debug!(?peer, listener, error = %e, "TLS handshake failed");
+        actix_http::error::DispatchError::Io(e)
+    })?;
+    Ok((tls, peer))
 }

@@ -42,6 +42,18 @@ async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (
     call(gw, method, path, body, Some(ADMIN)).await
 }
 
+/// Waits until the agent's tunnel is closed (its token revoked), 5 s at most.
+async fn until_disconnected(agent: &Agent) {
+    let mut rx = agent.status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|s| matches!(s, tunnelgate_agent::Status::Disconnected { .. })),
+    )
+    .await
+    .expect("the revoked token's tunnel closes within 5 s")
+    .unwrap();
+}
+
 /// Waits until `host` answers `status` through `gw`.
 async fn until_status(gw: &Gateway, host: &str, status: u16, within: Duration) {
     let start = Instant::now();
@@ -114,14 +126,7 @@ async fn tenants_and_tokens_at_run_time_on_one_node() {
     )
     .await;
     assert_eq!(s, 204);
-    let mut rx = agent.status.clone();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        rx.wait_for(|s| matches!(s, tunnelgate_agent::Status::Disconnected { .. })),
-    )
-    .await
-    .expect("the revoked token's tunnel closes within 5 s")
-    .unwrap();
+    until_disconnected(&agent).await;
     until_status(&gw, "app.acme.localhost", 200, HANG).await; // served by the second agent
     drop(agent2);
 
@@ -236,14 +241,7 @@ async fn changes_reach_every_node() {
     )
     .await;
     assert_eq!(s, 204);
-    let mut rx = agent.status.clone();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        rx.wait_for(|s| matches!(s, tunnelgate_agent::Status::Disconnected { .. })),
-    )
-    .await
-    .expect("closed on every node within 5 s")
-    .unwrap();
+    until_disconnected(&agent).await;
     // Deleted on node 2: its names answer 404 everywhere within 5 s.
     let (s, _) = admin(&nodes[1], "DELETE", "/admin/v1/clusters/globex", None).await;
     assert_eq!(s, 204);
