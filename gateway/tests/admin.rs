@@ -286,3 +286,51 @@ async fn the_openapi_document_holds_under_a_property_based_tester() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "schemathesis found failures:\n{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_cli_drives_the_api() {
+    let gw = Gateway::start(&["--admin-token", ADMIN]);
+    let url = format!("http://{}", gw.admin);
+    let tgctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tgctl"))
+            .args(["--admin-url", &url])
+            .args(args)
+            .env("TG_ADMIN_TOKEN", ADMIN)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = tgctl(&["clusters", "create", "initech"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("token:") && out.contains("shown once"),
+        "{out}"
+    );
+    let (ok, out, _) = tgctl(&["clusters", "list"]);
+    assert!(ok);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("initech") && l.contains(" no ")),
+        "{out}"
+    );
+    let (ok, out, _) = tgctl(&["--json", "tokens", "add", "initech"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let token_id = v["token_id"].as_str().unwrap().to_string();
+    let (ok, out, _) = tgctl(&["tokens", "revoke", "initech", &token_id]);
+    assert!(ok && out.contains("revoked"), "{out}");
+    // Mistakes say what is wrong and exit non-zero.
+    let (ok, _, err) = tgctl(&["clusters", "create", "initech"]);
+    assert!(
+        !ok && err.contains("409") && err.contains("already exists"),
+        "{err}"
+    );
+    let (ok, _, err) = tgctl(&["clusters", "delete", "nope"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, out, _) = tgctl(&["clusters", "delete", "initech"]);
+    assert!(ok && out.contains("deleted"), "{out}");
+}
