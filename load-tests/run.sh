@@ -84,7 +84,7 @@ if [ -n "$RATHOLE" ]; then
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$RH/" && break; sleep 0.05; done
 fi
 
-common=(--cluster demo:load-test-token-0123456789abcdef0123 --redis-url "redis://127.0.0.1:$REDIS/" --peer-secret load-test-peer-secret-0123456789 --admin-listen 127.0.0.1:0 --log-format text)
+common=(--cluster demo:load-test-token-0123456789abcdef0123 --redis-url "redis://127.0.0.1:$REDIS/" --peer-secret load-test-peer-secret-0123456789 --admin-listen 127.0.0.1:0 --rate-limit 1000000 --rate-burst 1000000 --log-format text)
 RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW1" --peer-listen "127.0.0.1:$P1" --node-id n1 >"$work/n1.log" 2>&1 & N1=$!; pids+=($N1)
 RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW2" --peer-listen "127.0.0.1:$P2" --node-id n2 >"$work/n2.log" 2>&1 & N2=$!; pids+=($N2)
 wait_port "$GW1"; wait_port "$GW2"
@@ -168,7 +168,7 @@ log "simulated agents: ${AGENTS} idle tunnels on a fresh node, then a node resta
 for n in $AGENTS; do
   SIM=$(free_port)
   start_sim_node() {
-    RUST_LOG=warn $B/tunnelgate-gateway --cluster sim:sim-token-0123456789abcdef0123456789 --max-tunnels-per-cluster 100000 --cluster-connect-rate 100000 --admin-listen 127.0.0.1:0 --listen "127.0.0.1:$SIM" --log-format text >>"$work/sim-node.log" 2>&1 &
+    RUST_LOG=warn $B/tunnelgate-gateway --cluster sim:sim-token-0123456789abcdef0123456789 --max-tunnels-per-cluster 100000 --cluster-connect-rate 100000 --rate-limit 1000000 --rate-burst 1000000 --admin-listen 127.0.0.1:0 --listen "127.0.0.1:$SIM" --log-format text >>"$work/sim-node.log" 2>&1 &
     SN=$!; disown; pids+=($SN); wait_port "$SIM"
   }
   start_sim_node

@@ -256,6 +256,28 @@ async fn revoke_token(
     }
 }
 
+async fn set_rate_limit(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return *r;
+    }
+    let limit: crate::ratelimit::Limit = match parse(&body) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    match state.registry.set_rate_limit(&path, limit).await {
+        Ok(()) => {
+            tracing::info!(cluster = %path, rps = limit.requests_per_second, burst = limit.burst, "rate limit set");
+            HttpResponse::Ok().json(limit)
+        }
+        Err(e) => tenant_error(e),
+    }
+}
+
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
@@ -295,6 +317,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(
             resource("/admin/v1/clusters/{id}/tokens", "POST").route(web::post().to(add_token)),
+        )
+        .service(
+            resource("/admin/v1/clusters/{id}/rate-limit", "PUT")
+                .route(web::put().to(set_rate_limit)),
         )
         .service(
             resource("/admin/v1/clusters/{id}/tokens/{token_id}", "DELETE")

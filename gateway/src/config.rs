@@ -26,6 +26,9 @@ pub const DEFAULT_MAX_TUNNELS_PER_CLUSTER: usize = 16;
 pub const DEFAULT_MAX_ROUTES_PER_CLUSTER: usize = crate::registry::DEFAULT_MAX_ROUTES;
 /// Bytes of route data one cluster may publish over all its agent connections.
 pub const DEFAULT_MAX_ROUTE_BYTES_PER_CLUSTER: usize = crate::registry::DEFAULT_MAX_ROUTE_BYTES;
+/// A cluster's request rate and burst unless the admin API set its own (the original design's).
+pub const DEFAULT_RATE_LIMIT: u32 = 100;
+pub const DEFAULT_RATE_BURST: u32 = 1000;
 /// New tunnels one cluster may open per second on one node (bursts of twice that).
 pub const DEFAULT_CLUSTER_CONNECT_RATE: u32 = 10;
 /// Shortest agent token accepted in a configuration: guessing must be hopeless.
@@ -169,6 +172,15 @@ pub struct Config {
     #[arg(long, env = "TG_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
     pub max_streams_per_tunnel: u32,
 
+    /// Requests per second a cluster is admitted when the admin API set no limit of its own
+    /// (over all nodes); more get 429.
+    #[arg(long, env = "TG_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
+
+    /// The burst above `--rate-limit` a cluster may take at once.
+    #[arg(long, env = "TG_RATE_BURST", default_value_t = DEFAULT_RATE_BURST)]
+    pub rate_burst: u32,
+
     /// Live agent tunnels one cluster may hold (over all nodes).
     #[arg(long, env = "TG_MAX_TUNNELS_PER_CLUSTER", default_value_t = DEFAULT_MAX_TUNNELS_PER_CLUSTER)]
     pub max_tunnels_per_cluster: usize,
@@ -220,6 +232,9 @@ impl Config {
         }
         if self.max_streams_per_tunnel == 0 {
             return Err("--max-streams-per-tunnel must be at least 1".into());
+        }
+        if self.rate_limit == 0 || self.rate_burst == 0 {
+            return Err("--rate-limit and --rate-burst must be at least 1".into());
         }
         if self.max_tunnels_per_cluster == 0 || self.max_routes_per_cluster == 0 {
             return Err(

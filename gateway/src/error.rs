@@ -26,6 +26,8 @@ pub enum ProxyError {
     Misdirected(String),
     #[error("the request body stalled: no bytes for {0:?}")]
     BodyTimeout(Duration),
+    #[error("cluster {0} is over its request rate limit; retry in {1} s")]
+    RateLimited(String, u64),
     #[error("method {0} is not allowed through the gateway")]
     MethodNotAllowed(&'static str),
     #[error("request headers are larger than {0} bytes")]
@@ -60,6 +62,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
@@ -82,6 +85,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::BodyTimeout(_) => "body_timeout",
+            ProxyError::RateLimited(..) => "rate_limited",
             ProxyError::Misdirected(_) => "misdirected",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
             ProxyError::NoRoute(_) => "no_route",
@@ -103,6 +107,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::BodyTimeout(_)
+            | ProxyError::RateLimited(..)
             | ProxyError::Misdirected(_)
             | ProxyError::HeadersTooLarge(_)
             | ProxyError::NoRoute(_) => Who::Client,
@@ -172,6 +177,11 @@ impl ProxyError {
             .content_type("text/plain; charset=utf-8");
         if self.retry_safe() && status == StatusCode::SERVICE_UNAVAILABLE {
             b.insert_header(("retry-after", "1"));
+        }
+        if let ProxyError::RateLimited(_, wait) = self
+            && let Ok(v) = actix_web::http::header::HeaderValue::from_str(&wait.to_string())
+        {
+            b.insert_header((actix_web::http::header::RETRY_AFTER, v));
         }
         if matches!(self, ProxyError::MethodNotAllowed(_)) {
             b.insert_header((

@@ -6,6 +6,7 @@
 //! - [`registry`]: clusters, tokens and routes; who may claim which host.
 //! - [`tunnel`]: the agent endpoint, `TunnelActor` per agent, `StreamActor` per request, hub.
 //! - [`cluster`]: peer links to other nodes, the peer endpoint, membership.
+//! - [`ratelimit`]: per-cluster request rate limits, shared by every node through Redis.
 //! - [`proxy`]: the public HTTP handler: checks, routing, header rewriting, streaming.
 //! - [`error`]: proxy-path errors and the one place they become responses.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the internal listener.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod guard;
 pub mod proxy;
+pub mod ratelimit;
 pub mod registry;
 pub mod telemetry;
 pub mod tls;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub limits: tunnel::limits::ClusterLimits,
     /// Mutual TLS for peer links, when configured.
     pub peer_tls: Option<tls::PeerTls>,
+    /// Per-cluster request rate limits.
+    pub rate_limits: ratelimit::RateLimits,
 }
 
 impl AppState {
@@ -86,6 +90,7 @@ impl AppState {
             _ => None,
         };
         Ok(AppState {
+            rate_limits: ratelimit::RateLimits::default(),
             peer_tls,
             limits,
             config,

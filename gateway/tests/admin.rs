@@ -21,6 +21,7 @@ async fn call(
     let url = format!("http://{}{path}", gw.admin);
     let mut req = match method {
         "POST" => c.post(url),
+        "PUT" => c.put(url),
         "DELETE" => c.delete(url),
         _ => c.get(url),
     };
@@ -333,4 +334,115 @@ async fn the_operator_cli_drives_the_api() {
     assert!(!ok && err.contains("404"), "{err}");
     let (ok, out, _) = tgctl(&["clusters", "delete", "initech"]);
     assert!(ok && out.contains("deleted"), "{out}");
+}
+
+/// Drives `host` through `nodes` round-robin with `conc` clients for `secs`; returns
+/// (admitted 200s, 429s with Retry-After, others, elapsed seconds).
+async fn drive(nodes: &[&Gateway], host: &str, conc: usize, secs: f64) -> (u64, u64, u64, f64) {
+    let urls: Vec<String> = nodes.iter().map(|n| n.url(host, "/hello")).collect();
+    let start = Instant::now();
+    let tasks = (0..conc).map(|i| {
+        let urls = urls.clone();
+        tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut limited, mut other) = (0u64, 0u64, 0u64);
+            let mut k = i;
+            while start.elapsed().as_secs_f64() < secs {
+                let r = c.get(&urls[k % urls.len()]).send().await.unwrap();
+                k += 1;
+                match r.status().as_u16() {
+                    200 => ok += 1,
+                    429 if r.headers().contains_key("retry-after") => limited += 1,
+                    _ => other += 1,
+                }
+                let _ = r.bytes().await;
+            }
+            (ok, limited, other)
+        })
+    });
+    let mut t = (0, 0, 0);
+    for r in futures_util::future::join_all(tasks).await {
+        let (a, b, c) = r.unwrap();
+        t = (t.0 + a, t.1 + b, t.2 + c);
+    }
+    (t.0, t.1, t.2, start.elapsed().as_secs_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_rate_limit_holds_across_three_nodes() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let flags = [
+        "--admin-token",
+        ADMIN,
+        "--rate-limit",
+        "1000",
+        "--rate-burst",
+        "1000",
+    ];
+    let nodes: Vec<Gateway> = (0..3).map(|_| Gateway::node(&redis, &flags)).collect();
+    let refs: Vec<&Gateway> = nodes.iter().collect();
+    let demo = Agent::spawn_to(
+        &refs,
+        common::DEMO,
+        &[("app.demo.localhost", up.url())],
+        &["--connections", "2"],
+    );
+    demo.connected().await;
+    let other = Agent::spawn_to(
+        &refs,
+        common::OTHER,
+        &[("app.other.localhost", up.url())],
+        &["--connections", "2"],
+    );
+    other.connected().await;
+    // Set through node 1's API at run time: 40 requests/s, burst 4, for demo only.
+    let (s, _) = call(
+        &nodes[0],
+        "PUT",
+        "/admin/v1/clusters/demo/rate-limit",
+        Some(json!({"requests_per_second": 40, "burst": 4})),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Every node has the new limit at once (the change's event) or within a reload (3 s).
+    let probe = |n: &Gateway| n.url("app.demo.localhost", "/hello");
+    let start = Instant::now();
+    'applied: loop {
+        for n in &nodes {
+            let mut limited = false;
+            for _ in 0..20 {
+                limited |= client().get(probe(n)).send().await.unwrap().status() == 429;
+            }
+            if !limited {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "the limit did not reach every node"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue 'applied;
+            }
+        }
+        break;
+    }
+    // Let the bucket refill before measuring.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ((ok, limited, bad, secs), (other_ok, _, other_bad, _)) = tokio::join!(
+        drive(&refs, "app.demo.localhost", 8, 3.0),
+        drive(&refs, "app.other.localhost", 1, 3.0),
+    );
+    let expected = 40.0 * secs + 4.0;
+    let ratio = ok as f64 / expected;
+    println!(
+        "rate limit 40/s over three nodes: admitted {ok} in {secs:.2} s (expected {expected:.0}, {ratio:.3}x), {limited} limited; other cluster {other_ok} ok"
+    );
+    assert_eq!(bad, 0);
+    assert!(limited > 0);
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "admitted {ok}, expected {expected:.0}"
+    );
+    assert_eq!(other_bad, 0, "the other cluster was affected");
+    assert!(other_ok > 100, "the other cluster was slowed: {other_ok}");
 }

@@ -82,6 +82,21 @@ pub async fn dispatch(
             None => fail(&state, &req, "", ProxyError::NoRoute(host)),
         };
     };
+    let limit = state
+        .registry
+        .rate_limit(&route.cluster)
+        .unwrap_or(crate::ratelimit::Limit {
+            requests_per_second: state.config.rate_limit,
+            burst: state.config.rate_burst,
+        });
+    if let Err(wait) = state
+        .rate_limits
+        .admit(&state.registry, &route.cluster, limit)
+        .await
+    {
+        let c = route.cluster.clone();
+        return fail(&state, &req, &c, ProxyError::RateLimited(c.clone(), wait));
+    }
     match proxy(&req, payload, &state, host, target.path, &route, started).await {
         Ok(resp) => resp,
         Err(e) => fail(&state, &req, &route.cluster, e),

@@ -8,6 +8,7 @@
 //! | `node:{node_id}` | string | peer address, version, started_at | short TTL |
 //! | `cluster:{id}` | string | name, token hash, created_at | persistent |
 //! | `clusters` | set | every cluster id | persistent |
+//! | `ratelimit:{cluster}` | string | GCRA theoretical arrival time (ms) of the cluster's requests | about a burst's length |
 //! | channel `tunnelgate:events` | pub/sub | cache invalidation notices | |
 
 pub const EVENTS: &str = "tunnelgate:events";
@@ -30,4 +31,8 @@ pub fn node(id: &str) -> String {
 
 pub fn cluster(id: &str) -> String {
     format!("cluster:{id}")
+}
+
+pub fn ratelimit(cluster: &str) -> String {
+    format!("ratelimit:{cluster}")
 }

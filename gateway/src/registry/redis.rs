@@ -54,6 +54,27 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ttl) e
 return 1
 ";
 
+/// GCRA over every node: takes up to ARGV[3] permits at ARGV[1] per second with a burst of
+/// ARGV[2], on Redis's clock; returns how many were granted.
+const TAKE_PERMITS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local emission = 1000 / tonumber(ARGV[1])
+local tolerance = emission * tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local granted = 0
+while granted < want and (tat + emission - now) <= tolerance do
+  tat = tat + emission
+  granted = granted + 1
+end
+if granted > 0 then
+  redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tolerance + emission) + 1000)
+end
+return granted
+";
+
 /// Creates a cluster record and its membership unless the record exists. 1: created.
 const CREATE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -133,6 +154,7 @@ pub struct RedisStore {
     count: CallCounter,
     put_routes: Script,
     create: Script,
+    take_permits: Script,
     claim: Script,
     refresh: Script,
     release: Script,
@@ -165,6 +187,7 @@ impl RedisStore {
             count,
             put_routes: Script::new(PUT_ROUTES),
             create: Script::new(CREATE),
+            take_permits: Script::new(TAKE_PERMITS),
             claim: Script::new(CLAIM),
             refresh: Script::new(REFRESH),
             release: Script::new(RELEASE),
@@ -256,6 +279,27 @@ impl RedisStore {
             })
             .await?;
         Ok(n == 1)
+    }
+
+    /// Takes up to `want` permits of `cluster`'s shared rate bucket.
+    pub async fn take_permits(
+        &self,
+        cluster: &str,
+        per_second: u32,
+        burst: u32,
+        want: u32,
+    ) -> Result<u32, RegistryError> {
+        let mut inv = self.take_permits.prepare_invoke();
+        inv.key(keys::ratelimit(cluster))
+            .arg(per_second.max(1))
+            .arg(burst.max(1))
+            .arg(want.max(1));
+        let n: i64 = self
+            .run("take_permits", |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(u32::try_from(n).unwrap_or(0))
     }
 
     /// Tells every node the cluster records changed.

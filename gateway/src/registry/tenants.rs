@@ -42,6 +42,9 @@ pub struct ClusterRecord {
     #[serde(default)]
     pub tokens: Vec<TokenRecord>,
     pub created_at: u64,
+    /// The cluster's request rate limit; the gateway's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::ratelimit::Limit>,
 }
 
 /// One agent token of a cluster, hashed.
@@ -89,6 +92,7 @@ impl ClusterRecord {
             token_hash: Some(hex(&token_hash(token))),
             tokens: Vec::new(),
             created_at: now_ms(),
+            rate_limit: None,
         }
     }
 
@@ -106,6 +110,7 @@ impl ClusterRecord {
                 created_at: now_ms(),
             }],
             created_at: now_ms(),
+            rate_limit: None,
         };
         (rec, token_id, token)
     }
@@ -236,6 +241,49 @@ impl Registry {
         })
         .await?;
         Ok((token_id, token))
+    }
+
+    /// Sets a cluster's request rate limit.
+    pub async fn set_rate_limit(
+        &self,
+        id: &str,
+        limit: crate::ratelimit::Limit,
+    ) -> Result<(), TenantError> {
+        if limit.requests_per_second == 0 || limit.burst == 0 {
+            return Err(TenantError::Invalid(
+                "requests_per_second and burst must be at least 1".into(),
+            ));
+        }
+        self.change(id, |rec| {
+            rec.rate_limit = Some(limit);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The rate limit of `cluster`, if it has its own.
+    pub fn rate_limit(&self, cluster: &str) -> Option<crate::ratelimit::Limit> {
+        self.records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster)
+            .and_then(|r| r.rate_limit)
+    }
+
+    /// Takes up to `want` permits of `cluster`'s request bucket shared by every node.
+    pub async fn take_permits(
+        &self,
+        cluster: &str,
+        limit: crate::ratelimit::Limit,
+        want: u32,
+    ) -> Result<u32, RegistryError> {
+        match self.redis_store() {
+            Some(r) => self.note(
+                r.take_permits(cluster, limit.requests_per_second, limit.burst, want)
+                    .await,
+            ),
+            None => Ok(want),
+        }
     }
 
     /// Revokes a token: tunnels that authenticated with it close on every node.

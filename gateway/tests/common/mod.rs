@@ -73,6 +73,13 @@ impl Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunnelgate-gateway"));
         cmd.args(["--listen", listen, "--log-format", "json", "--workers", "2"])
             .args(["--admin-listen", "127.0.0.1:0"])
+            // Tests move far more than the default 100 requests/s of a cluster; the rate-limit
+            // tests give their own.
+            .args(if extra.contains(&"--rate-limit") {
+                &[][..]
+            } else {
+                &["--rate-limit", "1000000", "--rate-burst", "1000000"][..]
+            })
             .args(["--cluster", &format!("{}:{}", DEMO.0, DEMO.1)])
             .args(["--cluster", &format!("{}:{}", OTHER.0, OTHER.1)])
             .args(extra)
