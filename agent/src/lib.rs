@@ -206,6 +206,12 @@ pub async fn run(
     Ok(())
 }
 
+/// Dials in a row that land on a node this agent already holds before a slot concludes there
+/// is only one node to reach (a single gateway, or a load balancer in front of one).
+const SAME_NODE_GIVE_UP: u32 = 3;
+/// How often such a slot looks again for another node.
+const SINGLE_NODE_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// One connection slot: connect, serve, reconnect with backoff, rotating through the gateway
 /// URLs (slot `n` starts at URL `n`).
 async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receiver<bool>) {
@@ -213,6 +219,8 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
         backoff::Backoff::new(shared.config.reconnect_min, shared.config.reconnect_max);
     let gateways = shared.config.gateways.clone();
     let mut turn = slot;
+    // Consecutive dials that reached a node this agent already holds a tunnel to.
+    let mut same_node = 0u32;
     loop {
         let gateway = &gateways[turn % gateways.len()];
         if shared.held_nodes().is_empty() {
@@ -232,8 +240,19 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
             backoff.reset();
         }
         turn += 1;
-        let delay = backoff.next_delay(&mut rand::rng());
-        if duplicate {
+        let mut delay = backoff.next_delay(&mut rand::rng());
+        same_node = if duplicate { same_node + 1 } else { 0 };
+        if same_node == SAME_NODE_GIVE_UP {
+            tracing::info!(
+                slot,
+                gateway,
+                "only one gateway node is reachable: holding one tunnel; this slot tries again every {} s in case more nodes appear",
+                SINGLE_NODE_RETRY.as_secs()
+            );
+        }
+        if same_node >= SAME_NODE_GIVE_UP {
+            delay = SINGLE_NODE_RETRY;
+        } else if duplicate {
             tracing::debug!(slot, gateway, error = %error, retry_in_ms = delay.as_millis() as u64, "same node again");
         } else {
             tracing::warn!(slot, gateway, error = %error, retry_in_ms = delay.as_millis() as u64, "tunnel down; reconnecting");

@@ -497,3 +497,49 @@ async fn an_agent_stopping_gracefully_finishes_its_requests_and_loses_none() {
     );
     eprintln!("{} requests during the drain, none lost", codes.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connection_slots_and_one_node_settle_on_one_tunnel_without_a_redial_loop() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&[]);
+    // A counting TCP relay in front of the gateway: every dial the agent makes goes through it.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let dials = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = dials.clone();
+    let target = gw.addr;
+    let relay_task = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = relay.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    let agent = Agent::spawn_urls(
+        &[format!("ws://{relay_addr}")],
+        DEMO,
+        &[("app.demo.localhost", up.url())],
+        &["--connections", "2"],
+    );
+    agent.connected().await;
+    let at_connect = dials.load(Ordering::Relaxed);
+    // The second slot finds the same node a few times, then waits minutes: no redial loop.
+    // (Backoff 50–500 ms: a redial loop would make ~9 dials in these 3 s.)
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = dials.load(Ordering::Relaxed);
+    assert!(
+        later <= 5,
+        "{later} dials ({at_connect} at connect): the second slot keeps redialling"
+    );
+    let r = client()
+        .get(gw.url("app.demo.localhost", "/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    relay_task.abort();
+}
