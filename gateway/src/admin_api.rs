@@ -89,30 +89,44 @@ struct ClusterView {
     token_ids: Vec<String>,
     /// Live tunnels on this node.
     tunnels_here: usize,
+    /// Live tunnels on every node.
+    tunnels: usize,
+    /// The nodes holding them.
+    nodes: Vec<String>,
     /// True when some node holds a live tunnel of the cluster.
     online: bool,
     routes: usize,
+    /// The cluster's own request rate limit, when the admin API set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<crate::ratelimit::Limit>,
 }
 
 async fn view(state: &AppState, rec: &ClusterRecord) -> ClusterView {
     let here = state.hub.count(&rec.name);
-    let remote = if state.registry.is_shared() {
-        state
-            .registry
-            .remote_owners(&rec.name)
-            .await
-            .map_or(0, |o| o.len())
-    } else {
-        0
-    };
+    let mut nodes = Vec::new();
+    if here > 0 {
+        nodes.push(state.config.node_id().to_string());
+    }
+    let mut tunnels = here;
+    if state.registry.is_shared()
+        && let Ok(owners) = state.registry.remote_owners(&rec.name).await
+    {
+        for o in owners.iter() {
+            tunnels += o.conns.len();
+            nodes.push(o.node_id.clone());
+        }
+    }
     ClusterView {
         id: rec.name.clone(),
         uuid: rec.uuid.clone(),
         created_at: rec.created_at,
         token_ids: rec.token_ids(),
         tunnels_here: here,
-        online: here + remote > 0,
+        tunnels,
+        online: !nodes.is_empty(),
+        nodes,
         routes: state.registry.route_count(&rec.name),
+        rate_limit: rec.rate_limit,
     }
 }
 

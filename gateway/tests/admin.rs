@@ -233,6 +233,15 @@ async fn changes_reach_every_node() {
         start.elapsed()
     );
     until_status(&nodes[1], "app.globex.localhost", 200, HANG).await;
+    // Node 1 sees where the cluster's tunnel lives.
+    let (s, v) = admin(&nodes[0], "GET", "/admin/v1/clusters/globex", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (v["online"].as_bool(), v["tunnels"].as_u64()),
+        (Some(true), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(1), "{v}");
     // Revoked on node 1: the tunnel on node 3 closes within 5 s.
     let (s, _) = admin(
         &nodes[0],
