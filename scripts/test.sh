@@ -23,7 +23,7 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 command -v curl >/dev/null || { say "installing curl"; apt_install curl ca-certificates; }
 command -v redis-server >/dev/null || { say "installing redis-server"; apt_install redis-server; }
 # The admin API's OpenAPI document is exercised by schemathesis (a property-based API tester).
-command -v st >/dev/null || { say "installing schemathesis"; python3 -m pip install --quiet --disable-pip-version-check schemathesis; }
+python3 -m schemathesis.cli --version >/dev/null 2>&1 || { say "installing schemathesis"; python3 -m pip install --quiet --disable-pip-version-check schemathesis; }
 # Hundreds of concurrent upgraded sessions in one test process.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
