@@ -7,7 +7,8 @@ RUN cargo build --release --locked --bins
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS gateway
 COPY --from=build /src/target/release/tunnelgate-gateway /usr/local/bin/tunnelgate-gateway
-EXPOSE 8080 9081
+COPY --from=build /src/target/release/tgctl /usr/local/bin/tgctl
+EXPOSE 8080 8443 9081 9090
 ENTRYPOINT ["/usr/local/bin/tunnelgate-gateway"]
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS agent
