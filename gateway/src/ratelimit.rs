@@ -2,9 +2,10 @@
 //! enters, so the admitted rate is the cluster's whatever node the traffic lands on.
 //!
 //! Without Redis the limiter is `governor`'s, in memory. With Redis the bucket lives there (a
-//! Lua GCRA keyed by cluster) and each node takes permits in small batches — a fiftieth of a
-//! second's worth, at least one — so a request costs a Redis call only once per batch and the
-//! cluster-wide rate overshoots by at most one batch per node. While Redis is unreachable each
+//! Lua GCRA keyed by cluster) and each node takes permits in small batches — 2 ms of the rate,
+//! at most an eighth of the burst, at least one; one fetch at a time per cluster — so a request
+//! costs a Redis call only once per batch, and a batch a node cannot use within 100 ms costs
+//! the cluster at most those few permits. While Redis is unreachable each
 //! node admits at the limit on its own (the registry logs the outage).
 
 use std::collections::HashMap;
@@ -24,14 +25,22 @@ pub struct Limit {
     pub burst: u32,
 }
 
-/// Batches a node takes from the shared bucket per second of the limit.
-const BATCHES_PER_SECOND: u32 = 50;
+/// Batches a node takes from the shared bucket per second of the limit (a batch is 2 ms of the
+/// rate: permits a node cannot use before the batch expires are lost, so they must be few).
+const BATCHES_PER_SECOND: u32 = 500;
+/// A batch is at most this fraction of the burst, so that one node's batch never takes the
+/// bucket's whole tolerance from the others.
+const BURST_SHARE: u32 = 8;
 /// A batch taken from Redis is usable for this long, then given up.
 const BATCH_LIFETIME: Duration = Duration::from_millis(100);
 
 struct Batch {
     left: u32,
     taken: Instant,
+    /// One fetch from Redis at a time per cluster: requests that find the batch empty while
+    /// a fetch is under way wait for it instead of each taking a batch of their own (which
+    /// would drain the shared bucket and refuse requests under the limit).
+    fetch: Arc<tokio::sync::Mutex<()>>,
 }
 
 enum Local {
@@ -66,6 +75,7 @@ impl RateLimits {
                             Batch {
                                 left: 0,
                                 taken: Instant::now(),
+                                fetch: Arc::default(),
                             },
                         )
                     } else {
@@ -94,30 +104,19 @@ impl RateLimits {
             return lim.check().map_err(|_| retry);
         }
         // Memory, or a batch in hand: answered here.
-        {
-            let mut l = slot.lock().unwrap_or_else(|p| p.into_inner());
-            match &mut *l {
-                Local::Memory(current, lim) => {
-                    if *current != limit {
-                        *current = limit;
-                        *lim = governor_for(limit);
-                    }
-                    return lim.check().map_err(|_| retry);
-                }
-                Local::Shared(current, batch) => {
-                    if *current != limit {
-                        *current = limit;
-                        batch.left = 0;
-                    }
-                    if batch.left > 0 && batch.taken.elapsed() < BATCH_LIFETIME {
-                        batch.left -= 1;
-                        return Ok(());
-                    }
-                }
-            }
+        let fetch = match self.take_local(&slot, limit) {
+            Taken::Memory(ok) => return ok.map_err(|()| retry),
+            Taken::Permit => return Ok(()),
+            Taken::Empty(fetch) => fetch,
+        };
+        // Take a batch from the shared bucket, one fetch at a time.
+        let _single = fetch.lock().await;
+        if let Taken::Permit = self.take_local(&slot, limit) {
+            return Ok(()); // another request's fetch refilled it
         }
-        // Take a batch from the shared bucket.
-        let want = (limit.requests_per_second / BATCHES_PER_SECOND).max(1);
+        let want = (limit.requests_per_second / BATCHES_PER_SECOND)
+            .min(limit.burst / BURST_SHARE)
+            .max(1);
         // Redis just went away: this request passes; the next ones use the node's own limiter.
         let granted = registry
             .take_permits(cluster, limit, want)
@@ -133,6 +132,39 @@ impl RateLimits {
         }
         Ok(())
     }
+
+    /// One permit from what this node holds, if it has one.
+    fn take_local(&self, slot: &Mutex<Local>, limit: Limit) -> Taken {
+        let mut l = slot.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *l {
+            Local::Memory(current, lim) => {
+                if *current != limit {
+                    *current = limit;
+                    *lim = governor_for(limit);
+                }
+                Taken::Memory(lim.check().map_err(|_| ()))
+            }
+            Local::Shared(current, batch) => {
+                if *current != limit {
+                    *current = limit;
+                    batch.left = 0;
+                }
+                if batch.left > 0 && batch.taken.elapsed() < BATCH_LIFETIME {
+                    batch.left -= 1;
+                    Taken::Permit
+                } else {
+                    Taken::Empty(batch.fetch.clone())
+                }
+            }
+        }
+    }
+}
+
+/// What this node's own share answered.
+enum Taken {
+    Memory(Result<(), ()>),
+    Permit,
+    Empty(Arc<tokio::sync::Mutex<()>>),
 }
 
 #[cfg(test)]
