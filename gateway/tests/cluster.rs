@@ -442,3 +442,37 @@ async fn websocket_across_a_peer_hop() {
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
     ws_echo_roundtrip(&mut ws).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_share_one_peer_link() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let n1 = Gateway::node(&redis, &[]);
+    let n2 = Gateway::node(&redis, &[]);
+    let agent = Agent::spawn_to(
+        &[&n1],
+        DEMO,
+        &[("app.demo.localhost", up.url())],
+        &["--connections", "1"],
+    );
+    agent.connected().await;
+    // 50 requests at once reach n2, which has no link to n1 yet.
+    let c = client();
+    let url = n2.url("app.demo.localhost", "/hello");
+    let all = (0..50).map(|_| {
+        let (c, url) = (c.clone(), url.clone());
+        tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
+    });
+    for s in futures_util::future::join_all(all).await {
+        assert_eq!(s.unwrap(), 200);
+    }
+    let accepted = n1
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("peer link accepted"))
+        .count();
+    assert_eq!(
+        accepted, 1,
+        "one dial per peer, not one per waiting request"
+    );
+}

@@ -25,6 +25,9 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct PeerPool {
     links: Mutex<HashMap<String, (u64, Recipient<OpenStream>)>>,
+    /// One dial per peer at a time: requests that miss a link while it is being dialled wait
+    /// for that dial instead of each opening (and leaking) a link of their own.
+    dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn to_tungstenite(m: Outgoing) -> Message {
@@ -55,6 +58,24 @@ impl PeerPool {
         state: &Arc<AppState>,
         owner: &Owner,
     ) -> Result<Recipient<OpenStream>, String> {
+        let existing = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&owner.node_id)
+            .map(|(_, r)| r.clone());
+        if let Some(r) = existing.filter(|r| r.connected()) {
+            return Ok(r);
+        }
+        let gate = self
+            .dialing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(owner.node_id.clone())
+            .or_default()
+            .clone();
+        let _one = gate.lock().await;
+        // Another request's dial may have finished while this one waited.
         let existing = self
             .links
             .lock()
