@@ -16,5 +16,8 @@ pub mod outbox;
 pub mod pipe;
 
 pub use credit::SendCredit;
-pub use outbox::{Board, Outbox, OutboxClosed, OutboxRx, Outgoing, outbox, write_loop};
+pub use outbox::{
+    Board, Outbox, OutboxClosed, OutboxRx, Outgoing, WRITE_TIMEOUT, outbox, write_loop,
+    write_loop_with_timeout,
+};
 pub use pipe::{Item, PipeError, PipeReader, PipeWriter, PushError, pipe};

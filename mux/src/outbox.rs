@@ -263,39 +263,103 @@ impl OutboxRx {
 /// The writer loop every tunnel end uses: takes messages from `rx`, converts them with `conv`
 /// into the socket's message type, feeds what is already queued and flushes once. Ends when
 /// the outbox closes, the sink fails, or after sending a close.
-pub async fn write_loop<S, M, F>(mut rx: OutboxRx, mut sink: S, conv: F)
+pub async fn write_loop<S, M, F>(rx: OutboxRx, sink: S, conv: F)
 where
     S: futures_util::Sink<M> + Unpin,
     F: Fn(Outgoing) -> M,
 {
+    write_loop_with_timeout(rx, sink, conv, WRITE_TIMEOUT).await
+}
+
+/// How long one write may wait for the other end to read before the connection is given up
+/// (a half-open link or a peer that stopped reading its socket altogether).
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`write_loop`] with its write timeout given.
+pub async fn write_loop_with_timeout<S, M, F>(
+    mut rx: OutboxRx,
+    mut sink: S,
+    conv: F,
+    timeout: std::time::Duration,
+) where
+    S: futures_util::Sink<M> + Unpin,
+    F: Fn(Outgoing) -> M,
+{
     use futures_util::SinkExt;
+    let stalled =
+        |r: Result<Result<(), S::Error>, tokio::time::error::Elapsed>| !matches!(r, Ok(Ok(())));
     while let Some(first) = rx.next().await {
         let mut msg = Some(first);
         while let Some(m) = msg.take() {
             let closing = matches!(m, Outgoing::Close { .. });
-            if sink.feed(conv(m)).await.is_err() {
+            if stalled(tokio::time::timeout(timeout, sink.feed(conv(m))).await) {
                 rx.close();
                 return;
             }
             if closing {
-                let _ = sink.flush().await;
-                let _ = sink.close().await;
+                let _ = tokio::time::timeout(timeout, sink.flush()).await;
+                let _ = tokio::time::timeout(timeout, sink.close()).await;
                 rx.close();
                 return;
             }
             msg = rx.try_next();
         }
-        if sink.flush().await.is_err() {
+        if stalled(tokio::time::timeout(timeout, sink.flush()).await) {
             break;
         }
     }
     rx.close();
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(timeout, sink.close()).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink whose other end never reads.
+    struct Stuck;
+
+    impl futures_util::Sink<Outgoing> for Stuck {
+        type Error = ();
+        fn poll_ready(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), ()>> {
+            std::task::Poll::Pending
+        }
+        fn start_send(self: std::pin::Pin<&mut Self>, _: Outgoing) -> Result<(), ()> {
+            Ok(())
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), ()>> {
+            std::task::Poll::Pending
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), ()>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_whose_other_end_stopped_reading_gives_up() {
+        let (out, rx) = outbox(4);
+        out.send(Outgoing::Text("never read".into())).await.unwrap();
+        let writer = tokio::spawn(write_loop_with_timeout(
+            rx,
+            Stuck,
+            |m| m,
+            std::time::Duration::from_millis(50),
+        ));
+        tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+            .await
+            .expect("the writer gave up")
+            .unwrap();
+        assert!(out.is_closed(), "producers learn the link is gone");
+    }
 
     #[tokio::test]
     async fn a_graceful_close_waits_behind_the_queue_a_hard_one_does_not() {
