@@ -52,19 +52,23 @@ fn from_tungstenite(m: Result<Message, tungstenite::Error>) -> WsIn {
 }
 
 impl PeerPool {
+    /// The link to `node` if it is up.
+    fn live_link(&self, node: &str) -> Option<Recipient<OpenStream>> {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .map(|(_, r)| r.clone())
+            .filter(|r| r.connected())
+    }
+
     /// The link to `owner`, dialling it if there is none.
     pub async fn link(
         &self,
         state: &Arc<AppState>,
         owner: &Owner,
     ) -> Result<Recipient<OpenStream>, String> {
-        let existing = self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&owner.node_id)
-            .map(|(_, r)| r.clone());
-        if let Some(r) = existing.filter(|r| r.connected()) {
+        if let Some(r) = self.live_link(&owner.node_id) {
             return Ok(r);
         }
         let gate = self
@@ -76,13 +80,7 @@ impl PeerPool {
             .clone();
         let _one = gate.lock().await;
         // Another request's dial may have finished while this one waited.
-        let existing = self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&owner.node_id)
-            .map(|(_, r)| r.clone());
-        if let Some(r) = existing.filter(|r| r.connected()) {
+        if let Some(r) = self.live_link(&owner.node_id) {
             return Ok(r);
         }
         let secret = state
