@@ -61,11 +61,18 @@ impl AppState {
         let registry = match &config.redis_url {
             None => Registry::in_memory(&config.domain, &config.clusters),
             Some(url) => {
-                let calls = metrics.backend_calls.clone();
+                let (calls, cache) = (metrics.backend_calls.clone(), metrics.route_cache.clone());
                 let count: registry::redis::CallCounter = Arc::new(move |op| {
-                    calls
-                        .get_or_create(&telemetry::metrics::OpLabels { op })
-                        .inc();
+                    if let Some(outcome) = op.strip_prefix("cache_") {
+                        let reason = if outcome == "hit" { "hit" } else { "miss" };
+                        cache
+                            .get_or_create(&telemetry::metrics::ReasonLabels { reason })
+                            .inc();
+                    } else {
+                        calls
+                            .get_or_create(&telemetry::metrics::OpLabels { op })
+                            .inc();
+                    }
                 });
                 Registry::with_redis(
                     &config.domain,

@@ -475,4 +475,10 @@ async fn concurrent_first_requests_share_one_peer_link() {
         accepted, 1,
         "one dial per peer, not one per waiting request"
     );
+    // The route table came from Redis once, then from the cache.
+    n2.wait_metric(r#"gateway_route_cache_total{reason="miss"}"#)
+        .await;
+    n2.wait_metric(r#"gateway_route_cache_total{reason="hit"}"#)
+        .await;
+    n2.wait_metric("gateway_build_info{version=").await;
 }

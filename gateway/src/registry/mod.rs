@@ -538,13 +538,15 @@ impl Registry {
     async fn table(&self, cluster: &str) -> Result<Arc<RouteTable>, RegistryError> {
         match &self.store {
             Store::Memory(m) => Ok(m.table(cluster)),
-            Store::Redis(_) => {
+            Store::Redis(r) => {
                 let hit = self.cache.table(cluster);
                 if let Some(h) = &hit
                     && h.fresh
                 {
+                    r.note_cache(true);
                     return Ok(h.table.clone());
                 }
+                r.note_cache(false);
                 match self.cluster_routes(cluster).await {
                     Ok(all) => Ok(self
                         .cache

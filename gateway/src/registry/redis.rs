@@ -210,6 +210,11 @@ impl RedisStore {
             .map_err(|_| RegistryError::Unavailable(format!("redis {op} timed out")))?
     }
 
+    /// Reports a route-table cache outcome through the same counter (`cache_hit`, `cache_miss`).
+    pub fn note_cache(&self, hit: bool) {
+        (self.count)(if hit { "cache_hit" } else { "cache_miss" });
+    }
+
     pub fn pubsub_client(&self) -> &redis::Client {
         &self.client
     }

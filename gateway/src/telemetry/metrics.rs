@@ -72,6 +72,16 @@ pub struct Metrics {
     /// `gateway_routes_rejected_total{cluster_uuid,reason}`: routes refused in `routes_ack`
     /// (`conflict` with another agent of the cluster, or `refused`: names, sizes, quotas).
     pub routes_rejected: Family<ClusterReasonLabels, Counter>,
+    /// `gateway_route_cache_total{outcome}`: route-table lookups answered from the cache in
+    /// front of Redis (`hit`) or loaded from it (`miss`).
+    pub route_cache: Family<ReasonLabels, Counter>,
+    /// `gateway_build_info{version}`: 1, with the running version.
+    pub build_info: Family<VersionLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: &'static str,
 }
 
 impl Default for Metrics {
@@ -156,7 +166,26 @@ impl Default for Metrics {
             "Routes refused to an agent, by cluster and reason (conflict, refused)",
             routes_rejected.clone(),
         );
+        let route_cache = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gateway_route_cache",
+            "Route-table lookups answered from the cache in front of Redis (hit) or loaded (miss)",
+            route_cache.clone(),
+        );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "gateway_build_info",
+            "1, labelled with the running version",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
         Metrics {
+            route_cache,
+            build_info,
             routes_rejected,
             cluster_private,
             agent_routes,
