@@ -475,7 +475,9 @@ async fn concurrent_first_requests_share_one_peer_link() {
         accepted, 1,
         "one dial per peer, not one per waiting request"
     );
-    // The route table came from Redis once, then from the cache.
+    // The route table came from Redis, then from the cache.
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     n2.wait_metric(r#"gateway_route_cache_total{reason="miss"}"#)
         .await;
     n2.wait_metric(r#"gateway_route_cache_total{reason="hit"}"#)
