@@ -152,6 +152,9 @@ pub struct Registry {
     store: Store,
     /// Token hash → (cluster id, token id), for authentication without a round trip.
     tokens: RwLock<HashMap<[u8; 32], (String, String)>>,
+    /// Per cluster, the lock that keeps its route table loading once at a time (known
+    /// clusters only reach it).
+    loading: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// (cluster, token id) of every valid token.
     valid: RwLock<std::collections::HashSet<(String, String)>>,
     /// Every cluster record (the admin API's; with Redis, as last loaded).
@@ -222,6 +225,7 @@ impl Registry {
             store,
             tokens: RwLock::new(tokens),
             valid: RwLock::new(valid),
+            loading: Default::default(),
             records: RwLock::new(records),
             configured: clusters.to_vec(),
             quotas: Quotas {
@@ -545,6 +549,20 @@ impl Registry {
                 {
                     r.note_cache(true);
                     return Ok(h.table.clone());
+                }
+                // One load per cluster at a time: lookups that miss while it runs wait for it
+                // instead of each asking Redis for the same table.
+                let gate = self
+                    .loading
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(cluster.to_string())
+                    .or_default()
+                    .clone();
+                let _one = gate.lock().await;
+                if let Some(h) = self.cache.table(cluster).filter(|h| h.fresh) {
+                    r.note_cache(true);
+                    return Ok(h.table);
                 }
                 r.note_cache(false);
                 match self.cluster_routes(cluster).await {
