@@ -138,12 +138,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for FirstHead<T> {
                             buf.extend_from_slice(got);
                             let bytes = std::mem::take(buf);
                             let next = match head_end(&bytes) {
-                                Some(end) => {
-                                    let mut replay = rewrite_head(&bytes[..end])
-                                        .unwrap_or_else(|| bytes[..end].to_vec());
-                                    replay.extend_from_slice(&bytes[end..]);
-                                    State::Replay(replay, 0)
-                                }
+                                // Rewritten, or the bytes as read (no copy).
+                                Some(end) => match rewrite_head(&bytes[..end]) {
+                                    Some(mut head) => {
+                                        head.extend_from_slice(&bytes[end..]);
+                                        State::Replay(head, 0)
+                                    }
+                                    None => State::Replay(bytes, 0),
+                                },
                                 None if eof || bytes.len() >= MAX_HEAD => State::Replay(bytes, 0),
                                 None => State::Head(bytes),
                             };
