@@ -141,31 +141,37 @@ async fn upload(
     shared: Arc<StreamShared>,
     request: ProxyRequest,
     payload: Option<BodySource>,
-    idle: Option<Duration>,
+    idle: Duration,
     upgraded: bool,
 ) -> Result<(), UploadError> {
+    use std::io::ErrorKind;
     outbox
         .send_control(&Control::ProxyRequest(request))
         .await
         .map_err(|_| UploadError::Tunnel)?;
-    let Some(mut payload) = payload else {
+    let Some(payload) = payload else {
         return Ok(());
     };
-    loop {
-        let next = match idle {
-            Some(idle) => tokio::time::timeout(idle, payload.next())
-                .await
-                .map_err(|_| UploadError::Idle(idle))?,
-            None => payload.next().await,
-        };
-        let Some(chunk) = next else { break };
+    // A request body may pause at most `idle` between chunks (the same timer as response
+    // bodies); an upgraded connection may be quiet for hours.
+    let mut payload: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>>>,
+    > = if upgraded {
+        Box::pin(payload.map(|r| r.map_err(std::io::Error::other)))
+    } else {
+        Box::pin(crate::proxy::idle::IdleTimeout::new(payload, idle))
+    };
+    while let Some(chunk) = payload.next().await {
         let mut chunk = match chunk {
             Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::TimedOut && !upgraded => {
+                return Err(UploadError::Idle(idle));
+            }
             // On an upgraded connection the client's FIN is a half-close ("done sending"),
             // which actix reports as an incomplete payload: the upstream gets END and keeps
             // answering. (An abort shows on the response side, which resets the stream.)
             Err(_) if upgraded => break,
-            Err(e) => return Err(UploadError::Client(e)),
+            Err(e) => return Err(UploadError::Client(e.to_string())),
         };
         while !chunk.is_empty() {
             let piece = chunk.split_to(chunk.len().min(MAX_FRAME_PAYLOAD));
@@ -201,7 +207,7 @@ impl Actor for StreamActor {
             p.shared.clone(),
             p.request.clone(),
             p.payload.take(),
-            (!p.upgrade).then_some(p.body_idle_timeout),
+            p.body_idle_timeout,
             p.upgrade,
         );
         ctx.spawn(pump.into_actor(self).map(|res, act, ctx| match res {
