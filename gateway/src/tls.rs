@@ -45,19 +45,29 @@ impl Loaded {
     }
 }
 
-fn load_pair(cert: &PathBuf, key: &PathBuf) -> Result<Loaded, String> {
+/// Reads a PEM certificate chain and its key; errors name the flag (`flag`-cert, `flag`-key).
+fn read_pem_pair(
+    flag: &str,
+    cert: &PathBuf,
+    key: &PathBuf,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?
+        .map_err(|e| format!("{flag}-cert {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+        .map_err(|e| format!("{flag}-cert {}: {e}", cert.display()))?;
     if chain.is_empty() {
         return Err(format!(
-            "--tls-cert {}: no certificate in it",
+            "{flag}-cert {}: no certificate in it",
             cert.display()
         ));
     }
     let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+        .map_err(|e| format!("{flag}-key {}: {e}", key.display()))?;
+    Ok((chain, key_der))
+}
+
+fn load_pair(cert: &PathBuf, key: &PathBuf) -> Result<Loaded, String> {
+    let (chain, key_der) = read_pem_pair("--tls", cert, key)?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
     Ok(Loaded {
@@ -166,12 +176,7 @@ pub struct PeerTls {
 impl PeerTls {
     pub fn load(cert: &PathBuf, key: &PathBuf, ca: &PathBuf) -> Result<PeerTls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| format!("--peer-cert {}: {e}", cert.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("--peer-cert {}: {e}", cert.display()))?;
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| format!("--peer-key {}: {e}", key.display()))?;
+        let (chain, key) = read_pem_pair("--peer", cert, key)?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(ca)
             .map_err(|e| format!("--peer-ca {}: {e}", ca.display()))?

@@ -307,11 +307,6 @@ impl RedisStore {
         Ok(u32::try_from(n).unwrap_or(0))
     }
 
-    /// Tells every node the cluster records changed.
-    pub async fn publish_raw(&self, event: String) -> Result<(), RegistryError> {
-        self.publish(event).await
-    }
-
     /// Every cluster record (id, JSON).
     pub async fn load_clusters(&self) -> Result<Vec<(String, String)>, RegistryError> {
         let ids: Vec<String> = self

@@ -347,7 +347,7 @@ impl Registry {
                 from: self.node_id.clone(),
             };
             let _ = r
-                .publish_raw(serde_json::to_string(&ev).unwrap_or_default())
+                .publish(serde_json::to_string(&ev).unwrap_or_default())
                 .await;
         }
     }
