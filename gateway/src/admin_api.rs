@@ -46,18 +46,10 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), Box<HttpResponse
             "throttled",
             "too many failed authentications from this address; retry later",
         );
-        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&wait.to_string()) {
-            r.headers_mut()
-                .insert(actix_web::http::header::RETRY_AFTER, v);
-        }
+        crate::guard::set_retry_after(&mut r, wait);
         return Err(Box::new(r));
     }
-    let presented = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let presented = crate::guard::bearer_token(req).unwrap_or("");
     let ok = !presented.is_empty()
         && state
             .config

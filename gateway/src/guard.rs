@@ -21,6 +21,24 @@ const BLOCKED_SOURCES: usize = 65_536;
 /// Keys the limiter may hold before idle ones are swept.
 const SWEEP_AT: usize = 10_000;
 
+/// The token of an `Authorization: Bearer …` header, trimmed; `None` when absent or empty.
+pub fn bearer_token(req: &actix_web::HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Adds `Retry-After: secs` to a refusal.
+pub fn set_retry_after(resp: &mut actix_web::HttpResponse, secs: u64) {
+    resp.headers_mut().insert(
+        actix_web::http::header::RETRY_AFTER,
+        actix_web::http::header::HeaderValue::from(secs),
+    );
+}
+
 pub struct AuthGuard {
     failures: DefaultKeyedRateLimiter<IpAddr>,
     blocked: Mutex<LruCache<IpAddr, Instant>>,

@@ -36,12 +36,7 @@ pub async fn accept(
     let Some(secret) = state.config.peer_secret.as_ref() else {
         return refuse(StatusCode::NOT_FOUND, "this node takes no peer links");
     };
-    let presented = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let presented = crate::guard::bearer_token(&req).unwrap_or("");
     let ip = req.peer_addr().map(|p| p.ip());
     if let Err(wait) = state.auth_guard.check(ip) {
         state.metrics.auth_failure("throttled");

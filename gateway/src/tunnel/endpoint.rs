@@ -30,10 +30,7 @@ pub fn throttled(wait_secs: u64) -> HttpResponse {
         actix_web::http::StatusCode::TOO_MANY_REQUESTS,
         "too many failed authentications from this address; retry later",
     );
-    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&wait_secs.to_string()) {
-        r.headers_mut()
-            .insert(actix_web::http::header::RETRY_AFTER, v);
-    }
+    crate::guard::set_retry_after(&mut r, wait_secs);
     r
 }
 
@@ -50,13 +47,7 @@ pub async fn accept(
         state.metrics.auth_failure("throttled");
         return throttled(wait);
     }
-    let token = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
+    let Some(token) = crate::guard::bearer_token(&req) else {
         state.metrics.auth_failure("missing_token");
         tracing::warn!(?peer, "agent refused: no bearer token");
         if let Err(wait) = state.auth_guard.failed(ip) {
