@@ -45,15 +45,15 @@ struct Batch {
 
 enum Local {
     Memory(Limit, DefaultDirectRateLimiter),
-    Shared(Limit, Batch),
+    /// The batch from the shared bucket, and this node's own limiter at the cluster's limit
+    /// for while Redis is unreachable.
+    Shared(Limit, Batch, DefaultDirectRateLimiter),
 }
 
 /// Every cluster's limiter on this node.
 #[derive(Default)]
 pub struct RateLimits {
     by_cluster: Mutex<HashMap<String, Arc<Mutex<Local>>>>,
-    /// While Redis is unreachable: this node alone, at the cluster's limit.
-    fallback: Mutex<HashMap<String, (Limit, Arc<DefaultDirectRateLimiter>)>>,
 }
 
 fn governor_for(limit: Limit) -> DefaultDirectRateLimiter {
@@ -77,6 +77,7 @@ impl RateLimits {
                                 taken: Instant::now(),
                                 fetch: Arc::default(),
                             },
+                            governor_for(limit),
                         )
                     } else {
                         Local::Memory(limit, governor_for(limit))
@@ -89,29 +90,16 @@ impl RateLimits {
         let retry = (1.0 / f64::from(limit.requests_per_second.max(1)))
             .ceil()
             .max(1.0) as u64;
-        if registry.is_shared() && !registry.is_healthy() {
-            let lim = {
-                let mut g = self.fallback.lock().unwrap_or_else(|p| p.into_inner());
-                match g.get(cluster) {
-                    Some((l, lim)) if *l == limit => lim.clone(),
-                    _ => {
-                        let lim = Arc::new(governor_for(limit));
-                        g.insert(cluster.to_string(), (limit, lim.clone()));
-                        lim
-                    }
-                }
-            };
-            return lim.check().map_err(|_| retry);
-        }
-        // Memory, or a batch in hand: answered here.
-        let fetch = match self.take_local(&slot, limit) {
+        // Memory, Redis unreachable, or a batch in hand: answered here.
+        let degraded = !registry.is_healthy();
+        let fetch = match self.take_local(&slot, limit, degraded) {
             Taken::Memory(ok) => return ok.map_err(|()| retry),
             Taken::Permit => return Ok(()),
             Taken::Empty(fetch) => fetch,
         };
         // Take a batch from the shared bucket, one fetch at a time.
         let _single = fetch.lock().await;
-        if let Taken::Permit = self.take_local(&slot, limit) {
+        if let Taken::Permit = self.take_local(&slot, limit, false) {
             return Ok(()); // another request's fetch refilled it
         }
         let want = (limit.requests_per_second / BATCHES_PER_SECOND)
@@ -126,15 +114,16 @@ impl RateLimits {
             return Err(retry);
         }
         let mut l = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if let Local::Shared(_, batch) = &mut *l {
+        if let Local::Shared(_, batch, _) = &mut *l {
             batch.left = granted - 1;
             batch.taken = Instant::now();
         }
         Ok(())
     }
 
-    /// One permit from what this node holds, if it has one.
-    fn take_local(&self, slot: &Mutex<Local>, limit: Limit) -> Taken {
+    /// One permit from what this node holds, if it has one; `degraded` (Redis unreachable)
+    /// answers a shared cluster from this node's own limiter.
+    fn take_local(&self, slot: &Mutex<Local>, limit: Limit, degraded: bool) -> Taken {
         let mut l = slot.lock().unwrap_or_else(|p| p.into_inner());
         match &mut *l {
             Local::Memory(current, lim) => {
@@ -144,10 +133,14 @@ impl RateLimits {
                 }
                 Taken::Memory(lim.check().map_err(|_| ()))
             }
-            Local::Shared(current, batch) => {
+            Local::Shared(current, batch, own) => {
                 if *current != limit {
                     *current = limit;
                     batch.left = 0;
+                    *own = governor_for(limit);
+                }
+                if degraded {
+                    return Taken::Memory(own.check().map_err(|_| ()));
                 }
                 if batch.left > 0 && batch.taken.elapsed() < BATCH_LIFETIME {
                     batch.left -= 1;
