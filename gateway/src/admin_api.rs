@@ -16,13 +16,17 @@ use crate::registry::{ClusterRecord, TenantError};
 /// The OpenAPI 3 document of this API (served at `GET /admin/v1/openapi.json`).
 pub const OPENAPI: &str = include_str!("admin_openapi.json");
 
-fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> HttpResponse {
+pub(crate) fn error(
+    status: StatusCode,
+    code: &str,
+    message: impl std::fmt::Display,
+) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({
         "error": {"code": code, "message": message.to_string()}
     }))
 }
 
-fn tenant_error(e: TenantError) -> HttpResponse {
+pub(crate) fn tenant_error(e: TenantError) -> HttpResponse {
     match &e {
         TenantError::Invalid(_) => error(StatusCode::BAD_REQUEST, "invalid", e),
         TenantError::Exists(_) => error(StatusCode::CONFLICT, "exists", e),
@@ -37,7 +41,7 @@ fn tenant_error(e: TenantError) -> HttpResponse {
 }
 
 /// Checks the caller's admin token; the refusal to send otherwise.
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), Box<HttpResponse>> {
+pub(crate) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), Box<HttpResponse>> {
     let ip = req.peer_addr().map(|p| p.ip());
     if let Err(wait) = state.auth_guard.check(ip) {
         state.metrics.auth_failure("admin_throttled");
@@ -141,7 +145,7 @@ fn enforce(state: &AppState) {
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<HttpResponse>> {
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<HttpResponse>> {
     serde_json::from_slice(body).map_err(|e| {
         Box::new(error(
             StatusCode::BAD_REQUEST,
@@ -331,6 +335,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/admin/v1/clusters/{id}/tokens/{token_id}", "DELETE")
                 .route(web::delete().to(revoke_token)),
+        )
+        .service(
+            resource("/admin/v1/clusters/{id}/access-tokens", "GET, POST")
+                .route(web::post().to(crate::admin_access::issue))
+                .route(web::get().to(crate::admin_access::list)),
+        )
+        .service(
+            resource("/admin/v1/clusters/{id}/access-tokens/{token_id}", "DELETE")
+                .route(web::delete().to(crate::admin_access::revoke)),
         );
 }
 

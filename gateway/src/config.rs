@@ -164,6 +164,16 @@ pub struct Config {
     #[arg(long, env = "TG_BODY_IDLE_TIMEOUT", default_value = DEFAULT_BODY_IDLE_TIMEOUT, value_parser = parse_duration)]
     pub body_idle_timeout: Duration,
 
+    /// Longest silence on a Kubernetes API watch, `logs -f` or exec/attach/port-forward session
+    /// through `{cluster}.k8s.{domain}` before it is cut (their own, longer body idle timeout).
+    #[arg(long, env = "TG_KUBERNETES_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub kubernetes_idle_timeout: Duration,
+
+    /// PEM file of the CA that issued the gateway's HTTPS certificates, written into the
+    /// kubeconfigs the admin API issues (for a private CA; omit for a public one).
+    #[arg(long, env = "TG_PUBLIC_CA")]
+    pub public_ca: Option<std::path::PathBuf>,
+
     /// Interval at which agents send heartbeats; three missed ones close the tunnel.
     #[arg(long, env = "TG_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]
     pub heartbeat_interval: Duration,

@@ -22,6 +22,10 @@ pub enum Who {
 pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(Cow<'static, str>),
+    #[error("a valid access token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("host {0} is not served on this TLS connection (its SNI names another cluster)")]
     Misdirected(String),
     #[error("the request body stalled: no bytes for {0:?}")]
@@ -60,6 +64,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
@@ -83,6 +89,8 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Unauthorized => "unauthorized",
+            ProxyError::Forbidden(_) => "forbidden",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::RateLimited(..) => "rate_limited",
@@ -105,6 +113,8 @@ impl ProxyError {
     pub fn who(&self) -> Who {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::Unauthorized
+            | ProxyError::Forbidden(_)
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::BodyTimeout(_)
             | ProxyError::RateLimited(..)

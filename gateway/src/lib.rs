@@ -16,6 +16,7 @@
 //! - [`tls`]: HTTPS at the edge: certificates by SNI, reloaded when their files change.
 
 pub mod admin;
+pub mod admin_access;
 pub mod admin_api;
 pub mod cluster;
 pub mod config;

@@ -54,6 +54,7 @@ fn codec(c: &mut Criterion) {
         conns: Vec::new(),
         hops: 0,
         upgrade: None,
+        kubernetes: None,
     });
     let json = req.to_json();
     c.bench_function("control/encode_proxy_request", |b| {

@@ -172,6 +172,19 @@ pub struct ProxyRequest {
     /// directions of the stream carry the connection's raw bytes as DATA (protocol 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<String>,
+    /// Set only for a request to the cluster's Kubernetes API (`{cluster}.k8s.{domain}`): the
+    /// caller the gateway authenticated. The agent sends the request to its API server as
+    /// itself, impersonating this identity; it never reads identity from client headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeIdentity>,
+}
+
+/// Who a Kubernetes API request is made for: `Impersonate-User` and `Impersonate-Group`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeIdentity {
+    pub user: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 fn is_zero(n: &u8) -> bool {
@@ -352,6 +365,10 @@ mod tests {
                 conns: Vec::new(),
                 hops: 0,
                 upgrade: Some("websocket".into()),
+                kubernetes: Some(KubeIdentity {
+                    user: "alice".into(),
+                    groups: vec!["devs".into()],
+                }),
             }),
             Control::ProxyError(ProxyError {
                 stream_id: 3,

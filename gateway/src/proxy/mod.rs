@@ -4,17 +4,17 @@
 pub mod front;
 pub mod headers;
 pub mod idle;
+pub mod kube;
 
 use std::time::Instant;
 
 use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
-use tunnelgate_proto::control::ProxyRequest;
+use tunnelgate_proto::control::{KubeIdentity, ProxyRequest};
 
 use crate::AppState;
 use crate::error::ProxyError;
-use crate::registry::RouteEntry;
 use crate::tunnel::{OpenError, OpenStream, Started, payload_body, start_stream};
 use headers::{
     check_request, has_body, keep_response_header, response_connection_tokens,
@@ -61,6 +61,10 @@ pub async fn dispatch(
     {
         return redirect_to_https(&req, &host, state.config.https_port);
     }
+    if let Some(cluster) = kube::api_cluster(&host, &state.config.domain) {
+        let cluster = cluster.to_string();
+        return kube::serve(req, payload, state, host, cluster, started).await;
+    }
     let target = match request_target(&req) {
         Ok(t) => t,
         Err(e) => return fail(&state, &req, "", e),
@@ -82,25 +86,36 @@ pub async fn dispatch(
             None => fail(&state, &req, "", ProxyError::NoRoute(host)),
         };
     };
+    if let Err(e) = admit(&state, &route.cluster).await {
+        return fail(&state, &req, &route.cluster, e);
+    }
+    let call = Call {
+        host,
+        path: target.path,
+        cluster: route.cluster.clone(),
+        conns: route.conns.clone(),
+        kubernetes: None,
+    };
+    match proxy(&req, payload, &state, call, started).await {
+        Ok(resp) => resp,
+        Err(e) => fail(&state, &req, &route.cluster, e),
+    }
+}
+
+/// The cluster's request rate limit (its own, or the gateway's default): 429 when over.
+async fn admit(state: &AppState, cluster: &str) -> Result<(), ProxyError> {
     let limit = state
         .registry
-        .rate_limit(&route.cluster)
+        .rate_limit(cluster)
         .unwrap_or(crate::ratelimit::Limit {
             requests_per_second: state.config.rate_limit,
             burst: state.config.rate_burst,
         });
-    if let Err(wait) = state
+    state
         .rate_limits
-        .admit(&state.registry, &route.cluster, limit)
+        .admit(&state.registry, cluster, limit)
         .await
-    {
-        let c = route.cluster.clone();
-        return fail(&state, &req, &c, ProxyError::RateLimited(c.clone(), wait));
-    }
-    match proxy(&req, payload, &state, host, target.path, &route, started).await {
-        Ok(resp) => resp,
-        Err(e) => fail(&state, &req, &route.cluster, e),
-    }
+        .map_err(|wait| ProxyError::RateLimited(cluster.to_string(), wait))
 }
 
 /// 308 to the same host, path and query over HTTPS (`--redirect-http`).
@@ -183,16 +198,26 @@ const MAX_OWNER_TRIES: usize = 2;
 /// Local tunnels that may refuse one request (their agents draining) before it goes elsewhere.
 const MAX_LOCAL_TRIES: usize = 3;
 
+/// Where one routed request goes.
+struct Call {
+    host: String,
+    /// The normalised path (or `*`) the upstream receives.
+    path: String,
+    cluster: String,
+    /// Connections publishing the route; empty for any of the cluster's (its API).
+    conns: std::sync::Arc<[String]>,
+    /// The caller the gateway authenticated, for the cluster's Kubernetes API.
+    kubernetes: Option<KubeIdentity>,
+}
+
 async fn proxy(
     req: &HttpRequest,
     payload: web::Payload,
     state: &web::Data<AppState>,
-    host: String,
-    path: String,
-    route: &RouteEntry,
+    call: Call,
     started: Instant,
 ) -> Result<HttpResponse, ProxyError> {
-    let cluster = &route.cluster;
+    let cluster = &call.cluster;
     let upgrade = headers::upgrade_request(req);
     let proto = match req.conn_data::<crate::tls::Tls>() {
         Some(_) => "https",
@@ -218,10 +243,11 @@ async fn proxy(
     let target = Target {
         req,
         state,
-        host: &host,
-        path: &path,
+        host: &call.host,
+        path: &call.path,
         cluster,
-        conns: &route.conns,
+        conns: &call.conns,
+        kubernetes: call.kubernetes.clone(),
         upgrade,
         headers,
         with_body,
@@ -230,7 +256,7 @@ async fn proxy(
     // A tunnel picked as its agent began to drain refuses the stream before anything was
     // sent (NotHere): the request goes to the cluster's next tunnel, here or on an owner node.
     let mut refused = Vec::new();
-    while let Some(t) = state.hub.pick(cluster, &route.conns, &refused) {
+    while let Some(t) = state.hub.pick(cluster, &call.conns, &refused) {
         match target.forward(t.open, false, &mut body).await {
             // (A body already sent cannot be sent again.)
             Err(ProxyError::NotHere)
@@ -251,8 +277,11 @@ async fn proxy(
         .await
         .map_err(|_| ProxyError::ClusterOffline(cluster.clone()))?;
     let arc = state.clone().into_inner();
-    // Only nodes holding a tunnel of an agent that publishes this route can serve it.
-    let publishes = |o: &&crate::registry::Owner| o.conns.iter().any(|c| route.conns.contains(c));
+    // Only nodes holding a tunnel of an agent that publishes this route can serve it (any
+    // node holding one of the cluster's tunnels, for its API).
+    let publishes = |o: &&crate::registry::Owner| {
+        call.conns.is_empty() || o.conns.iter().any(|c| call.conns.contains(c))
+    };
     for owner in owners.iter().filter(publishes).take(MAX_OWNER_TRIES) {
         let link = match state.peers.link(&arc, owner).await {
             Ok(l) => l,
@@ -297,6 +326,8 @@ struct Target<'a> {
     started: Instant,
     /// The `Upgrade` the client asked for (any protocol but h2c).
     upgrade: Option<String>,
+    /// The caller of the cluster's Kubernetes API, when this is a call to it.
+    kubernetes: Option<KubeIdentity>,
 }
 
 impl Target<'_> {
@@ -332,13 +363,20 @@ impl Target<'_> {
             },
             hops: u8::from(via_peer),
             upgrade: self.upgrade.clone(),
+            kubernetes: self.kubernetes.clone(),
+        };
+        // Watches, `logs -f` and exec sessions are quiet for long stretches: the API's calls
+        // have their own, longer idle timeout.
+        let idle = match self.kubernetes {
+            Some(_) => state.config.kubernetes_idle_timeout,
+            None => state.config.body_idle_timeout,
         };
         let Started { head, body, .. } = start_stream(
             opened,
             request,
             payload.take(),
             state.config.response_timeout,
-            state.config.body_idle_timeout,
+            idle,
         );
         let started = self.started;
         let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
@@ -348,7 +386,13 @@ impl Target<'_> {
             state
                 .metrics
                 .request(cluster, 101, Some(started.elapsed().as_secs_f64()));
-            return upgraded_response(&head.headers, asked, &self.own_names(), body);
+            return upgraded_response(
+                &head.headers,
+                asked,
+                &self.own_names(),
+                body,
+                self.kubernetes.as_ref().map(|_| idle),
+            );
         }
         let status = StatusCode::from_u16(head.status)
             .ok()
@@ -387,7 +431,7 @@ impl Target<'_> {
         if !head.body {
             return Ok(resp.finish());
         }
-        let body = idle::IdleTimeout::new(body, self.state.config.body_idle_timeout);
+        let body = idle::IdleTimeout::new(body, idle);
         Ok(match content_length {
             Some(n) => resp.body(SizedStream::new(n, body)),
             // (Not `streaming`, which would invent a Content-Type the upstream did not send.)
@@ -402,7 +446,8 @@ impl Target<'_> {
 }
 
 /// The client's 101: the upstream's headers (hop-by-hop ones dropped, the `Upgrade` it chose
-/// kept), then its raw bytes for as long as the connection lives, with no idle timeout. If the
+/// kept), then its raw bytes for as long as the connection lives, with no idle timeout unless
+/// one is given (the Kubernetes API's sessions). If the
 /// tunnel, a peer or the agent goes away, the body fails and actix drops the client's
 /// connection: a WebSocket client sees 1006, never a clean close it would take as deliberate.
 fn upgraded_response(
@@ -410,6 +455,7 @@ fn upgraded_response(
     asked: &str,
     own: &dyn Fn(&str) -> bool,
     body: tunnelgate_mux::PipeReader,
+    idle_timeout: Option<std::time::Duration>,
 ) -> Result<HttpResponse, ProxyError> {
     let chosen = headers
         .iter()
@@ -419,7 +465,12 @@ fn upgraded_response(
     let ResponseHead { mut resp, .. } =
         response_head(StatusCode::SWITCHING_PROTOCOLS, headers, own)?;
     resp.upgrade(chosen);
-    Ok(resp.body(actix_web::body::BodyStream::new(body)))
+    Ok(match idle_timeout {
+        Some(t) => resp.body(actix_web::body::BodyStream::new(idle::IdleTimeout::new(
+            body, t,
+        ))),
+        None => resp.body(actix_web::body::BodyStream::new(body)),
+    })
 }
 
 /// A response head built from the agent's, and the body length it announced.

@@ -7,6 +7,7 @@
 //! makes lookups cheap to refuse: a host names its cluster, and a host of an unknown cluster,
 //! or one its cluster does not publish, is refused from memory without asking Redis.
 
+pub mod access;
 mod cache;
 pub mod keys;
 mod memory;
@@ -152,6 +153,8 @@ pub struct Registry {
     store: Store,
     /// Token hash → (cluster id, token id), for authentication without a round trip.
     tokens: RwLock<HashMap<[u8; 32], (String, String)>>,
+    /// Access token hash → grant (Kubernetes API callers), from memory as well.
+    access: RwLock<HashMap<[u8; 32], access::AccessGrant>>,
     /// Per cluster, the lock that keeps its route table loading once at a time (known
     /// clusters only reach it).
     loading: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -224,6 +227,7 @@ impl Registry {
             node_id: node_id.to_string(),
             store,
             tokens: RwLock::new(tokens),
+            access: RwLock::new(access::access_map(records.values())),
             valid: RwLock::new(valid),
             loading: Default::default(),
             records: RwLock::new(records),
@@ -326,6 +330,8 @@ impl Registry {
     /// Replaces the cluster records and the token map built from them.
     fn set_records(&self, records: std::collections::BTreeMap<String, ClusterRecord>) {
         let tokens = tenants::token_map(records.values());
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) =
+            access::access_map(records.values());
         *self.valid.write().unwrap_or_else(|p| p.into_inner()) = tokens.values().cloned().collect();
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
         *self.records.write().unwrap_or_else(|p| p.into_inner()) = records;

@@ -45,6 +45,9 @@ pub struct ClusterRecord {
     /// The cluster's request rate limit; the gateway's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<crate::ratelimit::Limit>,
+    /// Access tokens to the cluster's Kubernetes API (hashed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_tokens: Vec<super::access::AccessTokenRecord>,
 }
 
 /// One agent token of a cluster, hashed.
@@ -72,7 +75,7 @@ pub enum TenantError {
     Registry(#[from] RegistryError),
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(super) fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
@@ -93,6 +96,7 @@ impl ClusterRecord {
             tokens: Vec::new(),
             created_at: now_ms(),
             rate_limit: None,
+            access_tokens: Vec::new(),
         }
     }
 
@@ -111,6 +115,7 @@ impl ClusterRecord {
             }],
             created_at: now_ms(),
             rate_limit: None,
+            access_tokens: Vec::new(),
         };
         (rec, token_id, token)
     }
@@ -304,7 +309,7 @@ impl Registry {
     }
 
     /// Applies `f` to cluster `id`'s record and stores it.
-    async fn change(
+    pub(super) async fn change(
         &self,
         id: &str,
         f: impl FnOnce(&mut ClusterRecord) -> Result<(), TenantError>,

@@ -34,6 +34,13 @@ pub struct ClusterReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeLabels {
+    pub cluster_uuid: String,
+    pub verb: &'static str,
+    pub status_code: u16,
+}
+
 type HistogramFamily = Family<ClusterLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -77,6 +84,8 @@ pub struct Metrics {
     pub route_cache: Family<ReasonLabels, Counter>,
     /// `gateway_build_info{version}`: 1, with the running version.
     pub build_info: Family<VersionLabels, Gauge>,
+    /// Kubernetes API calls through the gateway, by cluster, verb and status.
+    pub kube_requests: Family<KubeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,12 +187,19 @@ impl Default for Metrics {
             "1, labelled with the running version",
             build_info.clone(),
         );
+        let kube_requests = Family::<KubeLabels, Counter>::default();
+        registry.register(
+            "gateway_kubernetes_requests",
+            "Kubernetes API calls through the gateway, by cluster, verb (get, list, watch, exec, ...) and status",
+            kube_requests.clone(),
+        );
         build_info
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
         Metrics {
+            kube_requests,
             route_cache,
             build_info,
             routes_rejected,
