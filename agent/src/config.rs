@@ -132,6 +132,24 @@ pub struct Config {
     #[arg(long, env = "TG_KUBERNETES")]
     pub kubernetes: bool,
 
+    /// Serve the cluster's Kubernetes API to callers the gateway authenticated (at
+    /// `https://{cluster}.k8s.{domain}`): calls go to the API server as this agent's
+    /// ServiceAccount, impersonating the caller, so Kubernetes RBAC decides.
+    #[arg(long, env = "TG_KUBERNETES_API")]
+    pub kubernetes_api: bool,
+
+    /// The API server for --kubernetes-api.
+    #[arg(long, env = "TG_KUBERNETES_API_URL", default_value = crate::kubeapi::DEFAULT_URL)]
+    pub kubernetes_api_url: String,
+
+    /// The ServiceAccount token for --kubernetes-api (read again when it rotates).
+    #[arg(long, env = "TG_KUBERNETES_TOKEN_FILE", default_value = crate::kubeapi::SA_TOKEN_FILE)]
+    pub kubernetes_token_file: PathBuf,
+
+    /// The CA the API server's certificate is checked against, beside the system's roots.
+    #[arg(long, env = "TG_KUBERNETES_CA_FILE", default_value = crate::kubeapi::SA_CA_FILE)]
+    pub kubernetes_ca_file: PathBuf,
+
     /// Kubeconfig file for running outside the cluster (default: in-cluster, then KUBECONFIG).
     #[arg(long, env = "TG_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

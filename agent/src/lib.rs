@@ -12,6 +12,7 @@
 pub mod backoff;
 pub mod config;
 pub mod ingress;
+pub mod kubeapi;
 pub mod tunnel;
 pub mod upstream;
 
@@ -80,6 +81,8 @@ pub struct Shared {
     pub status: watch::Sender<Status>,
     /// TLS for `wss://` gateways.
     pub gateway_tls: Arc<rustls::ClientConfig>,
+    /// The cluster's API server, with --kubernetes-api.
+    pub kube_api: Option<Arc<kubeapi::KubeApi>>,
 }
 
 /// While alive, marks a node as carrying one of this agent's tunnels.
@@ -178,7 +181,17 @@ pub async fn run(
     let client = upstream::client(config.upstream_connect_timeout);
     let gateway_tls = Arc::new(upstream::gateway_tls(config.gateway_ca.as_deref())?);
     let (ack_tx, ack_rx) = tokio::sync::mpsc::channel(ACK_QUEUE);
+    let kube_api = match config.kubernetes_api {
+        false => None,
+        true => Some(Arc::new(kubeapi::KubeApi::new(
+            &config.kubernetes_api_url,
+            Some(config.kubernetes_ca_file.clone()),
+            config.kubernetes_token_file.clone(),
+            config.upstream_connect_timeout,
+        )?)),
+    };
     let shared = Arc::new(Shared {
+        kube_api,
         acks: config.kubernetes.then_some(ack_tx),
         private: Default::default(),
         instance: format!("agent-{:016x}", rand::random::<u64>()),

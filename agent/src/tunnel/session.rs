@@ -565,6 +565,7 @@ fn on_control(
                 outbox: out.clone(),
                 rules: shared.rules(),
                 client: shared.client.clone(),
+                kube_api: shared.kube_api.clone(),
             };
             spawn(&mut t, Box::pin(task.run()), upload);
         }

@@ -21,6 +21,8 @@ pub struct StreamTask {
     pub outbox: Outbox,
     pub rules: Arc<Rules>,
     pub client: UpstreamClient,
+    /// The cluster's API server, with --kubernetes-api.
+    pub kube_api: Option<Arc<crate::kubeapi::KubeApi>>,
 }
 
 impl StreamTask {
@@ -183,11 +185,32 @@ impl StreamTask {
         &mut self,
     ) -> Result<(http::Request<UpBody>, UpstreamClient), (ProxyErrorKind, String)> {
         let r = &self.request;
-        let Some(target) = self.rules.find(&r.host, &r.path) else {
-            return Err((
-                ProxyErrorKind::NoRoute,
-                format!("no rule for {}{}", r.host, r.path),
-            ));
+        // A call to the cluster's API goes to the API server with the agent's credentials and
+        // the identity the gateway authenticated, never by the rules.
+        let api_headers;
+        let (target, headers) = match (&r.kubernetes, &self.kube_api) {
+            (Some(who), Some(api)) => {
+                let token = api
+                    .token()
+                    .map_err(|e| (ProxyErrorKind::UpstreamFailed, e))?;
+                api_headers = crate::kubeapi::api_headers(&r.headers, who, &token);
+                (api.target(), &api_headers)
+            }
+            (Some(_), None) => {
+                return Err((
+                    ProxyErrorKind::NoRoute,
+                    "this agent does not serve the cluster's Kubernetes API (start it with --kubernetes-api)".into(),
+                ));
+            }
+            (None, _) => match self.rules.find(&r.host, &r.path) {
+                Some(t) => (t, &r.headers),
+                None => {
+                    return Err((
+                        ProxyErrorKind::NoRoute,
+                        format!("no rule for {}{}", r.host, r.path),
+                    ));
+                }
+            },
         };
         let uri = upstream_uri(
             target.scheme,
@@ -198,7 +221,7 @@ impl StreamTask {
         )
         .map_err(|why| (ProxyErrorKind::UpstreamFailed, why))?;
         let mut b = http::Request::builder().method(r.method.as_str()).uri(uri);
-        for (name, value) in &r.headers {
+        for (name, value) in headers {
             if target.host_header.is_some() && name.eq_ignore_ascii_case("host") {
                 continue;
             }
