@@ -259,9 +259,9 @@ impl Config {
         if self.token.as_ref().is_none_or(|t| t.expose().is_empty()) {
             return Err("no token: give --token TOKEN (or TG_TOKEN)".into());
         }
-        if self.routes.is_empty() && !self.kubernetes {
+        if self.routes.is_empty() && !self.kubernetes && !self.kubernetes_api {
             return Err(
-                "no routes: give --route HOST=URL, --config FILE with ingress rules, or --kubernetes"
+                "no routes: give --route HOST=URL, --config FILE with ingress rules, --kubernetes, or --kubernetes-api"
                     .into(),
             );
         }

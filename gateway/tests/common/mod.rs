@@ -4,8 +4,10 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod apiserver;
 pub mod kubeapi;
 pub mod redis;
+pub mod spdy;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
