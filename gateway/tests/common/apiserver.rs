@@ -254,9 +254,7 @@ async fn serve(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
 
 /// Discovery, so kubectl finds pods and their subresources.
 fn discovery(path: &str) -> Option<Value> {
-    let r = |name: &str, verbs: Value| {
-        json!({"name": name, "singularName": "", "namespaced": true, "kind": "Pod", "verbs": verbs})
-    };
+    let r = |name: &str, verbs: Value| json!({"name": name, "singularName": "", "namespaced": true, "kind": "Pod", "verbs": verbs});
     Some(match path {
         "/version" => json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0-tunnelgate-test",
                              "platform": "linux/amd64"}),
@@ -264,13 +262,13 @@ fn discovery(path: &str) -> Option<Value> {
                          "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
         "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
         "/api/v1" => json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
-            "resources": [
-                r("pods", json!(["get", "list", "watch"])),
-                r("pods/log", json!(["get"])),
-                r("pods/exec", json!(["create", "get"])),
-                r("pods/attach", json!(["create", "get"])),
-                r("pods/portforward", json!(["create", "get"])),
-            ]}),
+        "resources": [
+            r("pods", json!(["get", "list", "watch"])),
+            r("pods/log", json!(["get"])),
+            r("pods/exec", json!(["create", "get"])),
+            r("pods/attach", json!(["create", "get"])),
+            r("pods/portforward", json!(["create", "get"])),
+        ]}),
         _ => return None,
     })
 }
@@ -280,7 +278,11 @@ async fn route(req: Request<Incoming>, state: &Arc<State>, user: Option<&str>) -
     if let Some(doc) = discovery(&path) {
         return json_response(200, &doc);
     }
-    let parts: Vec<String> = path.trim_matches('/').split('/').map(String::from).collect();
+    let parts: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(String::from)
+        .collect();
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let (pod, sub) = match parts.as_slice() {
         ["api", "v1", "namespaces", NS, "pods"] => (None, None),
@@ -289,7 +291,11 @@ async fn route(req: Request<Incoming>, state: &Arc<State>, user: Option<&str>) -
         _ => {
             return json_response(
                 404,
-                &status(404, "NotFound", &format!("the server could not find {path}")),
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("the server could not find {path}"),
+                ),
             );
         }
     };
@@ -300,24 +306,38 @@ async fn route(req: Request<Incoming>, state: &Arc<State>, user: Option<&str>) -
             &status(
                 403,
                 "Forbidden",
-                &format!("User \"viewer\" cannot create resource \"pods/{}\"", sub.unwrap_or("")),
+                &format!(
+                    "User \"viewer\" cannot create resource \"pods/{}\"",
+                    sub.unwrap_or("")
+                ),
             ),
         );
     }
     let q = query(&req);
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let Some(pod) = pod else {
-        return list_or_watch(state, get("watch").is_some_and(|w| w == "true" || w == "1"), get("resourceVersion"));
+        return list_or_watch(
+            state,
+            get("watch").is_some_and(|w| w == "true" || w == "1"),
+            get("resourceVersion"),
+        );
     };
     let Some(obj) = state.pods.lock().unwrap().get(pod).cloned() else {
-        return json_response(404, &status(404, "NotFound", &format!("pods \"{pod}\" not found")));
+        return json_response(
+            404,
+            &status(404, "NotFound", &format!("pods \"{pod}\" not found")),
+        );
     };
     match sub {
         None => json_response(200, &obj),
         Some("log") => logs(state, get("follow") == Some("true")),
         Some("exec") | Some("attach") => {
             let cmd: Vec<String> = match sub {
-                Some("exec") => q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect(),
+                Some("exec") => q
+                    .iter()
+                    .filter(|(k, _)| k == "command")
+                    .map(|(_, v)| v.clone())
+                    .collect(),
                 _ => vec!["cat".into()],
             };
             let want = Want {
@@ -328,7 +348,10 @@ async fn route(req: Request<Incoming>, state: &Arc<State>, user: Option<&str>) -
             streaming(req, state.clone(), Session::Exec(cmd, want))
         }
         Some("portforward") => streaming(req, state.clone(), Session::PortForward),
-        Some(other) => json_response(404, &status(404, "NotFound", &format!("no subresource {other}"))),
+        Some(other) => json_response(
+            404,
+            &status(404, "NotFound", &format!("no subresource {other}")),
+        ),
     }
 }
 
@@ -387,15 +410,22 @@ fn logs(state: &Arc<State>, follow: bool) -> Response<Body> {
             return;
         }
         for n in 2..=3 {
-            let Ok(p) = st.log_lines.acquire().await else { return };
+            let Ok(p) = st.log_lines.acquire().await else {
+                return;
+            };
             p.forget();
-            if tx.send(Bytes::from(format!("log line {n}\n"))).await.is_err() {
+            if tx
+                .send(Bytes::from(format!("log line {n}\n")))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     });
     let mut r = Response::new(body);
-    r.headers_mut().insert("content-type", "text/plain".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "text/plain".parse().unwrap());
     r
 }
 
@@ -408,7 +438,9 @@ where
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(f(tx));
     let s = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     BodyExt::boxed(StreamBody::new(s))
 }
@@ -483,7 +515,10 @@ fn streaming(mut req: Request<Incoming>, state: Arc<State>, session: Session) ->
             Session::PortForward => "portforward.k8s.io",
         };
         if !offered.iter().any(|o| o == choice) {
-            return json_response(400, &status(400, "BadRequest", "no stream protocol in common"));
+            return json_response(
+                400,
+                &status(400, "BadRequest", "no stream protocol in common"),
+            );
         }
         h.insert("upgrade", "SPDY/3.1".parse().unwrap());
         h.insert("x-stream-protocol-version", choice.parse().unwrap());
@@ -509,11 +544,7 @@ where
     let up = async {
         while let Some(Ok(m)) = stream.next().await {
             match m {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
@@ -526,7 +557,11 @@ where
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if sink.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                    if sink
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -773,13 +808,20 @@ async fn run(
             0
         }
         ["echo", rest @ ..] => {
-            let _ = out.send((1, Bytes::from(format!("{}\n", rest.join(" "))))).await;
+            let _ = out
+                .send((1, Bytes::from(format!("{}\n", rest.join(" ")))))
+                .await;
             0
         }
-        ["sh", "-c", script] => match script.strip_prefix("exit ").and_then(|n| n.trim().parse().ok()) {
+        ["sh", "-c", script] => match script
+            .strip_prefix("exit ")
+            .and_then(|n| n.trim().parse().ok())
+        {
             Some(n) => n,
             None => {
-                let _ = out.send((2, Bytes::from(format!("sh: cannot run {script:?}\n")))).await;
+                let _ = out
+                    .send((2, Bytes::from(format!("sh: cannot run {script:?}\n"))))
+                    .await;
                 127
             }
         },
@@ -798,18 +840,27 @@ async fn run(
                 data.extend_from_slice(&b);
             }
             let mut archive = tar::Archive::new(data.as_slice());
-            let Ok(entries) = archive.entries() else { return 2 };
+            let Ok(entries) = archive.entries() else {
+                return 2;
+            };
             for e in entries {
                 let Ok(mut e) = e else { return 2 };
                 if !e.header().entry_type().is_file() {
                     continue;
                 }
-                let name = e.path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = e
+                    .path()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let mut body = Vec::new();
                 if std::io::Read::read_to_end(&mut e, &mut body).is_err() {
                     return 2;
                 }
-                let full = format!("{}/{}", dir.trim_end_matches('/'), name.trim_start_matches('/'));
+                let full = format!(
+                    "{}/{}",
+                    dir.trim_end_matches('/'),
+                    name.trim_start_matches('/')
+                );
                 state.files.lock().unwrap().insert(full, body);
             }
             0
@@ -825,7 +876,12 @@ async fn run(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if files.is_empty() {
-                let _ = out.send((2, Bytes::from(format!("tar: {src}: No such file or directory\n")))).await;
+                let _ = out
+                    .send((
+                        2,
+                        Bytes::from(format!("tar: {src}: No such file or directory\n")),
+                    ))
+                    .await;
                 return 2;
             }
             let mut b = tar::Builder::new(Vec::new());
@@ -834,7 +890,9 @@ async fn run(
                 h.set_size(data.len() as u64);
                 h.set_mode(0o644);
                 h.set_cksum();
-                if b.append_data(&mut h, name.trim_start_matches('/'), data.as_slice()).is_err() {
+                if b.append_data(&mut h, name.trim_start_matches('/'), data.as_slice())
+                    .is_err()
+                {
                     return 2;
                 }
             }
@@ -847,7 +905,12 @@ async fn run(
             0
         }
         _ => {
-            let _ = out.send((2, Bytes::from(format!("{}: command not found\n", cmd.join(" "))))).await;
+            let _ = out
+                .send((
+                    2,
+                    Bytes::from(format!("{}: command not found\n", cmd.join(" "))),
+                ))
+                .await;
             127
         }
     }
