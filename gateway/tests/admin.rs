@@ -337,6 +337,26 @@ async fn the_operator_cli_drives_the_api() {
     let token_id = v["token_id"].as_str().unwrap().to_string();
     let (ok, out, _) = tgctl(&["tokens", "revoke", "initech", &token_id]);
     assert!(ok && out.contains("revoked"), "{out}");
+    // A kubeconfig for the cluster's API, listed without its secret, then revoked.
+    let (ok, out, err) = tgctl(&["access", "issue", "initech", "alice", "--group", "devs"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("server: \"https://initech.k8s.localhost\""),
+        "{out}"
+    );
+    let token = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert!(token.starts_with("tgk_"));
+    let access_id = err.split_whitespace().nth(2).unwrap().to_string();
+    let (ok, out, _) = tgctl(&["access", "list", "initech"]);
+    assert!(ok && out.contains("alice") && out.contains("devs") && out.contains(&access_id));
+    assert!(!out.contains(&token), "listed without the secret");
+    let (ok, out, _) = tgctl(&["access", "revoke", "initech", &access_id]);
+    assert!(ok && out.contains("revoked"), "{out}");
     // Mistakes say what is wrong and exit non-zero.
     let (ok, _, err) = tgctl(&["clusters", "create", "initech"]);
     assert!(

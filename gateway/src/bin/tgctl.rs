@@ -41,6 +41,28 @@ enum Command {
     /// Agent tokens of a cluster.
     #[command(subcommand)]
     Tokens(Tokens),
+    /// Access tokens to a cluster's Kubernetes API (`{cluster}.k8s.{domain}`).
+    #[command(subcommand)]
+    Access(Access),
+}
+
+#[derive(Subcommand)]
+enum Access {
+    /// Issues a token for USER; prints a kubeconfig using it (the token is shown only there).
+    Issue {
+        cluster: String,
+        user: String,
+        /// A group of the user (repeat for more).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Lifetime in seconds (default one day).
+        #[arg(long, default_value_t = 86_400)]
+        ttl_seconds: u64,
+    },
+    /// The cluster's live access tokens (no secrets).
+    List { cluster: String },
+    /// Revokes an access token: refused on every node within seconds.
+    Revoke { cluster: String, token_id: String },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +145,26 @@ fn run(cli: &Cli) -> Result<(), String> {
             format!("/admin/v1/clusters/{cluster}/tokens/{token_id}"),
             None,
         ),
+        Command::Access(Access::Issue {
+            cluster,
+            user,
+            groups,
+            ttl_seconds,
+        }) => (
+            "POST",
+            format!("/admin/v1/clusters/{cluster}/access-tokens"),
+            Some(serde_json::json!({"user": user, "groups": groups, "ttl_seconds": ttl_seconds})),
+        ),
+        Command::Access(Access::List { cluster }) => (
+            "GET",
+            format!("/admin/v1/clusters/{cluster}/access-tokens"),
+            None,
+        ),
+        Command::Access(Access::Revoke { cluster, token_id }) => (
+            "DELETE",
+            format!("/admin/v1/clusters/{cluster}/access-tokens/{token_id}"),
+            None,
+        ),
     };
     let (status, v) = call(cli, method, &path, body.as_ref())?;
     if !(200..300).contains(&status) {
@@ -161,6 +203,37 @@ fn run(cli: &Cli) -> Result<(), String> {
         }
         Command::Clusters(Clusters::Delete { id }) => println!("cluster {id} deleted"),
         Command::Tokens(Tokens::Revoke { token_id, .. }) => println!("token {token_id} revoked"),
+        Command::Access(Access::Issue { .. }) => {
+            eprintln!(
+                "access token {} (kubeconfig on stdout; the token is shown only there)",
+                v["token_id"].as_str().unwrap_or("?")
+            );
+            print!("{}", v["kubeconfig"].as_str().unwrap_or(""));
+        }
+        Command::Access(Access::List { .. }) => {
+            println!(
+                "{:<18} {:<24} {:<24} EXPIRES (ms)",
+                "TOKEN", "USER", "GROUPS"
+            );
+            for t in v["items"].as_array().into_iter().flatten() {
+                let groups: Vec<&str> = t["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{:<18} {:<24} {:<24} {}",
+                    t["token_id"].as_str().unwrap_or("?"),
+                    t["user"].as_str().unwrap_or("?"),
+                    groups.join(","),
+                    t["expires_at"].as_u64().unwrap_or(0)
+                );
+            }
+        }
+        Command::Access(Access::Revoke { token_id, .. }) => {
+            println!("access token {token_id} revoked")
+        }
     }
     Ok(())
 }
