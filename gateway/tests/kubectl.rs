@@ -396,6 +396,34 @@ async fn every_verb(s: &Setup, env: &[(&str, &str)]) {
         .await;
     assert_eq!(o.status, Some(3), "exit code carried: {}", o.stderr);
 
+    // exec -t: a terminal on kubectl's side (script(1) gives it one); the exit code still
+    // comes back
+    let line = format!(
+        "kubectl --kubeconfig {} --cache-dir {} exec -it web -- sh -c 'exit 5'",
+        s.kubeconfig.display(),
+        s.dir.0.join("cache").display()
+    );
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("script(1) is installed");
+    // Held open: at end of input script(1) types ^D into the terminal and waits for more.
+    let _stdin = child.stdin.take();
+    let out = tokio::time::timeout(HANG, child.wait_with_output())
+        .await
+        .expect("exec -t hung")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "exec -t: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     // attach
     let o = s
         .kubectl_in(&["attach", "-i", "web", "-c", "main"], env, b"attached\n")

@@ -344,6 +344,7 @@ async fn route(req: Request<Incoming>, state: &Arc<State>, user: Option<&str>) -
                 stdin: get("stdin") == Some("true"),
                 stdout: get("stdout") == Some("true"),
                 stderr: get("stderr") == Some("true"),
+                tty: get("tty") == Some("true"),
             };
             streaming(req, state.clone(), Session::Exec(cmd, want))
         }
@@ -450,6 +451,7 @@ struct Want {
     stdin: bool,
     stdout: bool,
     stderr: bool,
+    tty: bool,
 }
 
 enum Session {
@@ -643,10 +645,21 @@ where
 {
     let (mut events, w) = spdy::start(io);
     let mut ids: BTreeMap<String, u32> = BTreeMap::new();
-    let needed = 1 + usize::from(want.stdin) + usize::from(want.stdout) + usize::from(want.stderr);
+    let mut needed = vec!["error"];
+    for (on, name) in [
+        (want.stdin, "stdin"),
+        (want.stdout, "stdout"),
+        (want.stderr, "stderr"),
+    ] {
+        if on {
+            needed.push(name);
+        }
+    }
     let mut early: Vec<Bytes> = Vec::new();
     let mut stdin_done = false;
-    while ids.len() < needed {
+    // Every stream is answered (a `resize` one too, with a TTY); the process starts once the
+    // ones the request asked for are there.
+    while !needed.iter().all(|n| ids.contains_key(*n)) {
         match events.recv().await {
             Some(spdy::Event::Open { id, headers }) => {
                 w.reply(id).await;
@@ -673,6 +686,7 @@ where
                     if let Some(tx) = &stdin { let _ = tx.send(data).await; }
                 }
                 Some(spdy::Event::Fin { id }) | Some(spdy::Event::Reset { id }) if Some(id) == id_of("stdin") => stdin = None,
+                Some(spdy::Event::Open { id, .. }) => w.reply(id).await,
                 Some(_) => {}
                 None => { proc.abort(); return; }
             },
@@ -699,7 +713,11 @@ where
         }
     }
     // The client closes the connection once it has read everything.
-    while events.recv().await.is_some() {}
+    while let Some(ev) = events.recv().await {
+        if let spdy::Event::Open { id, .. } = ev {
+            w.reply(id).await;
+        }
+    }
 }
 
 /// Port-forward over a SPDY session: each `data` stream is a TCP connection to the address
