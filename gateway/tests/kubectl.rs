@@ -74,6 +74,8 @@ impl ConnectProxy {
                     let Ok(mut up) = tokio::net::TcpStream::connect(to).await else {
                         return;
                     };
+                    // Without these, Nagle and delayed ACKs add 40 ms to every TLS handshake.
+                    let _ = (sock.set_nodelay(true), up.set_nodelay(true));
                     if sock
                         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
                         .await
