@@ -22,6 +22,11 @@ apt_install() {
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 command -v curl >/dev/null || { say "installing curl"; apt_install curl ca-certificates; }
 command -v redis-server >/dev/null || { say "installing redis-server"; apt_install redis-server; }
+# Custom-domain tests run a real DNS server whose records they change.
+command -v dnsmasq >/dev/null || { say "installing dnsmasq"; apt_install dnsmasq-base; }
+# kubectl (1.30+, for its WebSocket exec and port-forward) drives tests/kubectl.rs; Debian's own
+# kubernetes-client is too old, so only a configured Kubernetes apt source can supply it.
+command -v kubectl >/dev/null || { say "installing kubectl"; ( apt_install kubectl ) 2>/dev/null || say "kubectl unavailable: the kubectl tests will be skipped"; }
 # The admin API's OpenAPI document is exercised by schemathesis (a property-based API tester).
 python3 -m schemathesis.cli --version >/dev/null 2>&1 || { say "installing schemathesis"; python3 -m pip install --quiet --disable-pip-version-check schemathesis; }
 # Hundreds of concurrent upgraded sessions in one test process.

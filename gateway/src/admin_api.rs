@@ -31,7 +31,8 @@ pub(crate) fn tenant_error(e: TenantError) -> HttpResponse {
         TenantError::Invalid(_) => error(StatusCode::BAD_REQUEST, "invalid", e),
         TenantError::Exists(_) => error(StatusCode::CONFLICT, "exists", e),
         TenantError::Reserved(_) => error(StatusCode::CONFLICT, "reserved", e),
-        TenantError::NoCluster(_) | TenantError::NoToken(..) => {
+        TenantError::Conflict(_) => error(StatusCode::CONFLICT, "conflict", e),
+        TenantError::NoCluster(_) | TenantError::NoToken(..) | TenantError::NoDomain(..) => {
             error(StatusCode::NOT_FOUND, "not_found", e)
         }
         TenantError::Registry(_) => {
@@ -344,6 +345,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/admin/v1/clusters/{id}/access-tokens/{token_id}", "DELETE")
                 .route(web::delete().to(crate::admin_access::revoke)),
+        )
+        .service(
+            resource("/admin/v1/clusters/{id}/domains", "GET, POST")
+                .route(web::post().to(crate::admin_domains::add))
+                .route(web::get().to(crate::admin_domains::list)),
+        )
+        .service(
+            resource("/admin/v1/clusters/{id}/domains/{hostname}", "GET, DELETE")
+                .route(web::get().to(crate::admin_domains::get))
+                .route(web::delete().to(crate::admin_domains::delete)),
+        )
+        .service(
+            resource("/admin/v1/clusters/{id}/domains/{hostname}/verify", "POST")
+                .route(web::post().to(crate::admin_domains::verify)),
         );
 }
 

@@ -174,6 +174,24 @@ pub struct Config {
     #[arg(long, env = "TG_PUBLIC_CA")]
     pub public_ca: Option<std::path::PathBuf>,
 
+    /// DNS server (`HOST:PORT`) that custom-domain checks ask; the system's resolver by default.
+    #[arg(long, env = "TG_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
+
+    /// How often every registered custom domain is checked again in DNS (a verified one whose
+    /// record went away or points elsewhere is suspended).
+    #[arg(long, env = "TG_DOMAIN_RECHECK", default_value = "10m", value_parser = parse_duration)]
+    pub domain_recheck: Duration,
+
+    /// The gateway's public IP addresses, shown to tenants whose apex domain needs A/AAAA
+    /// records (repeat or comma-separate).
+    #[arg(
+        long = "public-address",
+        env = "TG_PUBLIC_ADDRESSES",
+        value_delimiter = ','
+    )]
+    pub public_addresses: Vec<String>,
+
     /// Interval at which agents send heartbeats; three missed ones close the tunnel.
     #[arg(long, env = "TG_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]
     pub heartbeat_interval: Duration,

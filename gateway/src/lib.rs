@@ -18,8 +18,10 @@
 pub mod admin;
 pub mod admin_access;
 pub mod admin_api;
+pub mod admin_domains;
 pub mod cluster;
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod guard;
 pub mod proxy;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub peer_tls: Option<tls::PeerTls>,
     /// Per-cluster request rate limits.
     pub rate_limits: ratelimit::RateLimits,
+    /// The resolver custom-domain checks use (none when the system's cannot be read).
+    pub dns: Option<dns::Dns>,
 }
 
 impl AppState {
@@ -97,7 +101,15 @@ impl AppState {
             (Some(c), Some(k), Some(ca)) => Some(tls::PeerTls::load(c, k, ca)?),
             _ => None,
         };
+        let dns = match dns::Dns::new(config.dns_server) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "custom domains cannot be verified until --dns-server is given");
+                None
+            }
+        };
         Ok(AppState {
+            dns,
             rate_limits: ratelimit::RateLimits::default(),
             peer_tls,
             limits,
@@ -194,6 +206,7 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
         actix_rt::spawn(peer);
     }
     actix_rt::spawn(admin_api::reconcile(state.clone().into_inner()));
+    actix_rt::spawn(admin_domains::recheck(state.clone().into_inner()));
     let admin_listener = TcpListener::bind(state.config.admin_listen)?;
     let admin_addr = admin_listener.local_addr()?;
     let st = state.clone();

@@ -135,6 +135,7 @@ fn redirect_to_https(req: &HttpRequest, host: &str, port: u16) -> HttpResponse {
 /// (503, retry later) rather than that the name does not exist.
 async fn offline_cluster(state: &AppState, host: &str) -> Option<String> {
     let cluster = state.registry.cluster_of(host)?;
+    let cluster: &str = &cluster;
     if state.hub.count(cluster) > 0 {
         return None;
     }
@@ -441,7 +442,7 @@ impl Target<'_> {
 
     /// Whether a name is the publishing cluster's (cookies may be scoped to it).
     fn own_names(&self) -> impl Fn(&str) -> bool + '_ {
-        move |d: &str| self.state.registry.cluster_of(d) == Some(self.cluster)
+        move |d: &str| self.state.registry.cluster_of(d).as_deref() == Some(self.cluster)
     }
 }
 

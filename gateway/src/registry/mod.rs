@@ -9,6 +9,7 @@
 
 pub mod access;
 mod cache;
+pub mod domains;
 pub mod keys;
 mod memory;
 pub mod redis;
@@ -155,6 +156,8 @@ pub struct Registry {
     tokens: RwLock<HashMap<[u8; 32], (String, String)>>,
     /// Access token hash → grant (Kubernetes API callers), from memory as well.
     access: RwLock<HashMap<[u8; 32], access::AccessGrant>>,
+    /// Custom hostname → (cluster, status), from the records.
+    domains: RwLock<HashMap<String, (String, domains::DomainStatus)>>,
     /// Per cluster, the lock that keeps its route table loading once at a time (known
     /// clusters only reach it).
     loading: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -228,6 +231,7 @@ impl Registry {
             store,
             tokens: RwLock::new(tokens),
             access: RwLock::new(access::access_map(records.values())),
+            domains: RwLock::new(domains::domain_map(records.values())),
             valid: RwLock::new(valid),
             loading: Default::default(),
             records: RwLock::new(records),
@@ -332,6 +336,8 @@ impl Registry {
         let tokens = tenants::token_map(records.values());
         *self.access.write().unwrap_or_else(|p| p.into_inner()) =
             access::access_map(records.values());
+        *self.domains.write().unwrap_or_else(|p| p.into_inner()) =
+            domains::domain_map(records.values());
         *self.valid.write().unwrap_or_else(|p| p.into_inner()) = tokens.values().cloned().collect();
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
         *self.records.write().unwrap_or_else(|p| p.into_inner()) = records;
@@ -365,11 +371,23 @@ impl Registry {
         }
         let own = format!("{cluster}.{}", self.domain);
         let flat = host.strip_suffix(&format!("--{cluster}.{}", self.domain));
+        let under_gateway = name == self.domain || name.ends_with(&format!(".{}", self.domain));
         if name == own
             || name.ends_with(&format!(".{own}"))
             || flat.is_some_and(|n| !n.is_empty() && !n.contains('.') && !n.starts_with('*'))
         {
             Ok(())
+        } else if !under_gateway {
+            // A custom domain: publishable once registered to this cluster, served only while
+            // verified (`domains.rs`).
+            match self.domain_registered_to(host) {
+                Some(c) if c == cluster => Ok(()),
+                Some(_) => Err(format!("{host} is registered to another cluster")),
+                None => Err(format!(
+                    "{host} is not a domain of cluster {cluster:?}: register it first \
+                     (admin API: POST /admin/v1/clusters/{cluster}/domains) and publish its DNS record"
+                )),
+            }
         } else {
             Err(format!(
                 "cluster {cluster:?} may only publish {own}, names under it, and NAME--{cluster}.{}",
@@ -538,9 +556,13 @@ impl Registry {
         }
     }
 
-    /// The cluster a host would belong to by its name, if that cluster exists.
-    pub fn cluster_of<'h>(&self, host: &'h str) -> Option<&'h str> {
-        self.owner_label(host).filter(|c| self.knows_cluster(c))
+    /// The cluster a host would belong to by its name, if that cluster exists: by the
+    /// gateway's naming schemes, or as a verified custom domain.
+    pub fn cluster_of<'h>(&self, host: &'h str) -> Option<std::borrow::Cow<'h, str>> {
+        if let Some(c) = self.owner_label(host).filter(|c| self.knows_cluster(c)) {
+            return Some(std::borrow::Cow::Borrowed(c));
+        }
+        self.custom_owner(host).map(std::borrow::Cow::Owned)
     }
 
     /// The route table of `cluster`: from memory, or the cache in front of Redis (served stale
@@ -591,7 +613,7 @@ impl Registry {
         let Some(cluster) = self.cluster_of(host) else {
             return Ok(None);
         };
-        Ok(self.table(cluster).await?.lookup(host, path))
+        Ok(self.table(&cluster).await?.lookup(host, path))
     }
 
     /// Drops every cached entry (benchmarks measure the uncached path with it).

@@ -13,6 +13,7 @@ pub const RESERVED_IDS: &[&str] = &[
     "admin",
     "api",
     "app",
+    "cname",
     "gateway",
     "gw",
     "k8s",
@@ -48,6 +49,9 @@ pub struct ClusterRecord {
     /// Access tokens to the cluster's Kubernetes API (hashed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_tokens: Vec<super::access::AccessTokenRecord>,
+    /// Custom domains (registered, verified or suspended).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<super::domains::DomainRecord>,
 }
 
 /// One agent token of a cluster, hashed.
@@ -71,6 +75,10 @@ pub enum TenantError {
     NoCluster(String),
     #[error("cluster {0:?} has no token {1:?}")]
     NoToken(String, String),
+    #[error("cluster {0:?} has no domain {1:?}")]
+    NoDomain(String, String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -97,6 +105,7 @@ impl ClusterRecord {
             created_at: now_ms(),
             rate_limit: None,
             access_tokens: Vec::new(),
+            domains: Vec::new(),
         }
     }
 
@@ -116,6 +125,7 @@ impl ClusterRecord {
             created_at: now_ms(),
             rate_limit: None,
             access_tokens: Vec::new(),
+            domains: Vec::new(),
         };
         (rec, token_id, token)
     }

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod apiserver;
+pub mod dnsmasq;
 pub mod kubeapi;
 pub mod redis;
 pub mod spdy;
@@ -360,6 +361,39 @@ impl reqwest::dns::Resolve for Loopback {
             Ok(addrs)
         })
     }
+}
+
+/// One admin API call to a node's internal listener: (status, JSON body or null).
+pub async fn admin_call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{}{path}", gw.admin);
+    let mut req = match method {
+        "POST" => c.post(url),
+        "PUT" => c.put(url),
+        "DELETE" => c.delete(url),
+        _ => c.get(url),
+    };
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// An HTTP client that reaches every host on loopback and never uses a proxy.
