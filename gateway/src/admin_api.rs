@@ -96,6 +96,15 @@ struct ClusterView {
     /// The cluster's own request rate limit, when the admin API set one.
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<crate::ratelimit::Limit>,
+    /// The distinct versions of its connected agents.
+    agent_versions: Vec<String>,
+    /// The newest heartbeat of any of its agents (ms since the epoch; 0: none yet).
+    last_heartbeat_ms: u64,
+    /// Whether its agents judged the cluster private (no public ingress), when they said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_private: Option<bool>,
+    /// Each agent connection, on every node.
+    agents: Vec<crate::registry::agents::AgentInfo>,
 }
 
 async fn view(state: &AppState, rec: &ClusterRecord) -> ClusterView {
@@ -113,7 +122,19 @@ async fn view(state: &AppState, rec: &ClusterRecord) -> ClusterView {
             nodes.push(o.node_id.clone());
         }
     }
+    let agents = state.registry.agents(&rec.name).await;
+    let mut agent_versions: Vec<String> = agents.iter().map(|a| a.agent_version.clone()).collect();
+    agent_versions.sort();
+    agent_versions.dedup();
     ClusterView {
+        agent_versions,
+        last_heartbeat_ms: agents
+            .iter()
+            .map(|a| a.last_heartbeat_ms)
+            .max()
+            .unwrap_or(0),
+        is_private: agents.iter().find_map(|a| a.is_private),
+        agents,
         id: rec.name.clone(),
         uuid: rec.uuid.clone(),
         created_at: rec.created_at,

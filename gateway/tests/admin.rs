@@ -85,6 +85,16 @@ async fn tenants_and_tokens_at_run_time_on_one_node() {
         .cloned()
         .unwrap();
     assert_eq!(acme["online"], true, "{acme}");
+    assert_eq!(
+        acme["agent_versions"],
+        json!([env!("CARGO_PKG_VERSION")]),
+        "{acme}"
+    );
+    assert_eq!(
+        acme["agents"].as_array().map(Vec::len),
+        Some(1),
+        "one node, one tunnel: {acme}"
+    );
     assert!(
         !list.to_string().contains(&token),
         "the token is never shown again"
@@ -223,6 +233,25 @@ async fn changes_reach_every_node() {
         "{v}"
     );
     assert_eq!(v["nodes"].as_array().map(Vec::len), Some(1), "{v}");
+    // ...and what its agent reported there: version, host, heartbeats.
+    let start = Instant::now();
+    let v = loop {
+        let (_, v) = admin(&nodes[0], "GET", "/admin/v1/clusters/globex", None).await;
+        if v["last_heartbeat_ms"].as_u64().unwrap_or(0) > 0 {
+            break v;
+        }
+        assert!(
+            start.elapsed() < HANG,
+            "no agent report reached node 1: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        v["agent_versions"],
+        json!([env!("CARGO_PKG_VERSION")]),
+        "{v}"
+    );
+    assert_eq!(v["agents"][0]["node"], v["nodes"][0], "{v}");
     // Revoked on node 1: the tunnel on node 3 closes within 5 s.
     let (s, _) = admin(
         &nodes[0],

@@ -8,6 +8,7 @@
 //! | `node:{node_id}` | string | peer address, version, started_at | short TTL |
 //! | `cluster:{id}` | string | name, token hash, created_at | persistent |
 //! | `clusters` | set | every cluster id | persistent |
+//! | `agents:{cluster}` | hash | connection id → what its agent reported (JSON: node, version, host, last heartbeat, private) | route TTL, written with each lease refresh |
 //! | `ratelimit:{cluster}` | string | GCRA theoretical arrival time (ms) of the cluster's requests | about a burst's length |
 //! | channel `tunnelgate:events` | pub/sub | cache invalidation notices | |
 
@@ -35,4 +36,8 @@ pub fn cluster(id: &str) -> String {
 
 pub fn ratelimit(cluster: &str) -> String {
     format!("ratelimit:{cluster}")
+}
+
+pub fn agents(cluster: &str) -> String {
+    format!("agents:{cluster}")
 }

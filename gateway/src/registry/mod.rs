@@ -8,6 +8,7 @@
 //! or one its cluster does not publish, is refused from memory without asking Redis.
 
 pub mod access;
+pub mod agents;
 mod cache;
 pub mod domains;
 pub mod keys;
@@ -156,6 +157,8 @@ pub struct Registry {
     tokens: RwLock<HashMap<[u8; 32], (String, String)>>,
     /// Access token hash → grant (Kubernetes API callers), from memory as well.
     access: RwLock<HashMap<[u8; 32], access::AccessGrant>>,
+    /// What each agent connection reported (the in-memory registry's; Redis holds its own).
+    agent_infos: std::sync::Mutex<agents::AgentMap>,
     /// Custom hostname → (cluster, status), from the records.
     domains: RwLock<HashMap<String, (String, domains::DomainStatus)>>,
     /// Per cluster, the lock that keeps its route table loading once at a time (known
@@ -232,6 +235,7 @@ impl Registry {
             tokens: RwLock::new(tokens),
             access: RwLock::new(access::access_map(records.values())),
             domains: RwLock::new(domains::domain_map(records.values())),
+            agent_infos: Default::default(),
             valid: RwLock::new(valid),
             loading: Default::default(),
             records: RwLock::new(records),

@@ -264,14 +264,51 @@ impl RedisStore {
     }
 
     /// Deletes a cluster: its record, its membership, its route sets and leases.
+    /// Stores what connection `conn`'s agent reported, for `ttl`.
+    pub async fn put_agent(
+        &self,
+        cluster: &str,
+        conn: &str,
+        json: String,
+        ttl: Duration,
+    ) -> Result<(), RegistryError> {
+        let (key, conn) = (keys::agents(cluster), conn.to_string());
+        self.run("put_agent", |mut c| async move {
+            redis::pipe()
+                .hset(&key, conn, json)
+                .ignore()
+                .pexpire(&key, ttl.as_millis() as i64)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub async fn del_agent(&self, cluster: &str, conn: &str) -> Result<(), RegistryError> {
+        let (key, conn) = (keys::agents(cluster), conn.to_string());
+        self.run("del_agent", |mut c| async move {
+            c.hdel::<_, _, ()>(key, conn).await
+        })
+        .await
+    }
+
+    /// Every agent report of `cluster` (JSON).
+    pub async fn agents(&self, cluster: &str) -> Result<Vec<String>, RegistryError> {
+        let key = keys::agents(cluster);
+        self.run("agents", |mut c| async move { c.hvals(key).await })
+            .await
+    }
+
     pub async fn delete_cluster(&self, id: &str) -> Result<bool, RegistryError> {
-        let (rec, routes, tunnel, id) = (
+        let (rec, routes, tunnel, agents, id) = (
             keys::cluster(id),
             keys::cluster_routes(id),
             keys::tunnel(id),
+            keys::agents(id),
             id.to_string(),
         );
-        let (n, _, _, _): (i64, i64, i64, i64) = self
+        let (n, _, _, _, _): (i64, i64, i64, i64, i64) = self
             .run("delete_cluster", |mut c| async move {
                 redis::pipe()
                     .atomic()
@@ -279,6 +316,7 @@ impl RedisStore {
                     .srem(keys::CLUSTERS, id)
                     .del(&routes)
                     .del(&tunnel)
+                    .del(&agents)
                     .query_async(&mut c)
                     .await
             })

@@ -171,6 +171,8 @@ pub struct TunnelActor {
     draining: bool,
     /// The id of the token the agent authenticated with.
     token_id: String,
+    /// What the agent reported (version, host, last heartbeat), for the admin API.
+    agent: Option<crate::registry::agents::AgentInfo>,
 }
 
 impl TunnelActor {
@@ -207,6 +209,7 @@ impl TunnelActor {
             role,
             draining: false,
             token_id: String::new(),
+            agent: None,
         }
     }
 
@@ -377,6 +380,17 @@ impl TunnelActor {
                 self.state
                     .metrics
                     .agent_report(&self.cluster, h.is_private, h.gateway_routes);
+                if let Some(a) = &mut self.agent {
+                    a.last_heartbeat_ms = crate::registry::now_ms();
+                    a.is_private = h.is_private.or(a.is_private);
+                    // Without Redis the report is a map write; with it, it goes out with the
+                    // lease refresh.
+                    if !self.state.registry.is_shared() {
+                        let (reg, cluster, info) =
+                            (self.state.registry.clone(), self.cluster.clone(), a.clone());
+                        actix_rt::spawn(async move { reg.note_agent(&cluster, info).await });
+                    }
+                }
             }
             Control::IngressRoutes(m) => self.on_routes(ctx, m),
             Control::ProxyResponse(r) => {
@@ -572,6 +586,10 @@ impl TunnelActor {
             match res {
                 Ok(Some((e, anew))) => {
                     act.epoch = Some(e);
+                    if let Some(info) = act.agent.clone() {
+                        let (reg, cluster) = (act.state.registry.clone(), act.cluster.clone());
+                        actix_rt::spawn(async move { reg.note_agent(&cluster, info).await });
+                    }
                     if anew || act.routes_dirty {
                         act.republish_routes(ctx);
                     }
@@ -700,6 +718,18 @@ impl TunnelActor {
             cluster = %self.cluster, tunnel = self.id, peer = ?self.peer, connection = %self.conn_id,
             epoch = ?self.epoch, agent_version = %r.agent_version, agent_host = ?r.hostname, "tunnel registered"
         );
+        let info = crate::registry::agents::AgentInfo {
+            connection: self.conn_id.clone(),
+            node: self.state.config.node_id().to_string(),
+            agent_version: r.agent_version.chars().take(64).collect(),
+            hostname: r.hostname.as_ref().map(|h| h.chars().take(253).collect()),
+            last_heartbeat_ms: 0,
+            is_private: None,
+            reported_ms: 0,
+        };
+        self.agent = Some(info.clone());
+        let (reg, cluster) = (self.state.registry.clone(), self.cluster.clone());
+        actix_rt::spawn(async move { reg.note_agent(&cluster, info).await });
     }
 }
 
@@ -757,7 +787,10 @@ impl Actor for TunnelActor {
                 self.cluster.clone(),
                 self.conn_id.clone(),
             );
-            actix_rt::spawn(async move { reg.withdraw(&cluster, &conn, epoch).await });
+            actix_rt::spawn(async move {
+                reg.withdraw(&cluster, &conn, epoch).await;
+                reg.forget_agent(&cluster, &conn).await;
+            });
         }
         if let Role::Peer { node_id } = &self.role {
             self.state.peers.remove(node_id, self.id);
