@@ -93,7 +93,7 @@ impl Registry {
         };
         let now = now_ms();
         all.retain(|a| now.saturating_sub(a.reported_ms) < STALE_MS);
-        all.sort_by(|a, b| b.last_heartbeat_ms.cmp(&a.last_heartbeat_ms));
+        all.sort_by_key(|a| std::cmp::Reverse(a.last_heartbeat_ms));
         all
     }
 }
