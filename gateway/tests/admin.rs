@@ -492,3 +492,62 @@ async fn a_clusters_rate_limit_holds_across_three_nodes() {
     assert_eq!(other_limited, 0, "refused under its limit");
     assert!(other_ok > 100, "the other cluster was slowed: {other_ok}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_rotation_under_steady_load_loses_no_request() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let nodes: Vec<Gateway> = (0..3)
+        .map(|_| Gateway::node(&redis, &["--admin-token", ADMIN]))
+        .collect();
+    let refs: Vec<&Gateway> = nodes.iter().collect();
+    let (s, created) = admin(
+        &nodes[0],
+        "POST",
+        "/admin/v1/clusters",
+        Some(json!({"id": "rotor"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let old = created["token"].as_str().unwrap().to_string();
+    let old_id = created["token_id"].as_str().unwrap().to_string();
+    let routes = [("app.rotor.localhost", up.url())];
+    let first = Agent::spawn_to(&refs, ("rotor", &old), &routes, &[]);
+    first.connected().await;
+    for n in &nodes {
+        until_status(n, "app.rotor.localhost", 200, HANG).await;
+    }
+    // The operator's rotation, while clients keep asking every node: a new token (node 2), the
+    // agent restarted with it (the new one up before the old one drains away), the old token
+    // revoked (node 3).
+    let rotation = async {
+        let (s, second) = admin(&nodes[1], "POST", "/admin/v1/clusters/rotor/tokens", None).await;
+        assert_eq!(s, 201);
+        let new = second["token"].as_str().unwrap().to_string();
+        let next = Agent::spawn_to(&refs, ("rotor", &new), &routes, &[]);
+        next.connected().await;
+        first.stop().await;
+        let (s, _) = admin(
+            &nodes[2],
+            "DELETE",
+            &format!("/admin/v1/clusters/rotor/tokens/{old_id}"),
+            None,
+        )
+        .await;
+        assert_eq!(s, 204);
+        (Instant::now(), next)
+    };
+    let ((ok, limited, failed, _), (done, next)) =
+        tokio::join!(drive(&refs, "app.rotor.localhost", 4, 5.0), rotation);
+    assert!(
+        done.elapsed() > Duration::from_millis(500),
+        "the load outlived the rotation"
+    );
+    assert_eq!((failed, limited), (0, 0), "{failed} requests lost of {ok}");
+    assert!(ok > 100, "{ok}");
+    // The new token serves on every node; the old one no longer authenticates.
+    for n in &nodes {
+        until_status(n, "app.rotor.localhost", 200, HANG).await;
+    }
+    drop(next);
+}

@@ -324,10 +324,14 @@ async fn serve(
     // session ends when the streams in flight have finished, or when `drain_deadline` fires
     // (armed then; one timer for the session, not one per message).
     let mut draining = false;
+    // A heartbeat sent right after the drain: its ack comes back after every request the
+    // gateway sent before it read the drain (one ordered connection), so the session waits
+    // for it before it may end — a request already on the wire is served, not cut.
+    let mut fence: Option<u64> = None;
     let drain_deadline = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(drain_deadline);
     loop {
-        if draining && lock(table).is_empty() {
+        if draining && fence.is_none() && lock(table).is_empty() {
             tracing::info!(gateway, "drained: every request in flight finished");
             return Ok(End::Shutdown);
         }
@@ -339,6 +343,9 @@ async fn serve(
                 if !out.try_send(Outgoing::Text(drain.to_json())) {
                     return Ok(End::Shutdown);
                 }
+                let mark = now_ms();
+                let hb = Control::Heartbeat(Heartbeat { sent_at_ms: mark, is_private: shared.is_private(), gateway_routes: u32::try_from(sent.len()).ok() });
+                fence = out.try_send(Outgoing::Text(hb.to_json())).then_some(mark);
                 draining = true;
                 drain_deadline
                     .as_mut()
@@ -379,6 +386,7 @@ async fn serve(
                             tracing::info!(gateway, reason = %d.reason, "gateway asked to reconnect elsewhere");
                             return Ok(End::Drain);
                         }
+                        Ok(Control::HeartbeatAck(a)) if fence == Some(a.sent_at_ms) => fence = None,
                         Ok(m) => on_control(shared, gateway, ok, table, out, m),
                         Err(e) => {
                             let e = format!("invalid control message from gateway: {e}");

@@ -247,7 +247,7 @@ async fn proxy(
         host: &call.host,
         path: &call.path,
         cluster,
-        conns: &call.conns,
+        conns: call.conns.clone(),
         kubernetes: call.kubernetes.clone(),
         upgrade,
         headers,
@@ -257,55 +257,77 @@ async fn proxy(
     // A tunnel picked as its agent began to drain refuses the stream before anything was
     // sent (NotHere): the request goes to the cluster's next tunnel, here or on an owner node.
     let mut refused = Vec::new();
-    while let Some(t) = state.hub.pick(cluster, &call.conns, &refused) {
-        match target.forward(t.open, false, &mut body).await {
-            // (A body already sent cannot be sent again.)
-            Err(ProxyError::NotHere)
-                if refused.len() < MAX_LOCAL_TRIES && (!with_body || body.is_some()) =>
-            {
-                refused.push(t.id)
+    let mut target = target;
+    for attempt in 0..2 {
+        if attempt == 1 {
+            // Nothing publishing the route was found, by a cached view that may predate an
+            // agent replaced by another (its event still on the way): once, look again with
+            // fresh state, unless a body was already sent.
+            if !state.registry.is_shared() || (with_body && body.is_none()) {
+                break;
             }
-            Err(ProxyError::NotHere) => break,
-            other => return other,
+            state.registry.forget_cached(cluster);
+            if !target.conns.is_empty() {
+                let route_path = if call.path == "*" { "/" } else { &call.path };
+                match state.registry.lookup(&call.host, route_path).await {
+                    Ok(Some(r)) => target.conns = r.conns.clone(),
+                    _ => break,
+                }
+            }
+            state.metrics.forward_outcome("looked_again");
         }
-    }
-    if !state.registry.is_shared() {
-        return Err(ProxyError::ClusterOffline(cluster.clone()));
-    }
-    let owners = state
-        .registry
-        .remote_owners(cluster)
-        .await
-        .map_err(|_| ProxyError::ClusterOffline(cluster.clone()))?;
-    let arc = state.clone().into_inner();
-    // Only nodes holding a tunnel of an agent that publishes this route can serve it (any
-    // node holding one of the cluster's tunnels, for its API).
-    let publishes = |o: &&crate::registry::Owner| {
-        call.conns.is_empty() || o.conns.iter().any(|c| call.conns.contains(c))
-    };
-    for owner in owners.iter().filter(publishes).take(MAX_OWNER_TRIES) {
-        let link = match state.peers.link(&arc, owner).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(%cluster, peer_node = %owner.node_id, error = %e, "owner unreachable; trying the next");
-                state.metrics.forward_outcome("peer_unreachable");
-                state.registry.drop_owner(cluster, &owner.node_id);
-                continue;
+        while let Some(t) = state.hub.pick(cluster, &target.conns, &refused) {
+            match target.forward(t.open, false, &mut body).await {
+                // (A body already sent cannot be sent again.)
+                Err(ProxyError::NotHere)
+                    if refused.len() < MAX_LOCAL_TRIES && (!with_body || body.is_some()) =>
+                {
+                    refused.push(t.id)
+                }
+                Err(ProxyError::NotHere) => break,
+                other => return other,
             }
-        };
-        // A request body can be sent only once: with one, the first owner reached is the last.
-        if with_body && body.is_none() {
+        }
+        if !state.registry.is_shared() {
             break;
         }
-        match target.forward(link, true, &mut body).await {
-            Err(ProxyError::NotHere) => {
-                tracing::info!(%cluster, peer_node = %owner.node_id, "owner no longer holds the tunnel");
-                state.metrics.forward_outcome("not_here");
-                state.registry.drop_owner(cluster, &owner.node_id);
+        let owners = state
+            .registry
+            .remote_owners(cluster)
+            .await
+            .map_err(|_| ProxyError::ClusterOffline(cluster.clone()))?;
+        let arc = state.clone().into_inner();
+        // Only nodes holding a tunnel of an agent that publishes this route can serve it (any
+        // node holding one of the cluster's tunnels, for its API).
+        let conns = target.conns.clone();
+        let publishes = |o: &&crate::registry::Owner| {
+            conns.is_empty() || o.conns.iter().any(|c| conns.contains(c))
+        };
+        for owner in owners.iter().filter(publishes).take(MAX_OWNER_TRIES) {
+            let link = match state.peers.link(&arc, owner).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(%cluster, peer_node = %owner.node_id, error = %e, "owner unreachable; trying the next");
+                    state.metrics.forward_outcome("peer_unreachable");
+                    state.registry.drop_owner(cluster, &owner.node_id);
+                    continue;
+                }
+            };
+            // A request body can be sent only once: with one, the first owner reached is the
+            // last.
+            if with_body && body.is_none() {
+                break;
             }
-            other => {
-                state.metrics.forward_outcome("forwarded");
-                return other;
+            match target.forward(link, true, &mut body).await {
+                Err(ProxyError::NotHere) => {
+                    tracing::info!(%cluster, peer_node = %owner.node_id, "owner no longer holds the tunnel");
+                    state.metrics.forward_outcome("not_here");
+                    state.registry.drop_owner(cluster, &owner.node_id);
+                }
+                other => {
+                    state.metrics.forward_outcome("forwarded");
+                    return other;
+                }
             }
         }
     }
@@ -321,7 +343,7 @@ struct Target<'a> {
     path: &'a str,
     cluster: &'a str,
     /// Connections publishing the route (an owner node serves it only through those).
-    conns: &'a [String],
+    conns: std::sync::Arc<[String]>,
     headers: tunnelgate_proto::control::HeaderList,
     with_body: bool,
     started: Instant,

@@ -92,11 +92,15 @@ impl Cache {
     }
 
     /// Drops the cached table of `cluster`.
+    /// Forgets a cluster's table and owners: its routes changed, which usually means its
+    /// tunnels did too.
     pub fn forget_cluster(&self, cluster: &str) {
         let mut g = lock(&self.tables);
         if let Some((_, t)) = g.lru.pop(cluster) {
             g.bytes = g.bytes.saturating_sub(weight(&t));
         }
+        drop(g);
+        self.forget_owners(cluster);
     }
 
     pub fn owners(&self, cluster: &str) -> Option<Arc<Vec<Owner>>> {

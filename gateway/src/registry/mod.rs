@@ -722,6 +722,12 @@ impl Registry {
         Ok(self.cache.put_owners(cluster, owners))
     }
 
+    /// Forgets what is cached of `cluster` (its route table and owners): the next lookup asks
+    /// Redis.
+    pub fn forget_cached(&self, cluster: &str) {
+        self.cache.forget_cluster(cluster);
+    }
+
     /// Forgets `node` as an owner of `cluster` until the next refresh (it said "not here").
     pub fn drop_owner(&self, cluster: &str, node: &str) {
         self.cache.drop_owner(cluster, node);
