@@ -367,6 +367,21 @@ async fn the_operator_cli_drives_the_api() {
     assert!(!out.contains(&token), "listed without the secret");
     let (ok, out, _) = tgctl(&["access", "revoke", "initech", &access_id]);
     assert!(ok && out.contains("revoked"), "{out}");
+    // A custom domain: what to publish in DNS, its status, removed.
+    let (ok, out, err) = tgctl(&["domains", "add", "initech", "shop.initech.example"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("pending")
+            && out.contains("CNAME")
+            && out.contains("_tunnelgate.shop.initech.example"),
+        "{out}"
+    );
+    let (ok, out, _) = tgctl(&["domains", "list", "initech"]);
+    assert!(ok && out.contains("shop.initech.example"), "{out}");
+    let (ok, out, _) = tgctl(&["domains", "remove", "initech", "shop.initech.example"]);
+    assert!(ok && out.contains("removed"), "{out}");
+    let (ok, out, err) = tgctl(&["rate-limit", "initech", "50", "100"]);
+    assert!(ok && out.contains("50 requests/s"), "{out}{err}");
     // Mistakes say what is wrong and exit non-zero.
     let (ok, _, err) = tgctl(&["clusters", "create", "initech"]);
     assert!(

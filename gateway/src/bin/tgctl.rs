@@ -44,6 +44,27 @@ enum Command {
     /// Access tokens to a cluster's Kubernetes API (`{cluster}.k8s.{domain}`).
     #[command(subcommand)]
     Access(Access),
+    /// Custom domains of a cluster.
+    #[command(subcommand)]
+    Domains(Domains),
+    /// Sets a cluster's request rate limit.
+    RateLimit {
+        cluster: String,
+        requests_per_second: u32,
+        burst: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum Domains {
+    /// Registers HOSTNAME; prints the DNS record that proves it.
+    Add { cluster: String, hostname: String },
+    /// Checks HOSTNAME's DNS record now.
+    Verify { cluster: String, hostname: String },
+    /// The cluster's domains and their status.
+    List { cluster: String },
+    /// Removes a domain: its routes stop serving.
+    Remove { cluster: String, hostname: String },
 }
 
 #[derive(Subcommand)]
@@ -165,6 +186,33 @@ fn run(cli: &Cli) -> Result<(), String> {
             format!("/admin/v1/clusters/{cluster}/access-tokens/{token_id}"),
             None,
         ),
+        Command::Domains(Domains::Add { cluster, hostname }) => (
+            "POST",
+            format!("/admin/v1/clusters/{cluster}/domains"),
+            Some(serde_json::json!({ "hostname": hostname })),
+        ),
+        Command::Domains(Domains::Verify { cluster, hostname }) => (
+            "POST",
+            format!("/admin/v1/clusters/{cluster}/domains/{hostname}/verify"),
+            None,
+        ),
+        Command::Domains(Domains::List { cluster }) => {
+            ("GET", format!("/admin/v1/clusters/{cluster}/domains"), None)
+        }
+        Command::Domains(Domains::Remove { cluster, hostname }) => (
+            "DELETE",
+            format!("/admin/v1/clusters/{cluster}/domains/{hostname}"),
+            None,
+        ),
+        Command::RateLimit {
+            cluster,
+            requests_per_second,
+            burst,
+        } => (
+            "PUT",
+            format!("/admin/v1/clusters/{cluster}/rate-limit"),
+            Some(serde_json::json!({"requests_per_second": requests_per_second, "burst": burst})),
+        ),
     };
     let (status, v) = call(cli, method, &path, body.as_ref())?;
     if !(200..300).contains(&status) {
@@ -234,8 +282,32 @@ fn run(cli: &Cli) -> Result<(), String> {
         Command::Access(Access::Revoke { token_id, .. }) => {
             println!("access token {token_id} revoked")
         }
+        Command::Domains(Domains::Add { .. }) | Command::Domains(Domains::Verify { .. }) => {
+            domain_row(&v, true)
+        }
+        Command::Domains(Domains::List { .. }) => {
+            for d in v["items"].as_array().into_iter().flatten() {
+                domain_row(d, false);
+            }
+        }
+        Command::Domains(Domains::Remove { hostname, .. }) => println!("domain {hostname} removed"),
+        Command::RateLimit { cluster, .. } => println!(
+            "cluster {cluster}: {} requests/s, burst {}",
+            v["requests_per_second"], v["burst"]
+        ),
     }
     Ok(())
+}
+
+/// One domain: status and reason, and with `how`, the records that prove it.
+fn domain_row(d: &Value, how: bool) {
+    let s = |k: &str| d[k].as_str().unwrap_or("").to_string();
+    println!("{:<40} {:<10} {}", s("hostname"), s("status"), s("reason"));
+    if how && s("status") != "verified" {
+        println!("  prove it with one of:");
+        println!("    {} CNAME {}", s("hostname"), s("cname_target"));
+        println!("    {} TXT \"{}\"", s("txt_name"), s("txt_value"));
+    }
 }
 
 fn row(c: &Value) {
