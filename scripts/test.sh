@@ -24,6 +24,8 @@ command -v curl >/dev/null || { say "installing curl"; apt_install curl ca-certi
 command -v redis-server >/dev/null || { say "installing redis-server"; apt_install redis-server; }
 # Custom-domain tests run a real DNS server whose records they change.
 command -v dnsmasq >/dev/null || { say "installing dnsmasq"; apt_install dnsmasq-base; }
+# ACME tests get certificates from pebble, the ACME test CA.
+command -v pebble >/dev/null || { say "installing pebble"; apt_install pebble; }
 # kubectl (1.30+, for its WebSocket exec and port-forward) drives tests/kubectl.rs; Debian's own
 # kubernetes-client is too old, so only a configured Kubernetes apt source can supply it.
 command -v kubectl >/dev/null || { say "installing kubectl"; ( apt_install kubectl ) 2>/dev/null || say "kubectl unavailable: the kubectl tests will be skipped"; }

@@ -37,11 +37,53 @@ struct DomainView {
     addresses: Vec<String>,
     created_at: u64,
     checked_at: u64,
+    /// Its ACME certificate, with `--acme-directory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<CertView>,
 }
 
-fn view(state: &AppState, rec: &ClusterRecord, d: &DomainRecord) -> DomainView {
+/// A domain's certificate as the API shows it (never the key).
+#[derive(Serialize)]
+struct CertView {
+    /// `issued`, `failed` (see `last_error`; retried at `next_attempt_ms`) or `pending`.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issuer: Option<String>,
+    not_after_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    next_attempt_ms: u64,
+}
+
+async fn cert_view(state: &AppState, d: &DomainRecord) -> Option<CertView> {
+    state.acme.as_ref()?;
+    let c = state.registry.cert(&d.hostname).await;
+    Some(match c {
+        Some(c) => CertView {
+            status: match (&c.chain_pem, &c.last_error) {
+                (Some(_), None) => "issued",
+                (_, Some(_)) => "failed",
+                (None, None) => "pending",
+            },
+            issuer: c.issuer,
+            not_after_ms: c.not_after_ms,
+            last_error: c.last_error,
+            next_attempt_ms: c.next_attempt_ms,
+        },
+        None => CertView {
+            status: "pending",
+            issuer: None,
+            not_after_ms: 0,
+            last_error: None,
+            next_attempt_ms: 0,
+        },
+    })
+}
+
+async fn view(state: &AppState, rec: &ClusterRecord, d: &DomainRecord) -> DomainView {
     let bare = d.hostname.trim_start_matches("*.");
     DomainView {
+        certificate: cert_view(state, d).await,
         hostname: d.hostname.clone(),
         status: d.status,
         reason: d.reason.clone(),
@@ -93,7 +135,7 @@ pub async fn add(
         Ok(d) => {
             tracing::info!(%cluster, hostname = %d.hostname, "custom domain registered");
             match state.registry.cluster(&cluster) {
-                Some(rec) => HttpResponse::Created().json(view(&state, &rec, &d)),
+                Some(rec) => HttpResponse::Created().json(view(&state, &rec, &d).await),
                 None => tenant_error(TenantError::NoCluster(cluster)),
             }
         }
@@ -112,7 +154,10 @@ pub async fn list(
     let Some(rec) = state.registry.cluster(&path) else {
         return tenant_error(TenantError::NoCluster(path.into_inner()));
     };
-    let items: Vec<DomainView> = rec.domains.iter().map(|d| view(&state, &rec, d)).collect();
+    let mut items: Vec<DomainView> = Vec::new();
+    for d in &rec.domains {
+        items.push(view(&state, &rec, d).await);
+    }
     HttpResponse::Ok().json(serde_json::json!({ "items": items }))
 }
 
@@ -126,7 +171,7 @@ pub async fn get(
     }
     let (cluster, hostname) = path.into_inner();
     match find(&state, &cluster, &hostname) {
-        Ok((rec, d)) => HttpResponse::Ok().json(view(&state, &rec, &d)),
+        Ok((rec, d)) => HttpResponse::Ok().json(view(&state, &rec, &d).await),
         Err(e) => tenant_error(e),
     }
 }
@@ -219,7 +264,7 @@ pub async fn verify(
         Err(e) => return tenant_error(e),
     };
     match check(&state, &rec, &d).await {
-        Ok(after) => HttpResponse::Ok().json(view(&state, &rec, &after)),
+        Ok(after) => HttpResponse::Ok().json(view(&state, &rec, &after).await),
         Err(TenantError::Invalid(m)) if state.dns.is_none() => {
             error(StatusCode::SERVICE_UNAVAILABLE, "no_resolver", m)
         }

@@ -174,6 +174,25 @@ pub struct Config {
     #[arg(long, env = "TG_PUBLIC_CA")]
     pub public_ca: Option<std::path::PathBuf>,
 
+    /// ACME directory URL: certificates for verified custom domains are requested there
+    /// (HTTP-01 on the plain listener), stored for every node and renewed 30 days before
+    /// expiry. E.g. https://acme-v02.api.letsencrypt.org/directory.
+    #[arg(long, env = "TG_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+
+    /// Contact e-mail for the ACME account.
+    #[arg(long, env = "TG_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// PEM of a CA to trust for the ACME directory (a test CA such as pebble's).
+    #[arg(long, env = "TG_ACME_CA")]
+    pub acme_ca: Option<std::path::PathBuf>,
+
+    /// 64 hex characters: seals certificate keys stored in Redis (from a Secret; the same on
+    /// every node).
+    #[arg(long, env = "TG_STATE_KEY", hide_env_values = true, value_parser = |s: &str| Ok::<_, String>(Secret::new(s)))]
+    pub state_key: Option<Secret>,
+
     /// DNS server (`HOST:PORT`) that custom-domain checks ask; the system's resolver by default.
     #[arg(long, env = "TG_DNS_SERVER")]
     pub dns_server: Option<SocketAddr>,

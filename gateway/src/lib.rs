@@ -15,6 +15,7 @@
 //! - [`telemetry`]: metric names and log set-up.
 //! - [`tls`]: HTTPS at the edge: certificates by SNI, reloaded when their files change.
 
+pub mod acme;
 pub mod admin;
 pub mod admin_access;
 pub mod admin_api;
@@ -58,6 +59,10 @@ pub struct AppState {
     pub rate_limits: ratelimit::RateLimits,
     /// The resolver custom-domain checks use (none when the system's cannot be read).
     pub dns: Option<dns::Dns>,
+    /// ACME for verified custom domains (`--acme-directory`).
+    pub acme: Option<acme::Acme>,
+    /// The certificates ACME issued, served by SNI on the TLS listener.
+    pub issued: Arc<tls::IssuedCerts>,
 }
 
 impl AppState {
@@ -108,7 +113,24 @@ impl AppState {
                 None
             }
         };
+        let acme = match &config.acme_directory {
+            None => None,
+            Some(dir) => {
+                if config.redis_url.is_some() && config.state_key.is_none() {
+                    return Err("--acme-directory with --redis-url needs --state-key (openssl rand -hex 32): certificate keys are stored sealed with it".into());
+                }
+                let sealer = acme::Sealer::new(config.state_key.as_ref().map(|k| k.expose()))?;
+                Some(acme::Acme::new(
+                    dir.clone(),
+                    config.acme_email.clone(),
+                    config.acme_ca.clone(),
+                    sealer,
+                ))
+            }
+        };
         Ok(AppState {
+            acme,
+            issued: Arc::default(),
             dns,
             rate_limits: ratelimit::RateLimits::default(),
             peer_tls,
@@ -207,6 +229,7 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
     }
     actix_rt::spawn(admin_api::reconcile(state.clone().into_inner()));
     actix_rt::spawn(admin_domains::recheck(state.clone().into_inner()));
+    actix_rt::spawn(acme::run(state.clone().into_inner()));
     let admin_listener = TcpListener::bind(state.config.admin_listen)?;
     let admin_addr = admin_listener.local_addr()?;
     let st = state.clone();
@@ -239,7 +262,8 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
                 .cloned()
                 .zip(state.config.tls_keys.iter().cloned())
                 .collect();
-            let store = tls::CertStore::load(pairs).map_err(std::io::Error::other)?;
+            let store =
+                tls::CertStore::load(pairs, state.issued.clone()).map_err(std::io::Error::other)?;
             let config = Arc::new(store.server_config().map_err(std::io::Error::other)?);
             let watched = store.clone();
             actix_rt::spawn(async move {

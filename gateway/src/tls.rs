@@ -75,8 +75,59 @@ fn load_pair(cert: &PathBuf, key: &PathBuf) -> Result<Loaded, String> {
     })
 }
 
+/// Certificates ACME issued for custom domains: exact hostname → (version, key).
+#[derive(Default)]
+pub struct IssuedCerts {
+    map: RwLock<std::collections::HashMap<String, (u64, Arc<CertifiedKey>)>>,
+}
+
+impl IssuedCerts {
+    /// The version installed for `host`, if any.
+    pub fn version(&self, host: &str) -> Option<u64> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .map(|(v, _)| *v)
+    }
+
+    /// Installs a PEM chain and PEM key for `host`.
+    pub fn install(
+        &self,
+        host: &str,
+        version: u64,
+        chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<(), String> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("certificate chain: {e}"))?;
+        if chain.is_empty() {
+            return Err("certificate chain: empty".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("key: {e}"))?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| format!("key: {e}"))?;
+        self.map.write().unwrap_or_else(|p| p.into_inner()).insert(
+            host.to_string(),
+            (version, Arc::new(CertifiedKey::new(chain, signing))),
+        );
+        Ok(())
+    }
+
+    fn get(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .map(|(_, k)| k.clone())
+    }
+}
+
 /// The certificates, by SNI, reloadable.
 pub struct CertStore {
+    /// ACME certificates of custom domains, looked at first.
+    issued: Arc<IssuedCerts>,
     pairs: Vec<(PathBuf, PathBuf)>,
     loaded: RwLock<Arc<Vec<Loaded>>>,
     stamps: RwLock<Vec<Option<SystemTime>>>,
@@ -97,7 +148,10 @@ fn stamps(pairs: &[(PathBuf, PathBuf)]) -> Vec<Option<SystemTime>> {
 }
 
 impl CertStore {
-    pub fn load(pairs: Vec<(PathBuf, PathBuf)>) -> Result<Arc<CertStore>, String> {
+    pub fn load(
+        pairs: Vec<(PathBuf, PathBuf)>,
+        issued: Arc<IssuedCerts>,
+    ) -> Result<Arc<CertStore>, String> {
         if pairs.is_empty() {
             return Err("--tls-listen needs at least one --tls-cert/--tls-key pair".into());
         }
@@ -106,6 +160,7 @@ impl CertStore {
             .map(|(c, k)| load_pair(c, k))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(CertStore {
+            issued,
             stamps: RwLock::new(stamps(&pairs)),
             pairs,
             loaded: RwLock::new(Arc::new(loaded)),
@@ -152,6 +207,12 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(k) = hello
+            .server_name()
+            .and_then(|n| self.issued.get(&n.to_ascii_lowercase()))
+        {
+            return Some(k);
+        }
         let loaded = self
             .loaded
             .read()

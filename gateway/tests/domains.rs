@@ -237,3 +237,147 @@ async fn an_unregistered_custom_host_is_refused_to_the_agent_with_the_reason() {
     assert_eq!(status_of(&gw, "app.demo.localhost").await, 200);
     drop(agent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_domains_get_acme_certificates_from_pebble() {
+    use common::pebble::{Pebble, free_port};
+    use common::upstream::TestCa;
+    if !Pebble::installed() {
+        return;
+    }
+    let Some(mut dns) = Dnsmasq::start(&[]) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("tg-acme-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The gateway's own certificate (its names); custom domains get theirs from the CA.
+    let own = TestCa::with_names(&["*.localhost", "localhost"]);
+    std::fs::write(dir.join("tls.crt"), &own.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &own.key_pem).unwrap();
+    let pebble_port = free_port();
+    let (dns_server, directory) = (
+        dns.addr.to_string(),
+        format!("https://127.0.0.1:{pebble_port}/dir"),
+    );
+    let (crt, key, ca) = (
+        dir.join("tls.crt"),
+        dir.join("tls.key"),
+        dir.join("pebble-https-ca.pem"),
+    );
+    let gw = Gateway::start(&[
+        "--admin-token",
+        ADMIN,
+        "--dns-server",
+        &dns_server,
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        crt.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--acme-directory",
+        &directory,
+        "--acme-email",
+        "ops@example.com",
+        "--acme-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let pebble = Pebble::start(&dir, pebble_port, gw.addr.port(), dns.addr);
+    let up = Upstream::start().await;
+    let (_, acme) = admin(
+        &gw,
+        "POST",
+        "/admin/v1/clusters",
+        Some(json!({"id": "acme"})),
+    )
+    .await;
+    let (_, d) = admin(
+        &gw,
+        "POST",
+        "/admin/v1/clusters/acme/domains",
+        Some(json!({"hostname": "shop.example.com"})),
+    )
+    .await;
+    let target = d["cname_target"].as_str().unwrap().to_string();
+    dns.set(&[("cname", "shop.example.com", &target)]);
+    let (_, d) = admin(
+        &gw,
+        "POST",
+        "/admin/v1/clusters/acme/domains/shop.example.com/verify",
+        None,
+    )
+    .await;
+    assert_eq!(d["status"], "verified", "{d}");
+    let _agent = Agent::start(
+        &gw,
+        ("acme", acme["token"].as_str().unwrap()),
+        &[("shop.example.com", up.url())],
+    )
+    .await;
+    // Issued by pebble over HTTP-01 (the challenge answered on the plain listener).
+    let start = Instant::now();
+    let cert = loop {
+        let (_, d) = admin(
+            &gw,
+            "GET",
+            "/admin/v1/clusters/acme/domains/shop.example.com",
+            None,
+        )
+        .await;
+        if d["certificate"]["status"] == "issued" {
+            break d["certificate"].clone();
+        }
+        assert!(start.elapsed() < HANG, "no certificate: {d}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        cert["issuer"].as_str().unwrap().contains("Pebble"),
+        "{cert}"
+    );
+    let days = (cert["not_after_ms"].as_u64().unwrap() - common_now_ms()) / 86_400_000;
+    assert!(days > 30, "{cert}");
+    // Served over HTTPS by SNI, trusted by pebble's root.
+    let root = dir.join("pebble-root.pem");
+    std::fs::write(&root, pebble.root_pem()).unwrap();
+    let https = gw.https_addr().await;
+    let deadline = Instant::now() + HANG;
+    loop {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+            ])
+            .arg(&root)
+            .args([
+                "--resolve",
+                &format!("shop.example.com:{}:127.0.0.1", https.port()),
+            ])
+            .arg(format!("https://shop.example.com:{}/hello", https.port()))
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).to_string();
+        if code == "200" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl over HTTPS: {code} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn common_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

@@ -55,6 +55,18 @@ pub async fn dispatch(
             _ => fail(&state, &req, "", ProxyError::NoRoute(host)),
         };
     }
+    // ACME HTTP-01: answered by whichever node the CA reaches (the answer is shared); a token
+    // the gateway did not set goes on to the tenant (its own ACME client, e.g. cert-manager).
+    if state.acme.is_some()
+        && req.conn_data::<crate::tls::Tls>().is_none()
+        && let Some(token) = req
+            .uri()
+            .path()
+            .strip_prefix("/.well-known/acme-challenge/")
+        && let Some(answer) = state.registry.challenge(token).await
+    {
+        return HttpResponse::Ok().content_type("text/plain").body(answer);
+    }
     if state.config.redirect_http
         && req.conn_data::<crate::tls::Tls>().is_none()
         && !req.uri().path().starts_with("/.well-known/acme-challenge/")

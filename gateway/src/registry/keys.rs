@@ -9,11 +9,23 @@
 //! | `cluster:{id}` | string | name, token hash, created_at | persistent |
 //! | `clusters` | set | every cluster id | persistent |
 //! | `agents:{cluster}` | hash | connection id → what its agent reported (JSON: node, version, host, last heartbeat, private) | route TTL, written with each lease refresh |
+//! | `acme:http01:{token}` | string | an HTTP-01 challenge's key authorization | 10 min |
+//! | `acme:lock:{host}` | string | the node issuing a certificate for `host` | a few minutes |
+//! | `certs` | hash | custom hostname → certificate state (chain, sealed key, expiry, last error) | persistent |
 //! | `ratelimit:{cluster}` | string | GCRA theoretical arrival time (ms) of the cluster's requests | about a burst's length |
 //! | channel `tunnelgate:events` | pub/sub | cache invalidation notices | |
 
 pub const EVENTS: &str = "tunnelgate:events";
 pub const CLUSTERS: &str = "clusters";
+pub const CERTS: &str = "certs";
+
+pub fn acme_challenge(token: &str) -> String {
+    format!("acme:http01:{token}")
+}
+
+pub fn acme_lock(host: &str) -> String {
+    format!("acme:lock:{host}")
+}
 pub fn cluster_routes(cluster: &str) -> String {
     format!("routes:{cluster}")
 }

@@ -8,6 +8,7 @@
 //! or one its cluster does not publish, is refused from memory without asking Redis.
 
 pub mod access;
+pub mod acme_store;
 pub mod agents;
 mod cache;
 pub mod domains;
@@ -159,6 +160,8 @@ pub struct Registry {
     access: RwLock<HashMap<[u8; 32], access::AccessGrant>>,
     /// What each agent connection reported (the in-memory registry's; Redis holds its own).
     agent_infos: std::sync::Mutex<agents::AgentMap>,
+    /// ACME challenges, locks and certificates (the in-memory registry's).
+    acme: std::sync::Mutex<acme_store::AcmeMemory>,
     /// Custom hostname → (cluster, status), from the records.
     domains: RwLock<HashMap<String, (String, domains::DomainStatus)>>,
     /// Per cluster, the lock that keeps its route table loading once at a time (known
@@ -236,6 +239,7 @@ impl Registry {
             access: RwLock::new(access::access_map(records.values())),
             domains: RwLock::new(domains::domain_map(records.values())),
             agent_infos: Default::default(),
+            acme: Default::default(),
             valid: RwLock::new(valid),
             loading: Default::default(),
             records: RwLock::new(records),

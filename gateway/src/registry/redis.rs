@@ -264,6 +264,70 @@ impl RedisStore {
     }
 
     /// Deletes a cluster: its record, its membership, its route sets and leases.
+    pub async fn put_acme_challenge(
+        &self,
+        token: &str,
+        key_auth: &str,
+        ttl: Duration,
+    ) -> Result<(), RegistryError> {
+        let (key, v) = (keys::acme_challenge(token), key_auth.to_string());
+        self.run("acme_challenge", |mut c| async move {
+            c.pset_ex::<_, _, ()>(key, v, ttl.as_millis() as u64).await
+        })
+        .await
+    }
+
+    pub async fn acme_challenge(&self, token: &str) -> Result<Option<String>, RegistryError> {
+        let key = keys::acme_challenge(token);
+        self.run("acme_challenge", |mut c| async move { c.get(key).await })
+            .await
+    }
+
+    /// SET NX PX: true when this node took the lock.
+    pub async fn acme_lock(
+        &self,
+        host: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<bool, RegistryError> {
+        let (key, node) = (keys::acme_lock(host), node.to_string());
+        let got: Option<String> = self
+            .run("acme_lock", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(node)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(got.is_some())
+    }
+
+    pub async fn acme_unlock(&self, host: &str) -> Result<(), RegistryError> {
+        let key = keys::acme_lock(host);
+        self.run(
+            "acme_lock",
+            |mut c| async move { c.del::<_, ()>(key).await },
+        )
+        .await
+    }
+
+    pub async fn put_cert(&self, host: &str, json: String) -> Result<(), RegistryError> {
+        let host = host.to_string();
+        self.run("certs", |mut c| async move {
+            c.hset::<_, _, _, ()>(keys::CERTS, host, json).await
+        })
+        .await
+    }
+
+    pub async fn certs(&self) -> Result<Vec<String>, RegistryError> {
+        self.run("certs", |mut c| async move { c.hvals(keys::CERTS).await })
+            .await
+    }
+
     /// Stores what connection `conn`'s agent reported, for `ttl`.
     pub async fn put_agent(
         &self,

@@ -27,12 +27,28 @@ impl Dnsmasq {
         let addr = udp.local_addr().unwrap();
         drop(udp);
         let mut d = Dnsmasq { addr, child: None };
-        d.set(records);
-        Some(d)
+        // Another test may take the port between its choice and dnsmasq's bind: choose again.
+        for _ in 0..5 {
+            if d.try_set(records) {
+                return Some(d);
+            }
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            d.addr = udp.local_addr().unwrap();
+        }
+        panic!("dnsmasq did not start on any of five ports");
     }
 
-    /// Replaces every record.
+    /// Replaces every record (restarting on the same port).
     pub fn set(&mut self, records: &[Record]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.try_set(records) {
+            assert!(Instant::now() < deadline, "dnsmasq did not restart on {}", self.addr);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts dnsmasq with `records`; false when it exited (its port is taken).
+    fn try_set(&mut self, records: &[Record]) -> bool {
         self.stop();
         let mut args = vec![
             "--keep-in-foreground".to_string(),
@@ -65,12 +81,21 @@ impl Dnsmasq {
             .spawn()
             .expect("start dnsmasq");
         self.child = Some(child);
-        // Ready when it answers on TCP.
+        // Ready when it answers on TCP; gone when it could not bind.
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(self.addr).is_err() {
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                self.child = None;
+                return false;
+            }
             assert!(Instant::now() < deadline, "dnsmasq did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     fn stop(&mut self) {
