@@ -145,10 +145,9 @@ async fn upload(
     upgraded: bool,
 ) -> Result<(), UploadError> {
     use std::io::ErrorKind;
-    outbox
-        .send_control(&Control::ProxyRequest(request))
-        .await
-        .map_err(|_| UploadError::Tunnel)?;
+    let queued = outbox.send_control(&Control::ProxyRequest(request)).await;
+    shared.mark_head_sent();
+    queued.map_err(|_| UploadError::Tunnel)?;
     let Some(payload) = payload else {
         return Ok(());
     };

@@ -77,9 +77,15 @@ pub struct StreamShared {
     /// Credit for the request body the gateway sends.
     pub credit: SendCredit,
     remote_done: AtomicBool,
+    /// The `proxy_request` is in the outbox (the drain fence waits for it).
+    head_sent: AtomicBool,
 }
 
 impl StreamShared {
+    pub fn mark_head_sent(&self) {
+        self.head_sent.store(true, Ordering::Release);
+    }
+
     /// Resolves the head once; false when it was already resolved.
     pub fn resolve(&self, head: Result<ProxyResponse, ProxyError>) -> bool {
         let tx = self.head.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -370,11 +376,7 @@ impl TunnelActor {
         match msg {
             Control::Register(r) => self.on_register(ctx, r),
             Control::Heartbeat(h) => {
-                let ack = Control::HeartbeatAck(tunnelgate_proto::control::HeartbeatAck {
-                    sent_at_ms: h.sent_at_ms,
-                });
-                // An agent that does not read its acks loses them; nothing else queues.
-                self.out.try_send(Outgoing::Text(ack.to_json()));
+                self.ack_heartbeat(ctx, h.sent_at_ms, 0);
                 // O(1): liveness is the tunnel's lease, refreshed on its own timer; routes
                 // live as long as the tunnel that published them.
                 self.state
@@ -477,6 +479,27 @@ impl TunnelActor {
 
     /// The agent is stopping: take the tunnel out of the hub and give up its ownership lease,
     /// so no new request comes here; streams in flight carry on until the agent closes.
+    /// Acks a heartbeat. While draining, first waits (5 ms steps, 5 s at most) until every
+    /// stream opened before the drain has its `proxy_request` in the outbox: the agent takes
+    /// the ack of the heartbeat it sent after `drain` as "nothing more is coming", so no request
+    /// may follow it.
+    fn ack_heartbeat(&mut self, ctx: &mut Context<Self>, sent_at_ms: u64, waited: u32) {
+        let pending = self.draining
+            && self
+                .streams
+                .values()
+                .any(|s| !s.shared.head_sent.load(Ordering::Acquire));
+        if pending && waited < 1000 {
+            ctx.run_later(std::time::Duration::from_millis(5), move |act, ctx| {
+                act.ack_heartbeat(ctx, sent_at_ms, waited + 1)
+            });
+            return;
+        }
+        let ack = Control::HeartbeatAck(tunnelgate_proto::control::HeartbeatAck { sent_at_ms });
+        // An agent that does not read its acks loses them; nothing else queues.
+        self.out.try_send(Outgoing::Text(ack.to_json()));
+    }
+
     fn on_drain(&mut self, reason: &str) {
         if self.draining || self.role != Role::Agent {
             return;
@@ -862,6 +885,7 @@ impl Handler<OpenStream> for TunnelActor {
             head: Mutex::new(Some(head_tx)),
             credit: SendCredit::new(window),
             remote_done: AtomicBool::new(false),
+            head_sent: AtomicBool::new(false),
         });
         self.streams.insert(
             id,

@@ -42,7 +42,11 @@ impl Dnsmasq {
     pub fn set(&mut self, records: &[Record]) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.try_set(records) {
-            assert!(Instant::now() < deadline, "dnsmasq did not restart on {}", self.addr);
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not restart on {}",
+                self.addr
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
