@@ -2,8 +2,9 @@
 //! through `instant-acme`). HTTP-01: the answer is shared through the registry, so whichever
 //! node the CA reaches answers it; one node issues a hostname at a time (a lock). Chains and
 //! their keys (sealed with `--state-key`, AES-256-GCM) are stored so every node serves them;
-//! renewal starts 30 days before expiry; failures back off (1 min doubling to 6 h) and are
-//! shown with each domain in the admin API.
+//! renewal starts `--acme-renew-before` (30 days) before expiry; failures back off (1 min
+//! doubling to 6 h) and are shown with each domain in the admin API, while the certificate in
+//! hand keeps serving.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,6 @@ use crate::registry::acme_store::CertState;
 use crate::registry::domains::DomainStatus;
 use crate::registry::now_ms;
 
-/// Renew this long before a certificate expires.
-pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often the certificates are looked at (installing other nodes' issues, starting due ones).
 const TICK: Duration = Duration::from_secs(2);
 const LOCK_TTL: Duration = Duration::from_secs(300);
@@ -243,7 +242,9 @@ pub async fn run(state: Arc<AppState>) {
             {
                 let cur = certs.iter().find(|c| c.hostname == d.hostname);
                 let due = cur.is_none_or(|c| {
-                    c.chain_pem.is_none() || c.not_after_ms < now + RENEW_BEFORE.as_millis() as u64
+                    c.chain_pem.is_none()
+                        || c.not_after_ms
+                            < now.saturating_add(state.config.acme_renew_before.as_millis() as u64)
                 });
                 let waiting = cur.is_some_and(|c| c.next_attempt_ms > now);
                 if !due || waiting || !state.registry.lock_issuance(&d.hostname, LOCK_TTL).await {

@@ -45,7 +45,8 @@ struct DomainView {
 /// A domain's certificate as the API shows it (never the key).
 #[derive(Serialize)]
 struct CertView {
-    /// `issued`, `failed` (see `last_error`; retried at `next_attempt_ms`) or `pending`.
+    /// `issued` (served; a failed renewal shows in `last_error`), `failed` (none yet; retried
+    /// at `next_attempt_ms`) or `pending`.
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     issuer: Option<String>,
@@ -61,8 +62,8 @@ async fn cert_view(state: &AppState, d: &DomainRecord) -> Option<CertView> {
     Some(match c {
         Some(c) => CertView {
             status: match (&c.chain_pem, &c.last_error) {
-                (Some(_), None) => "issued",
-                (_, Some(_)) => "failed",
+                (Some(_), _) => "issued",
+                (None, Some(_)) => "failed",
                 (None, None) => "pending",
             },
             issuer: c.issuer,

@@ -184,6 +184,10 @@ pub struct Config {
     #[arg(long, env = "TG_ACME_EMAIL")]
     pub acme_email: Option<String>,
 
+    /// Renew an ACME certificate this long before it expires.
+    #[arg(long, env = "TG_ACME_RENEW_BEFORE", default_value = "720h", value_parser = parse_duration)]
+    pub acme_renew_before: Duration,
+
     /// PEM of a CA to trust for the ACME directory (a test CA such as pebble's).
     #[arg(long, env = "TG_ACME_CA")]
     pub acme_ca: Option<std::path::PathBuf>,

@@ -238,8 +238,52 @@ async fn an_unregistered_custom_host_is_refused_to_the_agent_with_the_reason() {
     drop(agent);
 }
 
+/// curl over HTTPS to `host` at `at`, trusting `root`: the status code.
+fn curl_https(at: std::net::SocketAddr, host: &str, root: &std::path::Path) -> String {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(root)
+        .args(["--resolve", &format!("{host}:{}:127.0.0.1", at.port())])
+        .arg(format!("https://{host}:{}/hello", at.port()))
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The domain's certificate state once `ok` holds.
+async fn until_cert(gw: &Gateway, ok: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, d) = admin(
+            gw,
+            "GET",
+            "/admin/v1/clusters/acme/domains/shop.example.com",
+            None,
+        )
+        .await;
+        if ok(&d["certificate"]) {
+            return d["certificate"].clone();
+        }
+        assert!(start.elapsed() < HANG, "certificate never as expected: {d}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verified_domains_get_acme_certificates_from_pebble() {
+async fn verified_domains_get_acme_certificates_served_by_every_node() {
     use common::pebble::{Pebble, free_port};
     use common::upstream::TestCa;
     if !Pebble::installed() {
@@ -248,6 +292,7 @@ async fn verified_domains_get_acme_certificates_from_pebble() {
     let Some(mut dns) = Dnsmasq::start(&[]) else {
         return;
     };
+    let redis = common::Redis::start();
     let dir = std::env::temp_dir().join(format!("tg-acme-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     // The gateway's own certificate (its names); custom domains get theirs from the CA.
@@ -264,7 +309,8 @@ async fn verified_domains_get_acme_certificates_from_pebble() {
         dir.join("tls.key"),
         dir.join("pebble-https-ca.pem"),
     );
-    let gw = Gateway::start(&[
+    let state_key = "5a".repeat(32);
+    let args = [
         "--admin-token",
         ADMIN,
         "--dns-server",
@@ -281,18 +327,26 @@ async fn verified_domains_get_acme_certificates_from_pebble() {
         "ops@example.com",
         "--acme-ca",
         ca.to_str().unwrap(),
-    ]);
-    let pebble = Pebble::start(&dir, pebble_port, gw.addr.port(), dns.addr);
+        "--state-key",
+        &state_key,
+        // Every certificate is due at once: the renewal path runs over and over.
+        "--acme-renew-before",
+        "876000h",
+    ];
+    let a = Gateway::node(&redis, &args);
+    let b = Gateway::node(&redis, &args);
+    // The CA validates HTTP-01 against node b alone: whichever node ordered, b answers.
+    let pebble = Pebble::start(&dir, pebble_port, b.addr.port(), dns.addr);
     let up = Upstream::start().await;
     let (_, acme) = admin(
-        &gw,
+        &a,
         "POST",
         "/admin/v1/clusters",
         Some(json!({"id": "acme"})),
     )
     .await;
     let (_, d) = admin(
-        &gw,
+        &a,
         "POST",
         "/admin/v1/clusters/acme/domains",
         Some(json!({"hostname": "shop.example.com"})),
@@ -301,7 +355,7 @@ async fn verified_domains_get_acme_certificates_from_pebble() {
     let target = d["cname_target"].as_str().unwrap().to_string();
     dns.set(&[("cname", "shop.example.com", &target)]);
     let (_, d) = admin(
-        &gw,
+        &a,
         "POST",
         "/admin/v1/clusters/acme/domains/shop.example.com/verify",
         None,
@@ -309,72 +363,65 @@ async fn verified_domains_get_acme_certificates_from_pebble() {
     .await;
     assert_eq!(d["status"], "verified", "{d}");
     let _agent = Agent::start(
-        &gw,
+        &a,
         ("acme", acme["token"].as_str().unwrap()),
         &[("shop.example.com", up.url())],
     )
     .await;
-    // Issued by pebble over HTTP-01 (the challenge answered on the plain listener).
-    let start = Instant::now();
-    let cert = loop {
-        let (_, d) = admin(
-            &gw,
-            "GET",
-            "/admin/v1/clusters/acme/domains/shop.example.com",
-            None,
-        )
-        .await;
-        if d["certificate"]["status"] == "issued" {
-            break d["certificate"].clone();
-        }
-        assert!(start.elapsed() < HANG, "no certificate: {d}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let cert = until_cert(&b, |c| c["status"] == "issued").await;
     assert!(
         cert["issuer"].as_str().unwrap().contains("Pebble"),
         "{cert}"
     );
     let days = (cert["not_after_ms"].as_u64().unwrap() - common_now_ms()) / 86_400_000;
     assert!(days > 30, "{cert}");
-    // Served over HTTPS by SNI, trusted by pebble's root.
+    // Served by SNI on both nodes, trusted by pebble's root.
     let root = dir.join("pebble-root.pem");
     std::fs::write(&root, pebble.root_pem()).unwrap();
-    let https = gw.https_addr().await;
-    let deadline = Instant::now() + HANG;
-    loop {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--cacert",
-            ])
-            .arg(&root)
-            .args([
-                "--resolve",
-                &format!("shop.example.com:{}:127.0.0.1", https.port()),
-            ])
-            .arg(format!("https://shop.example.com:{}/hello", https.port()))
-            .output()
-            .unwrap();
-        let code = String::from_utf8_lossy(&out.stdout).to_string();
-        if code == "200" {
-            break;
+    for node in [&a, &b] {
+        let https = node.https_addr().await;
+        let deadline = Instant::now() + HANG;
+        loop {
+            let got = curl_https(https, "shop.example.com", &root);
+            if got == "200" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "HTTPS through a node: {got}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "curl over HTTPS: {code} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    }
+    // Renewed (the certificate is always due here): issued again, by one node at a time.
+    let issued = |gws: &[&Gateway]| {
+        gws.iter()
+            .map(|g| {
+                g.log_lines()
+                    .iter()
+                    .filter(|l| l.contains("ACME certificate issued"))
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    let start = Instant::now();
+    while issued(&[&a, &b]) < 2 {
+        assert!(start.elapsed() < HANG, "never renewed");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The CA goes away: the renewal fails, says why, and the certificate in hand keeps serving.
+    drop(pebble);
+    let cert = until_cert(&a, |c| c["last_error"].is_string()).await;
+    assert_eq!(cert["status"], "issued", "{cert}");
+    assert!(
+        cert["next_attempt_ms"].as_u64().unwrap() > common_now_ms(),
+        "{cert}"
+    );
+    for node in [&a, &b] {
+        assert_eq!(
+            curl_https(node.https_addr().await, "shop.example.com", &root),
+            "200"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
-
 fn common_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
