@@ -54,7 +54,16 @@ cargo build --release --locked -q -p tunnelgate-gateway -p tunnelgate-agent -p t
 B=target/release
 
 UP=$(free_port); HOP=$(free_port); REDIS=$(free_port); RH_CTL=$(free_port); RH=$(free_port)
-GW1=$(free_port); GW2=$(free_port); P1=$(free_port); P2=$(free_port)
+GW1=$(free_port); GW2=$(free_port); P1=$(free_port); P2=$(free_port); GWS=$(free_port); NTLS=$(free_port)
+# HTTPS rows: a test CA and a certificate for the names both TLS paths serve.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=load-test-ca \
+  -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+  -keyout "$work/tls.key" -out "$work/tls.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,DNS:*.demo.localhost\n' > "$work/san.ext"
+openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
+  -extfile "$work/san.ext" -out "$work/tls.crt" 2>/dev/null
+chmod 644 "$work/tls.key"
 # nginx's workers run as an unprivileged user: they must be able to read the file.
 chmod 755 "$work"
 head -c $((100 * 1024 * 1024)) /dev/urandom > "$work/big"; chmod 644 "$work/big"
@@ -71,8 +80,13 @@ NGINX
 nginx_conf up "server { listen 127.0.0.1:$UP; location / { return 200 \"$(printf '%0100d' 0)\"; } location = /big { alias $work/big; } }"
 nginx_conf hop "upstream up { server 127.0.0.1:$UP; keepalive 128; }
   server { listen 127.0.0.1:$HOP; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+# nginx terminating TLS in front of the same upstream: the HTTPS reference.
+nginx_conf tls "upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$NTLS ssl; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
-wait_port "$UP"; wait_port "$HOP"; wait_port "$REDIS"
+wait_port "$UP"; wait_port "$HOP"; wait_port "$REDIS"; wait_port "$NTLS"
 
 if [ -n "$RATHOLE" ]; then
   printf '[server]\nbind_addr = "127.0.0.1:%s"\n[server.services.up]\ntoken = "load-test"\nbind_addr = "127.0.0.1:%s"\n' "$RH_CTL" "$RH" > "$work/rs.toml"
@@ -85,9 +99,10 @@ if [ -n "$RATHOLE" ]; then
 fi
 
 common=(--cluster demo:load-test-token-0123456789abcdef0123 --redis-url "redis://127.0.0.1:$REDIS/" --peer-secret load-test-peer-secret-0123456789 --admin-listen 127.0.0.1:0 --rate-limit 1000000 --rate-burst 1000000 --log-format text)
-RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW1" --peer-listen "127.0.0.1:$P1" --node-id n1 >"$work/n1.log" 2>&1 & N1=$!; pids+=($N1)
+RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW1" --peer-listen "127.0.0.1:$P1" --node-id n1 \
+  --tls-listen "127.0.0.1:$GWS" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" >"$work/n1.log" 2>&1 & N1=$!; pids+=($N1)
 RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW2" --peer-listen "127.0.0.1:$P2" --node-id n2 >"$work/n2.log" 2>&1 & N2=$!; pids+=($N2)
-wait_port "$GW1"; wait_port "$GW2"
+wait_port "$GW1"; wait_port "$GW2"; wait_port "$GWS"
 RUST_LOG=warn $B/tunnelgate-agent --gateway "ws://127.0.0.1:$GW1" --connections 1 --cluster demo --token load-test-token-0123456789abcdef0123 \
   --route "app.demo.localhost=http://127.0.0.1:$UP" --log-format text >"$work/agent.log" 2>&1 & AG=$!; pids+=($AG)
 for _ in $(seq 200); do
@@ -157,6 +172,31 @@ for p in "${paths[@]}"; do
   set -- $p; name=$1; addr=$2; host=$3; shift 3
   row "$name" "$addr" "$host" "$*" >> "$work/rows.jsonl"
 done
+# HTTPS: keep-alive req/s (with CPU per request), and new TLS connections per second (one
+# request per connection, a full handshake each).
+log "HTTPS: Tunnelgate's TLS listener vs nginx terminating TLS, $DURATION each way"
+: > "$work/tls.jsonl"
+tls_row() { # name addr host "LABEL:PID ..."
+  local name=$1 addr=$2 host=$3 procs=$4 p before="" after="" ka fresh
+  for p in $procs; do before+="${p%%:*}:$(ticks "${p#*:}") "; done
+  ka=$($B/tg-load --addr "$addr" --host "$host" --tls-ca "$work/ca.crt" --connections "$CONNECTIONS" --duration "$DURATION")
+  for p in $procs; do after+="$(ticks "${p#*:}") "; done
+  fresh=$($B/tg-load --addr "$addr" --host "$host" --tls-ca "$work/ca.crt" --connections 16 --duration "$DURATION" --requests-per-connection 1)
+  log "$name: keep-alive $ka; new connections $fresh"
+  python3 - "$name" "$ka" "$fresh" "$(getconf CLK_TCK)" "$before" "$after" <<'PY'
+import json, sys
+name, ka, fresh, hz, before, after = sys.argv[1:]
+ka, fresh = json.loads(ka), json.loads(fresh)
+t0 = [int(b.split(":")[1]) for b in before.split()]
+t1 = [int(a) for a in after.split()]
+cpu = sum(b - a for a, b in zip(t0, t1)) / int(hz) * 1e6 / (ka["requests"] or 1)
+print(json.dumps({"name": name, "rps": ka["rps"], "p99_us": ka["p99_us"], "errors": ka["errors"] + fresh["errors"],
+                  "cpu_us_per_req": cpu, "new_conns_per_s": fresh["rps"], "new_conn_p99_us": fresh["p99_us"]}))
+PY
+}
+tls_row nginx-tls "127.0.0.1:$NTLS" localhost "master:$(cat "$work/nginx-tls.pid") worker:$(pgrep -P "$(cat "$work/nginx-tls.pid")" | head -n 1)" >> "$work/tls.jsonl"
+tls_row tunnelgate-tls "127.0.0.1:$GWS" app.demo.localhost "node1:$N1 agent:$AG" >> "$work/tls.jsonl"
+
 log "open loop: rates $RATES, $POINT each"
 : > "$work/curves.jsonl"
 for p in "${paths[@]}"; do
@@ -201,14 +241,14 @@ python3 - "$work" "$CONNECTIONS" "$DURATION" "$POINT" <<'PY'
 import json, platform, subprocess, sys, datetime, os
 work, conns, duration, point = sys.argv[1:]
 load = lambda f: [json.loads(l) for l in open(os.path.join(work, f)) if l.strip()]
-rows, curves, sim = load("rows.jsonl"), load("curves.jsonl"), load("sim.jsonl")
+rows, curves, sim, tls = load("rows.jsonl"), load("curves.jsonl"), load("sim.jsonl"), load("tls.jsonl")
 by = {r["name"]: r for r in rows}
 cpu = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
 meta = {"date": datetime.date.today().isoformat(), "machine": f"{cpu} × {model}, {mem} GiB, {platform.platform()}",
         "connections": int(conns), "duration": duration, "point": point}
-json.dump({"meta": meta, "rows": rows, "curves": curves, "sim": sim}, open("load-tests/results.json", "w"), indent=2)
+json.dump({"meta": meta, "rows": rows, "curves": curves, "sim": sim, "tls": tls}, open("load-tests/results.json", "w"), indent=2)
 
 def ratio(a, b, key):
     x, y = by.get(a), by.get(b)
@@ -228,7 +268,16 @@ for r in rows:
     if r["cpu_us_per_req_by_process"]:
         lines.append(f"- {r['name']}: " + ", ".join(
             f"{k} {v:.1f} µs, {r['peak_rss_mib_by_process'][k]} MiB" for k, v in r["cpu_us_per_req_by_process"].items()))
-lines.append("")
+lines.append("\n## HTTPS (the TLS issue): Tunnelgate's TLS listener and tunnel vs nginx terminating TLS, same upstream\n")
+lines.append("| path | keep-alive req/s | × nginx | p99 ms | CPU µs/req | new TLS connections/s | × nginx | errors |")
+lines.append("|---|---|---|---|---|---|---|---|")
+tb = {t["name"]: t for t in tls}
+for t in tls:
+    ref = tb.get("nginx-tls") or t
+    lines.append(f"| {t['name']} | {t['rps']:.0f} | {t['rps']/(ref['rps'] or 1):.2f} | {t['p99_us']/1000:.2f} | {t['cpu_us_per_req']:.1f} | "
+                 f"{t['new_conns_per_s']:.0f} | {t['new_conns_per_s']/(ref['new_conns_per_s'] or 1):.2f} | {t['errors']} |")
+lines.append("\nnginx forwards to the upstream directly; Tunnelgate's row also carries every request through the "
+             "agent's tunnel (node and agent CPU counted), so the gap includes the tunnel's cost.\n")
 lines.append("## Targets (the data-path issue), this run\n")
 lines.append("| target | measured | met |\n|---|---|---|")
 def target(name, value, ok):

@@ -27,6 +27,41 @@ pub struct Plan {
     pub rate: Option<u64>,
     /// Stop after this many requests in all, whatever the time.
     pub max_requests: u64,
+    /// HTTPS with this client configuration (SNI = the Host), plain HTTP when None.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Requests on one connection before a new one is opened (1: a connection, and for HTTPS
+    /// a full handshake, per request); unlimited when None.
+    pub per_connection: Option<u64>,
+}
+
+/// A client configuration trusting the CA certificates in `pem_file` alone.
+pub fn tls_client(
+    pem_file: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(pem_file)? {
+        roots.add(c?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(cfg))
+}
+
+/// HTTP/1.1 on `io`: the request side (the connection runs on its own task).
+async fn handshake<IO>(io: IO) -> Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(sender)
 }
 
 /// What a run measured.
@@ -74,14 +109,32 @@ async fn connection(plan: Plan, n: usize, budget: u64) -> Tally {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let Ok((mut sender, conn)) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
-        else {
+        let sender = match &plan.tls {
+            None => handshake(stream).await,
+            Some(cfg) => {
+                let name = rustls_pki_types::ServerName::try_from(host.clone());
+                match name {
+                    Ok(name) => match tokio_rustls::TlsConnector::from(cfg.clone())
+                        .connect(name, stream)
+                        .await
+                    {
+                        Ok(tls) => handshake(tls).await,
+                        Err(_) => None,
+                    },
+                    Err(_) => None,
+                }
+            }
+        };
+        let Some(mut sender) = sender else {
             tally.errors += 1;
             continue;
         };
-        tokio::spawn(conn);
+        let mut on_this = 0u64;
         while Instant::now() < deadline && sent < budget {
+            if plan.per_connection.is_some_and(|n| on_this >= n) {
+                continue 'outer;
+            }
+            on_this += 1;
             let scheduled = match interval {
                 Some(iv) => {
                     tokio::time::sleep_until(next.into()).await;

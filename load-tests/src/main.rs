@@ -29,6 +29,13 @@ struct Args {
     /// Stop after this many requests whatever the time.
     #[arg(long, default_value_t = 10_000_000)]
     max_requests: u64,
+    /// HTTPS, trusting the CA certificates in this PEM file (SNI = the Host).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Requests per connection before a new one (1: a new connection, a TLS handshake for
+    /// HTTPS, per request).
+    #[arg(long)]
+    requests_per_connection: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +51,11 @@ fn main() -> anyhow::Result<()> {
         duration: a.duration,
         rate: a.rate,
         max_requests: a.max_requests,
+        tls: match &a.tls_ca {
+            Some(f) => Some(tunnelgate_load::tls_client(f)?),
+            None => None,
+        },
+        per_connection: a.requests_per_connection,
     }));
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -47,6 +47,8 @@ async fn closed_and_open_loop_measure_a_real_server() {
         duration: Duration::from_secs(5),
         rate: None,
         max_requests: 400,
+        tls: None,
+        per_connection: None,
     };
     let closed = run(plan.clone()).await;
     assert_eq!(closed.errors, 0);
@@ -63,6 +65,15 @@ async fn closed_and_open_loop_measure_a_real_server() {
     assert_eq!(open.requests, 200);
     // 200 requests at 2000/s take about 0.1 s; a closed loop would not be paced at all.
     assert!(open.seconds >= 0.08, "open loop was not paced: {open:?}");
+
+    // A connection per request: the same answers.
+    let fresh = run(Plan {
+        per_connection: Some(1),
+        max_requests: 40,
+        ..plan.clone()
+    })
+    .await;
+    assert_eq!((fresh.requests, fresh.errors), (40, 0));
 
     let refused = run(Plan {
         host: "nope".into(),
