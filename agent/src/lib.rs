@@ -225,8 +225,81 @@ const SAME_NODE_GIVE_UP: u32 = 3;
 /// How often such a slot looks again for another node.
 const SINGLE_NODE_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// A session running on its own task, with the handles its slot steers it by.
+struct Live {
+    task: tokio::task::JoinHandle<Result<End, session::SessionError>>,
+    /// Makes this session drain and end (the agent's shutdown is forwarded here too).
+    stop: Arc<watch::Sender<bool>>,
+    /// Told when the gateway asks this tunnel to move.
+    handoff: tokio::sync::mpsc::Receiver<()>,
+    /// Told when the tunnel serves (its routes acknowledged).
+    ready: tokio::sync::oneshot::Receiver<()>,
+    gateway: String,
+    started: Instant,
+}
+
+fn start_session(
+    shared: &Arc<Shared>,
+    slot: usize,
+    gateway: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> Live {
+    let (stop_tx, stop_rx) = watch::channel(*shutdown.borrow());
+    let stop = Arc::new(stop_tx);
+    let (forward, mut agent_stop) = (stop.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            Ok(_) = agent_stop.wait_for(|s| *s) => { let _ = forward.send(true); }
+            _ = forward.closed() => {}
+        }
+    });
+    let (handoff_tx, handoff) = tokio::sync::mpsc::channel(1);
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let (shared2, gw) = (shared.clone(), gateway.to_string());
+    let task = tokio::spawn(async move {
+        let hooks = session::Hooks {
+            handoff: Some(handoff_tx),
+            ready: Some(ready_tx),
+        };
+        session::run(&shared2, slot, &gw, stop_rx, hooks).await
+    });
+    Live {
+        task,
+        stop,
+        handoff,
+        ready,
+        gateway: gateway.to_string(),
+        started: Instant::now(),
+    }
+}
+
+/// The slot's session tasks: aborted with the slot (the agent torn down), so no tunnel
+/// outlives it; finished ones are forgotten as new ones start.
+#[derive(Default)]
+struct Owned(Vec<tokio::task::AbortHandle>);
+
+impl Owned {
+    fn add(&mut self, live: &Live) {
+        self.0.retain(|h| !h.is_finished());
+        self.0.push(live.task.abort_handle());
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Attempts at a replacement tunnel when the gateway asks one to move.
+const HANDOFF_TRIES: usize = 5;
+
 /// One connection slot: connect, serve, reconnect with backoff, rotating through the gateway
-/// URLs (slot `n` starts at URL `n`).
+/// URLs (slot `n` starts at URL `n`). When a gateway asks its tunnel to move (its node is
+/// draining), the slot opens the next tunnel first and only then drains the old one: make
+/// before break, so the cluster never has fewer tunnels than before.
 async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receiver<bool>) {
     let mut backoff =
         backoff::Backoff::new(shared.config.reconnect_min, shared.config.reconnect_max);
@@ -234,22 +307,45 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
     let mut turn = slot;
     // Consecutive dials that reached a node this agent already holds a tunnel to.
     let mut same_node = 0u32;
+    let next_gateway = |turn: usize| gateways[turn % gateways.len()].clone();
+    if shared.held_nodes().is_empty() {
+        shared.status.send_replace(Status::Connecting {
+            gateway: next_gateway(turn),
+        });
+    }
+    let mut owned = Owned::default();
+    let mut live = start_session(&shared, slot, &next_gateway(turn), &shutdown);
+    owned.add(&live);
     loop {
-        let gateway = &gateways[turn % gateways.len()];
-        if shared.held_nodes().is_empty() {
-            shared.status.send_replace(Status::Connecting {
-                gateway: gateway.clone(),
-            });
-        }
-        let started = Instant::now();
-        let result = session::run(&shared, slot, gateway, shutdown.clone()).await;
+        let result = tokio::select! {
+            r = &mut live.task => r.unwrap_or_else(|e| Err(session::SessionError::Lost(format!("session task: {e}")))),
+            Some(()) = live.handoff.recv() => {
+                match handoff(&shared, slot, &mut turn, &next_gateway, &shutdown, &mut live, &mut owned).await {
+                    Handoff::Moved(next) => {
+                        // The new tunnel serves: the old one drains in the background.
+                        let _ = live.stop.send(true);
+                        live = next;
+                    }
+                    Handoff::Stay => {}
+                    Handoff::OldEnded(next) => {
+                        live = next.unwrap_or_else(|| {
+                            turn += 1;
+                            start_session(&shared, slot, &next_gateway(turn), &shutdown)
+                        });
+                        owned.add(&live);
+                    }
+                }
+                continue;
+            }
+        };
+        let gateway = live.gateway.clone();
         let duplicate = matches!(result, Err(session::SessionError::Duplicate(_)));
         let error = match result {
             Ok(End::Shutdown) => return,
             Ok(End::Drain) => "drained by the gateway".to_string(),
             Err(e) => e.to_string(),
         };
-        if started.elapsed() >= STABLE_CONNECTION {
+        if live.started.elapsed() >= STABLE_CONNECTION {
             backoff.reset();
         }
         turn += 1;
@@ -283,5 +379,63 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
         if *shutdown.borrow() {
             return;
         }
+        if shared.held_nodes().is_empty() {
+            shared.status.send_replace(Status::Connecting {
+                gateway: next_gateway(turn),
+            });
+        }
+        live = start_session(&shared, slot, &next_gateway(turn), &shutdown);
+        owned.add(&live);
     }
+}
+
+/// How a move went.
+enum Handoff {
+    /// A replacement serves; the old tunnel may drain.
+    Moved(Live),
+    /// No replacement came up: the old tunnel stays until its gateway closes it.
+    Stay,
+    /// The old tunnel ended meanwhile (its result consumed), with the replacement if it came up.
+    OldEnded(Option<Live>),
+}
+
+/// Opens a replacement for `live`, whose gateway asked it to move: the next gateway URLs in
+/// turn until one serves (the draining node refuses new tunnels, and this agent never holds
+/// two on one node).
+async fn handoff(
+    shared: &Arc<Shared>,
+    slot: usize,
+    turn: &mut usize,
+    next_gateway: &impl Fn(usize) -> String,
+    shutdown: &watch::Receiver<bool>,
+    live: &mut Live,
+    owned: &mut Owned,
+) -> Handoff {
+    for attempt in 0..HANDOFF_TRIES {
+        *turn += 1;
+        let mut cand = start_session(shared, slot, &next_gateway(*turn), shutdown);
+        owned.add(&cand);
+        tokio::select! {
+            Ok(()) = &mut cand.ready => {
+                tracing::info!(slot, from = %live.gateway, to = %cand.gateway, "tunnel moved: the new one serves, the old one drains");
+                return Handoff::Moved(cand);
+            }
+            r = &mut cand.task => {
+                tracing::debug!(slot, gateway = %cand.gateway, attempt, outcome = ?r.map(|r| r.map(|_| ())), "replacement tunnel not up; trying the next");
+                tokio::time::sleep(shared.config.reconnect_min).await;
+            }
+            _ = &mut live.task => {
+                // The old tunnel is gone already: keep the candidate if it comes up.
+                return match tokio::time::timeout(Duration::from_secs(10), &mut cand.ready).await {
+                    Ok(Ok(())) => Handoff::OldEnded(Some(cand)),
+                    _ => {
+                        cand.task.abort();
+                        Handoff::OldEnded(None)
+                    }
+                };
+            }
+        }
+    }
+    tracing::warn!(slot, gateway = %live.gateway, "no other gateway node took a tunnel; staying until this one closes");
+    Handoff::Stay
 }

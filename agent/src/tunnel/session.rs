@@ -220,11 +220,22 @@ fn to_ws(m: Outgoing) -> Message {
 }
 
 /// Runs one session against `gateway` until it ends.
+/// How a session tells its slot about a move (make before break).
+#[derive(Default)]
+pub struct Hooks {
+    /// Told when the gateway asks this tunnel to move elsewhere (its node is draining); the
+    /// session goes on serving until its slot stops it. Without it, the session ends at once.
+    pub handoff: Option<tokio::sync::mpsc::Sender<()>>,
+    /// Told once the gateway acknowledged this tunnel's routes: it serves.
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 pub async fn run(
     shared: &Shared,
     slot: usize,
     gateway: &str,
     mut shutdown: watch::Receiver<bool>,
+    mut hooks: Hooks,
 ) -> Result<End, SessionError> {
     let (mut ws, node) = connect(shared, gateway).await?;
     // One tunnel per node: the point of several is to survive a node's loss.
@@ -258,6 +269,7 @@ pub async fn run(
         &table,
         &mut stream,
         &mut shutdown,
+        &mut hooks,
     )
     .await;
     if let Ok(End::Shutdown) = result {
@@ -307,6 +319,7 @@ async fn serve(
     table: &Table,
     stream: &mut futures_util::stream::SplitStream<Ws>,
     shutdown: &mut watch::Receiver<bool>,
+    hooks: &mut Hooks,
 ) -> Result<End, SessionError> {
     let mut routes_rx = shared.routes.subscribe();
     let mut sent = routes_rx.borrow_and_update().clone();
@@ -382,11 +395,25 @@ async fn serve(
                         }
                     }
                     Some(Ok(Message::Text(t))) => match Control::from_json(&t) {
-                        Ok(Control::Drain(d)) => {
-                            tracing::info!(gateway, reason = %d.reason, "gateway asked to reconnect elsewhere");
-                            return Ok(End::Drain);
-                        }
+                        Ok(Control::Drain(d)) => match hooks.handoff.take() {
+                            // Make before break: the slot opens the next tunnel, then stops this one.
+                            Some(h) if !draining => {
+                                tracing::info!(gateway, reason = %d.reason, "gateway asked to move: opening a tunnel elsewhere before leaving this one");
+                                let _ = h.try_send(());
+                            }
+                            Some(_) => {}
+                            None => {
+                                tracing::info!(gateway, reason = %d.reason, "gateway asked to reconnect elsewhere");
+                                return Ok(End::Drain);
+                            }
+                        },
                         Ok(Control::HeartbeatAck(a)) if fence == Some(a.sent_at_ms) => fence = None,
+                        Ok(m @ Control::RoutesAck(_)) => {
+                            if let Some(r) = hooks.ready.take() {
+                                let _ = r.send(());
+                            }
+                            on_control(shared, gateway, ok, table, out, m)
+                        }
                         Ok(m) => on_control(shared, gateway, ok, table, out, m),
                         Err(e) => {
                             let e = format!("invalid control message from gateway: {e}");
