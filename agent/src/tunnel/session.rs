@@ -311,6 +311,7 @@ fn abort_streams(table: &Table) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     shared: &Shared,
     gateway: &str,
