@@ -20,6 +20,12 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub fn readyz(state: &AppState) -> HttpResponse {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        // Load balancers stop sending here; requests still arriving are served.
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("draining: this node is shutting down\n");
+    }
     if state.registry.is_healthy() {
         HttpResponse::Ok()
             .content_type("text/plain")

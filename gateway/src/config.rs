@@ -215,6 +215,11 @@ pub struct Config {
     )]
     pub public_addresses: Vec<String>,
 
+    /// On SIGTERM: how long the node waits for its agents to move and its streams to finish
+    /// before it cuts what is left (keep it under the pod's grace period).
+    #[arg(long, env = "TG_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Interval at which agents send heartbeats; three missed ones close the tunnel.
     #[arg(long, env = "TG_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]
     pub heartbeat_interval: Duration,

@@ -23,6 +23,7 @@ pub mod admin_domains;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+pub mod drain;
 pub mod error;
 pub mod guard;
 pub mod proxy;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub acme: Option<acme::Acme>,
     /// The certificates ACME issued, served by SNI on the TLS listener.
     pub issued: Arc<tls::IssuedCerts>,
+    /// Set on SIGTERM: `/readyz` fails and new tunnels are refused (`drain.rs`).
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -131,6 +134,7 @@ impl AppState {
         Ok(AppState {
             acme,
             issued: Arc::default(),
+            draining: Default::default(),
             dns,
             rate_limits: ratelimit::RateLimits::default(),
             peer_tls,
@@ -249,7 +253,10 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
     actix_rt::spawn(admin);
     // The public listener: actix-web's App behind actix-http, each connection's first request
     // head seen first by `proxy::front` (upgrades other than WebSocket; see there).
-    let mut builder = actix_server::Server::build();
+    // Signals are the drain's (`drain.rs`); what is still open after it is cut within 2 s.
+    let mut builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(2);
     if let Some(w) = workers {
         builder = builder.workers(w.max(1));
     }
@@ -342,6 +349,10 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
             .and_then(http)
         })?
         .run();
+    actix_rt::spawn(drain::on_signal(
+        state.clone().into_inner(),
+        server.handle(),
+    ));
     Ok(server)
 }
 

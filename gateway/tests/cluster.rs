@@ -497,3 +497,102 @@ async fn concurrent_first_requests_share_one_peer_link() {
         "{misses} table loads for one cluster"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_given_sigterm_drains_without_losing_a_request() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let mut a = Gateway::node(&redis, &["--drain-timeout", "10s"]);
+    let b = Gateway::node(&redis, &[]);
+    // The agent's one tunnel is on node a; clients come in through node b (a's load balancer
+    // took a out of rotation when its /readyz failed).
+    let agent = Agent::spawn_to(&[&a, &b], DEMO, &[(APP, up.url())], &["--connections", "1"]);
+    agent.connected().await;
+    until_ok(&b, "/hello").await;
+    let url = b.url(APP, "/hello");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = client();
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = tokio::time::timeout(Duration::from_secs(5), c.get(&url).send())
+                        .await
+                        .expect("no request hangs")
+                        .unwrap();
+                    match r.status().as_u16() {
+                        200 => ok += 1,
+                        s => {
+                            failed.push(format!("{s} {:?}", r.headers().get("x-tunnelgate-error")))
+                        }
+                    }
+                    let _ = r.bytes().await;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.terminate();
+    // /readyz fails at once.
+    let start = std::time::Instant::now();
+    loop {
+        let r = client()
+            .get(format!("http://{}/readyz", a.admin))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == 503 => break,
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "/readyz still ready"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The tunnel moves to node b (make before break), node a exits 0 well before its timeout.
+    let code = tokio::task::block_in_place(|| a.exit_code(Duration::from_secs(10)));
+    assert_eq!(code, Some(0), "node a's exit");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "drained in {:?}",
+        start.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in load {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {ok} lost: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 100, "{ok}");
+    // The tunnel now lives on node b.
+    assert_eq!(status_of_b_after_a(&b).await, 200);
+    drop(agent);
+    assert!(
+        a.log_lines()
+            .iter()
+            .any(|l| l.contains("drained: no tunnel")),
+        "a drained cleanly"
+    );
+}
+
+/// What node b answers once node a is gone (its own tunnel, no peer to ask).
+async fn status_of_b_after_a(b: &Gateway) -> u16 {
+    client()
+        .get(b.url(APP, "/hello"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}

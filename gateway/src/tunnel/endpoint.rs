@@ -41,6 +41,14 @@ pub async fn accept(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     use actix_web::http::StatusCode;
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut r = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this gateway node is shutting down; connect to another",
+        );
+        crate::guard::set_retry_after(&mut r, 1);
+        return r;
+    }
     let peer = req.peer_addr();
     let ip = peer.map(|p| p.ip());
     if let Err(wait) = state.auth_guard.check(ip) {

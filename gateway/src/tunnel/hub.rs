@@ -7,7 +7,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use actix::Recipient;
 
-use super::tunnel_actor::{OpenStream, Revoked};
+use super::tunnel_actor::{MoveAway, OpenStream, Revoked};
 
 /// A handle to one live tunnel.
 #[derive(Clone)]
@@ -20,6 +20,8 @@ pub struct TunnelRef {
     pub open: Recipient<OpenStream>,
     /// Closes the tunnel (its token was revoked, or its cluster deleted).
     pub revoke: Recipient<Revoked>,
+    /// Asks its agent to move the tunnel to another node (this one is draining).
+    pub move_away: Recipient<MoveAway>,
 }
 
 #[derive(Default)]
@@ -85,6 +87,22 @@ impl Hub {
             }
         }
         n
+    }
+
+    /// Asks every agent here to move its tunnel elsewhere; returns how many were asked.
+    pub fn move_all(&self) -> usize {
+        let g = self.read();
+        let mut n = 0;
+        for t in g.values().flatten() {
+            t.move_away.do_send(MoveAway);
+            n += 1;
+        }
+        n
+    }
+
+    /// Live tunnels on this node, over every cluster.
+    pub fn total(&self) -> usize {
+        self.read().values().map(Vec::len).sum()
     }
 
     pub fn count(&self, cluster: &str) -> usize {

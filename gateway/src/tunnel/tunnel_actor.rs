@@ -732,6 +732,7 @@ impl TunnelActor {
                 token_id: self.token_id.clone(),
                 open: ctx.address().recipient(),
                 revoke: ctx.address().recipient(),
+                move_away: ctx.address().recipient(),
             },
         );
         self.state.metrics.tunnels.inc();
@@ -903,6 +904,23 @@ impl Handler<OpenStream> for TunnelActor {
             outbox: self.out.clone(),
             gone: ctx.address().recipient(),
         })
+    }
+}
+
+/// This node is draining: ask the agent to move the tunnel (it opens one elsewhere, then
+/// drains this one with its own `drain`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MoveAway;
+
+impl Handler<MoveAway> for TunnelActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: MoveAway, _ctx: &mut Context<Self>) {
+        let msg = Control::Drain(tunnelgate_proto::control::Drain {
+            reason: "this gateway node is shutting down".into(),
+        });
+        self.out.try_send(Outgoing::Text(msg.to_json()));
     }
 }
 
