@@ -9,11 +9,13 @@
 //! - [`config`]: durations and masked secrets for both binaries' configuration.
 //! - [`outbox`]: the one bounded queue into a tunnel's single writer, with a side board for
 //!   WINDOW and RESET frames that must never wait behind data.
+//! - [`streams`]: the stream table and the one rule for every frame a link end receives.
 
 pub mod config;
 pub mod credit;
 pub mod outbox;
 pub mod pipe;
+pub mod streams;
 
 pub use credit::SendCredit;
 pub use outbox::{
@@ -21,3 +23,4 @@ pub use outbox::{
     write_loop_with_timeout,
 };
 pub use pipe::{Item, PipeError, PipeReader, PipeWriter, PushError, pipe};
+pub use streams::{AcceptError, Action, Side, StreamEnds, StreamTable};

@@ -1,6 +1,5 @@
 //! One tunnel connection: connect, register, publish routes, then read until it ends.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,13 +12,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tunnelgate_mux::{
-    Outbox, Outgoing, PipeWriter, PushError, SendCredit, outbox, pipe, write_loop,
+    Action, Outbox, Outgoing, PipeWriter, SendCredit, Side, StreamEnds, StreamTable, outbox, pipe,
+    write_loop,
 };
+use tunnelgate_proto::Control;
 use tunnelgate_proto::control::{
     Drain, Heartbeat, IngressRoutes, Register, RegisterSuccess, RouteAction,
 };
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
-use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
 use super::stream::StreamTask;
 use crate::config::{OUTBOX_CAPACITY, REGISTER_TIMEOUT};
@@ -59,19 +59,37 @@ struct Entry {
     abort: AbortHandle,
 }
 
-/// The session's live streams; `ended` is told each time a stream task finishes (a draining
-/// session waits for the table to empty).
-#[derive(Default)]
-struct StreamTable {
-    map: Mutex<HashMap<StreamId, Entry>>,
+impl StreamEnds for Entry {
+    fn inbound(&self) -> Option<&PipeWriter> {
+        self.upload.as_ref()
+    }
+    fn credit(&self) -> &SendCredit {
+        &self.credit
+    }
+}
+
+/// The session's live streams (the accepting end of the stream rule, shared with the stream
+/// tasks, which take themselves out); `ended` is told each time a stream task finishes (a
+/// draining session waits for the table to empty).
+struct Streams {
+    table: Mutex<StreamTable<Entry>>,
     ended: tokio::sync::Notify,
 }
 
-type Table = Arc<StreamTable>;
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            table: Mutex::new(StreamTable::new(Side::Acceptor)),
+            ended: tokio::sync::Notify::new(),
+        }
+    }
+}
 
-fn lock(t: &Table) -> MutexGuard<'_, HashMap<StreamId, Entry>> {
+type Table = Arc<Streams>;
+
+fn lock(t: &Table) -> MutexGuard<'_, StreamTable<Entry>> {
     // No code panics while holding the lock; recover the data rather than spread a panic.
-    t.map.lock().unwrap_or_else(|p| p.into_inner())
+    t.table.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The URL of the tunnel endpoint for a gateway URL.
@@ -289,6 +307,12 @@ pub async fn run(
             }
         })
         .await;
+    } else if let Err(SessionError::Lost(_)) = &result {
+        // A close asked for on a protocol error goes out before the socket drops, so the
+        // gateway logs why (the writer ends after sending it; a dead socket ends it sooner).
+        abort_streams(&table);
+        drop(out);
+        let _ = tokio::time::timeout(Duration::from_millis(500), &mut writer).await;
     }
     result
 }
@@ -461,67 +485,28 @@ pub fn route_changes(old: &crate::RouteSet, new: &crate::RouteSet) -> Vec<Contro
     out
 }
 
+/// A frame from the gateway, under the stream rule; `Err` closes the tunnel.
 fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String> {
-    let frame = Frame::decode(msg).map_err(|e| format!("malformed frame from gateway: {e}"))?;
-    let id = frame.stream();
-    let mut t = lock(table);
-    let Some(entry) = t.get_mut(&id) else {
-        // A stream that already ended: late frames are dropped.
-        return Ok(());
-    };
-    match frame {
-        Frame::Data { data, .. } => {
-            let err = match &entry.upload {
-                Some(w) => w.push(data).err(),
-                None => Some(PushError::Ended),
-            };
-            match err {
-                None | Some(PushError::ReaderGone) => {}
-                Some(e) => {
-                    let code = if matches!(e, PushError::Flow(_)) {
-                        ResetCode::FLOW_CONTROL
-                    } else {
-                        ResetCode::PROTOCOL
-                    };
-                    tracing::warn!(stream = id, error = %e, "resetting stream");
-                    if let Some(e) = t.remove(&id) {
-                        e.abort.abort();
-                    }
-                    out.reset(id, code);
-                }
-            }
+    let action = lock(table).on_message(msg);
+    match action {
+        Action::Applied | Action::PeerEnded(_) | Action::Late => Ok(()),
+        Action::PeerReset { entry, .. } => {
+            entry.abort.abort();
+            Ok(())
         }
-        Frame::End { .. } => {
-            if let Some(w) = &entry.upload {
-                w.finish();
-            }
+        Action::Reset {
+            id,
+            code,
+            why,
+            entry,
+        } => {
+            tracing::warn!(stream = id, error = %why, "resetting stream");
+            entry.abort.abort();
+            out.reset(id, code);
+            Ok(())
         }
-        Frame::Reset { .. } => {
-            if let Some(e) = t.remove(&id) {
-                e.abort.abort();
-            }
-        }
-        Frame::Window { credit, .. } => {
-            if entry.credit.grant(credit).is_err() {
-                if let Some(e) = t.remove(&id) {
-                    e.abort.abort();
-                }
-                out.reset(id, ResetCode::FLOW_CONTROL);
-            }
-        }
-        Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
-            // Protocol 1's WebSocket frames: upgraded streams carry raw bytes as DATA now.
-            tracing::warn!(
-                stream = id,
-                "WS_* frame on a protocol 2 tunnel; resetting the stream"
-            );
-            if let Some(e) = t.remove(&id) {
-                e.abort.abort();
-            }
-            out.reset(id, ResetCode::PROTOCOL);
-        }
+        Action::Close(why) => Err(format!("from the gateway: {why}")),
     }
-    Ok(())
 }
 
 fn on_control(
@@ -562,19 +547,18 @@ fn on_control(
         Control::ProxyRequest(req) => {
             let id = req.stream_id;
             let mut t = lock(table);
-            if let Some(old) = t.remove(&id) {
-                tracing::warn!(stream = id, "gateway reused a live stream id; resetting it");
-                old.abort.abort();
-                out.reset(id, ResetCode::PROTOCOL);
+            if let Err(e) = t.accept(id) {
+                tracing::warn!(stream = id, error = %e, "gateway opened a stream it may not; closing the tunnel");
+                out.close(1002, format!("proxy_request: {e}"));
                 return;
             }
             let credit = Arc::new(SendCredit::new(ok.stream_window));
             // The task removes its own entry when it ends; the entry lets frames reach it.
-            let spawn = |t: &mut HashMap<StreamId, Entry>, fut, upload| {
+            let spawn = |t: &mut StreamTable<Entry>, fut, upload| {
                 let done = table.clone();
                 let handle = tokio::spawn(async move {
                     fut.await;
-                    lock(&done).remove(&id);
+                    lock(&done).remove(id);
                     done.ended.notify_one();
                 });
                 t.insert(

@@ -1,12 +1,15 @@
 //! The gateway as one node of many: peer links to the nodes that own other clusters' tunnels
-//! ([`peers`]), the peer endpoint other nodes dial ([`peer_server`]), and this node's
-//! membership record ([`run_membership`]).
+//! ([`peers`], each a [`PeerLink`]), the peer endpoint other nodes dial ([`peer_server`]),
+//! tunnels' ownership leases ([`lease`]), and this node's membership record
+//! ([`run_membership`]).
 //!
 //! A request that lands on a node without the cluster's tunnel is forwarded over a peer link
 //! to a node that has one: it is one more stream on that link, with the same frames and flow
 //! control as a tunnel. A node answers forwarded requests only from its own tunnels, so a
 //! request takes at most one hop.
 
+pub mod lease;
+pub mod peer_link;
 pub mod peer_server;
 pub mod peers;
 
@@ -17,6 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::registry::{NodeRecord, now_ms};
 
+pub use peer_link::PeerLink;
 pub use peers::PeerPool;
 
 /// Header carrying the dialling node's id on a peer link.

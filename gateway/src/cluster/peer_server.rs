@@ -1,8 +1,8 @@
 //! `GET /v1/peer` on the peer listener: another node forwards requests for clusters whose
 //! tunnels live here. [`PeerServer`] answers each forwarded stream from a local tunnel, bridging
-//! frames and credit between the peer link and the tunnel; it never forwards further.
+//! frames and credit between the peer link and the tunnel; it never forwards further. Frames go
+//! through an accepting [`StreamTable`]: the same stream rule as agent tunnels.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::{
@@ -13,7 +13,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use tunnelgate_mux::{
-    Outbox, Outgoing, PipeWriter, PushError, SendCredit, outbox, pipe, write_loop,
+    Action, Outbox, Outgoing, PipeWriter, SendCredit, Side, StreamEnds, StreamTable, outbox, pipe,
+    write_loop,
 };
 use tunnelgate_proto::control::{ProxyError as ProxyErrorMsg, ProxyErrorKind, ProxyRequest};
 use tunnelgate_proto::limits::{MAX_FRAME_PAYLOAD, MAX_WS_MESSAGE};
@@ -79,7 +80,7 @@ pub async fn accept(
             node,
             out,
             state,
-            streams: HashMap::new(),
+            streams: StreamTable::new(Side::Acceptor),
         }
     });
     response
@@ -92,12 +93,21 @@ struct Bridge {
     task: SpawnHandle,
 }
 
+impl StreamEnds for Bridge {
+    fn inbound(&self) -> Option<&PipeWriter> {
+        self.upload.as_ref()
+    }
+    fn credit(&self) -> &SendCredit {
+        &self.credit
+    }
+}
+
 /// The serving end of one peer link.
 pub struct PeerServer {
     node: String,
     out: Outbox,
     state: Arc<AppState>,
-    streams: HashMap<StreamId, Bridge>,
+    streams: StreamTable<Bridge>,
 }
 
 impl PeerServer {
@@ -119,8 +129,8 @@ impl PeerServer {
 
     fn open(&mut self, ctx: &mut Context<Self>, req: ProxyRequest) {
         let sid = req.stream_id;
-        if sid == 0 || self.streams.contains_key(&sid) {
-            return self.protocol_error(ctx, format!("stream id {sid} reused"));
+        if let Err(e) = self.streams.accept(sid) {
+            return self.protocol_error(ctx, e.to_string());
         }
         let Some(cluster) = req.cluster.clone() else {
             return self.protocol_error(ctx, "forwarded request without a cluster".into());
@@ -153,7 +163,7 @@ impl PeerServer {
             self.out.clone(),
         );
         let task = ctx.spawn(fut.into_actor(self).map(move |_, act, _| {
-            act.streams.remove(&sid);
+            act.streams.remove(sid);
         }));
         self.streams.insert(
             sid,
@@ -166,52 +176,27 @@ impl PeerServer {
     }
 
     fn on_frame(&mut self, ctx: &mut Context<Self>, msg: bytes::Bytes) {
-        let frame = match Frame::decode(msg) {
-            Ok(f) => f,
-            Err(e) => return self.protocol_error(ctx, format!("malformed frame: {e}")),
-        };
-        let sid = frame.stream();
-        let Some(b) = self.streams.get(&sid) else {
-            return;
-        };
-        match frame {
-            Frame::Data { data, .. } => {
-                let err = match &b.upload {
-                    Some(w) => w.push(data).err(),
-                    None => Some(PushError::Ended),
-                };
-                if let Some(e) = err.filter(|e| *e != PushError::ReaderGone) {
-                    tracing::warn!(peer_node = %self.node, stream = sid, error = %e, "resetting forwarded stream");
-                    self.cancel(ctx, sid);
-                    self.out.reset(sid, ResetCode::FLOW_CONTROL);
-                }
+        match self.streams.on_message(msg) {
+            Action::Applied | Action::PeerEnded(_) | Action::Late => {}
+            Action::PeerReset { entry, .. } => Self::stop_bridge(ctx, entry),
+            Action::Reset {
+                id,
+                code,
+                why,
+                entry,
+            } => {
+                tracing::warn!(peer_node = %self.node, stream = id, %why, "resetting forwarded stream");
+                Self::stop_bridge(ctx, entry);
+                self.out.reset(id, code);
             }
-            Frame::End { .. } => {
-                if let Some(w) = &b.upload {
-                    w.finish();
-                }
-            }
-            Frame::Window { credit, .. } => {
-                if b.credit.grant(credit).is_err() {
-                    self.cancel(ctx, sid);
-                    self.out.reset(sid, ResetCode::FLOW_CONTROL);
-                }
-            }
-            Frame::Reset { .. } => self.cancel(ctx, sid),
-            Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => {
-                tracing::warn!(peer_node = %self.node, stream = sid, "WS_* frame on a protocol 2 peer link; resetting");
-                self.cancel(ctx, sid);
-                self.out.reset(sid, ResetCode::PROTOCOL);
-            }
+            Action::Close(why) => self.protocol_error(ctx, why),
         }
     }
 
-    /// Drops a forwarded stream: its bridge future ends, which resets the tunnel stream.
-    fn cancel(&mut self, ctx: &mut Context<Self>, sid: StreamId) {
-        if let Some(b) = self.streams.remove(&sid) {
-            b.credit.close();
-            ctx.cancel_future(b.task);
-        }
+    /// Ends a forwarded stream's bridge: its future ends, which resets the tunnel stream.
+    fn stop_bridge(ctx: &mut Context<Self>, b: Bridge) {
+        b.credit.close();
+        ctx.cancel_future(b.task);
     }
 }
 

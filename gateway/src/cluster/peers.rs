@@ -1,5 +1,5 @@
 //! Outgoing peer links: one per remote node, dialled on first use and reused. A link is a
-//! [`TunnelActor`] in the peer role over a WebSocket this node opened.
+//! [`PeerLink`] over a WebSocket this node opened.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,10 +14,11 @@ use tunnelgate_mux::{Outgoing, outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
 use super::NODE_HEADER;
+use super::peer_link::PeerLink;
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::registry::Owner;
-use crate::tunnel::{OpenStream, Role, TunnelActor, WsIn};
+use crate::tunnel::{OpenStream, WsIn};
 
 /// Time to open a peer link before the owner counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -131,17 +132,9 @@ impl PeerPool {
         let (sink, stream) = ws.split();
         let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
         actix_rt::spawn(write_loop(rx, sink, to_tungstenite));
-        let actor = TunnelActor::new(
-            owner.node_id.clone(),
-            None,
-            out,
-            state.clone(),
-            Role::Peer {
-                node_id: owner.node_id.clone(),
-            },
-        );
+        let actor = PeerLink::new(owner.node_id.clone(), out, state.clone());
         let id = actor.id();
-        let addr = TunnelActor::create(move |ctx| {
+        let addr = PeerLink::create(move |ctx| {
             ctx.add_stream(stream.map(from_tungstenite));
             actor
         });

@@ -10,9 +10,21 @@ use futures_util::StreamExt;
 use tunnelgate_mux::{Outgoing, outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
-use super::tunnel_actor::{Role, TunnelActor, WsIn};
+use super::tunnel_actor::TunnelActor;
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
+
+/// A WebSocket message as a link's actor reads it, whichever library carried it.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub enum WsIn {
+    Text(String),
+    Binary(bytes::Bytes),
+    Close(Option<String>),
+    /// Ping, pong: liveness only.
+    Other,
+    Error(String),
+}
 
 /// Header in which an agent may state which cluster it believes it is.
 pub const CLUSTER_HEADER: &str = "x-tunnelgate-cluster";
@@ -133,7 +145,7 @@ pub async fn accept(
     let state = Arc::clone(&state.into_inner());
     TunnelActor::create(move |ctx| {
         ctx.add_stream(stream.map(from_actix));
-        TunnelActor::new(cluster, peer, out, state, Role::Agent).with_token(token_id)
+        TunnelActor::new(cluster, peer, out, state).with_token(token_id)
     });
     response
 }

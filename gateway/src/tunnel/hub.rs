@@ -5,9 +5,23 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use actix::Recipient;
+use actix::{Message, Recipient};
 
-use super::tunnel_actor::{MoveAway, OpenStream, Revoked};
+use super::open::OpenStream;
+
+/// The token a tunnel authenticated with was revoked, or its cluster deleted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Revoked {
+    /// Why, for the agent and the log.
+    pub reason: String,
+}
+
+/// This node is draining: ask the agent to move the tunnel (it opens one elsewhere, then
+/// drains this one with its own `drain`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MoveAway;
 
 /// A handle to one live tunnel.
 #[derive(Clone)]

@@ -25,16 +25,16 @@
 mod endpoint;
 mod hub;
 pub mod limits;
+mod open;
 mod stream_actor;
 mod tunnel_actor;
 
 pub use endpoint::accept;
-pub use endpoint::{from_actix, refuse, throttled, to_actix};
-pub use hub::{Hub, TunnelRef};
+pub use endpoint::{WsIn, from_actix, refuse, throttled, to_actix};
+pub use hub::{Hub, MoveAway, Revoked, TunnelRef};
+pub use open::{OpenError, OpenStream, Opened, Outcome, StreamGone, StreamShared, Streams};
 pub use stream_actor::{
     BodySource, ClientGone, Started, StreamActor, StreamParts, payload_body, pipe_body,
     start_stream,
 };
-pub use tunnel_actor::{
-    OpenError, OpenStream, Opened, Revoked, Role, StreamGone, StreamShared, TunnelActor, WsIn,
-};
+pub use tunnel_actor::{TunnelActor, next_link_id};

@@ -16,7 +16,7 @@ use tunnelgate_proto::control::ProxyRequest;
 use tunnelgate_proto::limits::MAX_FRAME_PAYLOAD;
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
-use super::tunnel_actor::{StreamGone, StreamShared};
+use super::open::{StreamGone, StreamShared};
 use crate::error::ProxyError;
 
 /// The client's body reader was dropped: the response is complete or the client went away.

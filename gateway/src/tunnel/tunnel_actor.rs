@@ -1,147 +1,35 @@
-//! `TunnelActor`: one per agent connection. Owns the tunnel's stream table, decodes every
-//! message the agent sends, and dispatches it to the stream it names. Writes go through the
-//! tunnel's [`Outbox`] to the writer task that owns the socket.
+//! `TunnelActor`: one per agent connection. Decodes every message the agent sends: frames go
+//! through the tunnel's [`Streams`] table (the stream rule), control messages drive
+//! registration, routes, heartbeats and drain; the ownership lease is a [`Lease`]. Writes go
+//! through the tunnel's [`Outbox`] to the writer task that owns the socket.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient,
-    StreamHandler, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, StreamHandler, WrapFuture,
 };
-use bytes::Bytes;
-use tokio::sync::oneshot;
-use tunnelgate_mux::{
-    Outbox, Outgoing, PipeError, PipeReader, PipeWriter, PushError, SendCredit, pipe,
-};
-use tunnelgate_proto::control::{ProxyResponse, RegisterError, RegisterSuccess};
-use tunnelgate_proto::{Control, Frame, PROTOCOL_VERSION, ResetCode, StreamId};
+use tunnelgate_mux::{Outbox, Outgoing};
+use tunnelgate_proto::control::{RegisterError, RegisterSuccess};
+use tunnelgate_proto::{Control, PROTOCOL_VERSION};
 
-use super::hub::TunnelRef;
+use super::endpoint::WsIn;
+use super::hub::{MoveAway, Revoked, TunnelRef};
 use super::limits::{ControlLimits, Kind};
+use super::open::{OpenError, OpenStream, Opened, Outcome, StreamGone, Streams};
 use crate::AppState;
+use crate::cluster::lease::{Kept, Lease};
 use crate::config::REGISTER_TIMEOUT;
 use crate::error::ProxyError;
-use crate::registry::{Claim, ConnRoutes, LeaseState};
-
-/// Opens a stream on this tunnel for one proxied request.
-#[derive(Message, Default)]
-#[rtype(result = "Result<Opened, OpenError>")]
-pub struct OpenStream {}
-
-/// The token this tunnel authenticated with was revoked, or its cluster deleted.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Revoked {
-    /// Why, for the agent and the log.
-    pub reason: String,
-}
-
-/// A stream's side of the dance is over; `reset` says whether the agent must be told to stop.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StreamGone {
-    /// The stream that ended.
-    pub id: StreamId,
-    /// RESET to send the agent, when the stream did not finish cleanly on both sides.
-    pub reset: Option<ResetCode>,
-}
-
-/// Why a stream could not be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum OpenError {
-    #[error("tunnel is at its stream limit")]
-    Busy,
-    #[error("tunnel is closing")]
-    Closed,
-}
-
-/// What the opener of a stream gets.
-pub struct Opened {
-    pub id: StreamId,
-    /// Resolves with the agent's response head, or why there is none.
-    pub head: oneshot::Receiver<Result<ProxyResponse, ProxyError>>,
-    /// The response body as the agent sends it (after a 101, the upstream's raw bytes).
-    pub body: PipeReader,
-    pub shared: Arc<StreamShared>,
-    pub outbox: Outbox,
-    pub gone: Recipient<StreamGone>,
-}
-
-/// State of one stream that both the tunnel and the stream's actor touch.
-pub struct StreamShared {
-    head: Mutex<Option<oneshot::Sender<Result<ProxyResponse, ProxyError>>>>,
-    /// Credit for the request body the gateway sends.
-    pub credit: SendCredit,
-    remote_done: AtomicBool,
-    /// The `proxy_request` is in the outbox (the drain fence waits for it).
-    head_sent: AtomicBool,
-}
-
-impl StreamShared {
-    pub fn mark_head_sent(&self) {
-        self.head_sent.store(true, Ordering::Release);
-    }
-
-    /// Resolves the head once; false when it was already resolved.
-    pub fn resolve(&self, head: Result<ProxyResponse, ProxyError>) -> bool {
-        let tx = self.head.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match tx {
-            Some(tx) => {
-                let _ = tx.send(head);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// True once the agent finished its side (END, RESET or an error).
-    pub fn remote_done(&self) -> bool {
-        self.remote_done.load(Ordering::Acquire)
-    }
-
-    fn set_remote_done(&self) {
-        self.remote_done.store(true, Ordering::Release);
-    }
-}
-
-struct Slot {
-    shared: Arc<StreamShared>,
-    body: PipeWriter,
-}
-
-impl Slot {
-    /// Ends both directions towards the consumer with `why`.
-    fn fail(&self, why: &str) {
-        self.body.fail(PipeError(why.to_string()));
-        self.shared.credit.close();
-    }
-}
+use crate::registry::{Claim, ConnRoutes};
 
 static NEXT_TUNNEL_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A WebSocket message as the actor reads it, whichever library carried it.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub enum WsIn {
-    Text(String),
-    Binary(Bytes),
-    Close(Option<String>),
-    /// Ping, pong: liveness only.
-    Other,
-    Error(String),
-}
-
-/// Who is on the other end of the socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    /// An agent: it registers, publishes routes, heartbeats, and answers streams.
-    Agent,
-    /// Another gateway node (this node dialled it): it answers streams for its local tunnels.
-    Peer { node_id: String },
+/// A new id for a tunnel or peer link on this node.
+pub fn next_link_id() -> u64 {
+    NEXT_TUNNEL_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 /// One agent connection.
@@ -151,8 +39,7 @@ pub struct TunnelActor {
     peer: Option<SocketAddr>,
     out: Outbox,
     state: Arc<AppState>,
-    streams: HashMap<StreamId, Slot>,
-    next_stream: StreamId,
+    streams: Streams,
     registered: bool,
     opened_at: Instant,
     last_seen: Instant,
@@ -166,13 +53,9 @@ pub struct TunnelActor {
     routes_dirty: bool,
     /// Per-kind rate limits on what the cluster's agents send, shared by its tunnels here.
     limits: Arc<ControlLimits>,
-    /// The ownership lease: connection id, and the epoch once claimed.
+    /// The agent's connection id (the registry's key for this tunnel's routes and lease).
     conn_id: String,
-    epoch: Option<u64>,
-    /// The epoch given up on drain: the routes written under it are withdrawn at the close.
-    released_epoch: Option<u64>,
-    lease_busy: bool,
-    role: Role,
+    lease: Lease,
     /// The agent is stopping: no new streams; the ones in flight finish.
     draining: bool,
     /// The id of the token the agent authenticated with.
@@ -187,18 +70,22 @@ impl TunnelActor {
         peer: Option<SocketAddr>,
         out: Outbox,
         state: Arc<AppState>,
-        role: Role,
     ) -> Self {
         let now = Instant::now();
         let limits = state.limits.of(&cluster);
+        let id = next_link_id();
+        let lease = Lease::new(
+            state.registry.clone(),
+            cluster.clone(),
+            state.config.heartbeat_interval * 3,
+        );
         TunnelActor {
-            id: NEXT_TUNNEL_ID.fetch_add(1, Ordering::Relaxed),
+            id,
+            streams: Streams::new(state.clone(), cluster.clone(), id),
             cluster,
             peer,
             out,
             state,
-            streams: HashMap::new(),
-            next_stream: 1,
             opened_at: now,
             last_seen: now,
             close_reason: None,
@@ -207,12 +94,8 @@ impl TunnelActor {
             routes_dirty: false,
             limits,
             conn_id: String::new(),
-            epoch: None,
-            released_epoch: None,
-            lease_busy: false,
-            // A peer link needs no registration: it is usable as soon as it is up.
-            registered: role != Role::Agent,
-            role,
+            lease,
+            registered: false,
             draining: false,
             token_id: String::new(),
             agent: None,
@@ -246,39 +129,6 @@ impl TunnelActor {
         self.close(ctx, 1002, reason, "protocol");
     }
 
-    /// Resets one stream; the rest of the tunnel carries on.
-    fn reset_stream(&mut self, id: StreamId, code: ResetCode, why: &str) {
-        if let Some(slot) = self.streams.remove(&id) {
-            self.state.metrics.streams.dec();
-            self.state.metrics.tunnel_error(code.name());
-            tracing::warn!(cluster = %self.cluster, tunnel = self.id, stream = id, code = code.name(), why, "resetting stream");
-            self.out.reset(id, code);
-            slot.shared.resolve(Err(ProxyError::UpstreamFailed(format!(
-                "tunnel protocol error: {why}"
-            ))));
-            slot.fail(&format!("stream reset: {why}"));
-        }
-    }
-
-    /// The slot for a stream the agent names, or what to do about a name that has none.
-    /// Ids below `next_stream` belonged to streams that ended: late frames for them are
-    /// dropped. Ids never handed out are a protocol error.
-    fn slot_for(&mut self, ctx: &mut Context<Self>, id: StreamId, what: &str) -> Option<&Slot> {
-        if self.streams.contains_key(&id) {
-            return self.streams.get(&id);
-        }
-        if id == 0 || id >= self.next_stream {
-            self.protocol_error(
-                ctx,
-                format!("{what} for stream {id}, which was never opened"),
-            );
-        } else {
-            // Late input for an ended stream is normal, a flood of it is not.
-            self.admit(ctx, Kind::Late, 1);
-        }
-        None
-    }
-
     /// Counts one message of `kind` (of `cost` units) against this tunnel's limits; closes the
     /// tunnel with a clear reason when the agent goes over. False when it did.
     fn admit(&mut self, ctx: &mut Context<Self>, kind: Kind, cost: u32) -> bool {
@@ -294,53 +144,15 @@ impl TunnelActor {
         }
     }
 
-    fn on_frame(&mut self, ctx: &mut Context<Self>, msg: Bytes) {
-        let frame = match Frame::decode(msg) {
-            Ok(f) => f,
-            Err(e) => return self.protocol_error(ctx, format!("malformed frame: {e}")),
-        };
-        let id = frame.stream();
-        let Some(slot) = self.slot_for(ctx, id, frame.kind_name()) else {
-            return;
-        };
-        match frame {
-            Frame::Data { data, .. } => match slot.body.push(data) {
-                Ok(()) | Err(PushError::ReaderGone) => {}
-                Err(PushError::Ended) => {
-                    self.reset_stream(id, ResetCode::PROTOCOL, "DATA after END")
-                }
-                Err(PushError::Flow(e)) => {
-                    self.reset_stream(id, ResetCode::FLOW_CONTROL, &e.to_string())
-                }
-            },
-            Frame::End { .. } => {
-                slot.shared.set_remote_done();
-                slot.body.finish();
+    /// Acts on what the stream table made of a message.
+    fn on_outcome(&mut self, ctx: &mut Context<Self>, outcome: Outcome) {
+        match outcome {
+            Outcome::Fine => {}
+            // Late input for an ended stream is normal, a flood of it is not.
+            Outcome::Late => {
+                self.admit(ctx, Kind::Late, 1);
             }
-            Frame::Reset { code, .. } => {
-                let err = if code == ResetCode::REFUSED {
-                    ProxyError::AgentRefused
-                } else {
-                    ProxyError::UpstreamFailed(format!("agent reset the stream ({})", code.name()))
-                };
-                if let Some(slot) = self.streams.remove(&id) {
-                    self.state.metrics.streams.dec();
-                    slot.shared.set_remote_done();
-                    slot.shared.resolve(Err(err));
-                    slot.fail(&format!("agent reset the stream ({})", code.name()));
-                }
-            }
-            Frame::Window { credit, .. } => {
-                if let Err(e) = slot.shared.credit.grant(credit) {
-                    self.reset_stream(id, ResetCode::FLOW_CONTROL, &e.to_string());
-                }
-            }
-            Frame::WsText { .. } | Frame::WsBinary { .. } | Frame::WsClose { .. } => self
-                .reset_stream(
-                    id,
-                    ResetCode::PROTOCOL,
-                    "WS_* frame: protocol 2 carries upgraded bytes as DATA",
-                ),
+            Outcome::Close(why) => self.protocol_error(ctx, why),
         }
     }
 
@@ -365,14 +177,6 @@ impl TunnelActor {
         if !self.registered && !matches!(msg, Control::Register(_)) {
             return self.protocol_error(ctx, "the first message must be register".into());
         }
-        if matches!(self.role, Role::Peer { .. })
-            && !matches!(msg, Control::ProxyResponse(_) | Control::ProxyError(_))
-        {
-            return self.protocol_error(
-                ctx,
-                format!("peer sent {}, which a peer link does not carry", msg.name()),
-            );
-        }
         match msg {
             Control::Register(r) => self.on_register(ctx, r),
             Control::Heartbeat(h) => {
@@ -396,28 +200,12 @@ impl TunnelActor {
             }
             Control::IngressRoutes(m) => self.on_routes(ctx, m),
             Control::ProxyResponse(r) => {
-                let id = r.stream_id;
-                let Some(slot) = self.slot_for(ctx, id, "proxy_response") else {
-                    return;
-                };
-                let body = r.body;
-                if !slot.shared.resolve(Ok(r)) {
-                    return self.reset_stream(id, ResetCode::PROTOCOL, "second proxy_response");
-                }
-                if !body {
-                    slot.shared.set_remote_done();
-                    slot.body.finish();
-                }
+                let outcome = self.streams.on_response(r, &self.out);
+                self.on_outcome(ctx, outcome);
             }
             Control::ProxyError(e) => {
-                let id = e.stream_id;
-                let Some(slot) = self.slot_for(ctx, id, "proxy_error") else {
-                    return;
-                };
-                slot.shared.set_remote_done();
-                slot.fail(&format!("agent: {}", e.message));
-                slot.shared
-                    .resolve(Err(ProxyError::from_agent(e.kind, e.message)));
+                let outcome = self.streams.on_error(e);
+                self.on_outcome(ctx, outcome);
             }
             Control::Drain(d) => self.on_drain(&d.reason),
             Control::ProxyWebsocketClose(_) => {}
@@ -437,7 +225,7 @@ impl TunnelActor {
             self.state.registry.clone(),
             self.cluster.clone(),
             self.conn_id.clone(),
-            self.epoch,
+            self.lease.epoch(),
             self.routes.clone(),
         );
         let action = m.action;
@@ -484,11 +272,7 @@ impl TunnelActor {
     /// the ack of the heartbeat it sent after `drain` as "nothing more is coming", so no request
     /// may follow it.
     fn ack_heartbeat(&mut self, ctx: &mut Context<Self>, sent_at_ms: u64, waited: u32) {
-        let pending = self.draining
-            && self
-                .streams
-                .values()
-                .any(|s| !s.shared.head_sent.load(Ordering::Acquire));
+        let pending = self.draining && self.streams.heads_pending();
         if pending && waited < 1000 {
             ctx.run_later(std::time::Duration::from_millis(5), move |act, ctx| {
                 act.ack_heartbeat(ctx, sent_at_ms, waited + 1)
@@ -501,7 +285,7 @@ impl TunnelActor {
     }
 
     fn on_drain(&mut self, reason: &str) {
-        if self.draining || self.role != Role::Agent {
+        if self.draining {
             return;
         }
         self.draining = true;
@@ -510,7 +294,7 @@ impl TunnelActor {
             "agent draining: no new streams on this tunnel"
         );
         self.leave_hub();
-        self.release_lease();
+        self.lease.release();
     }
 
     /// Takes this tunnel out of the hub; returns how many the cluster still has on this node.
@@ -521,19 +305,6 @@ impl TunnelActor {
             self.state.metrics.set_cluster(&self.cluster, false, routes);
         }
         left
-    }
-
-    /// Gives the ownership lease up, once.
-    fn release_lease(&mut self) {
-        if let Some(epoch) = self.epoch.take() {
-            self.released_epoch = Some(epoch);
-            let (reg, cluster, conn) = (
-                self.state.registry.clone(),
-                self.cluster.clone(),
-                self.conn_id.clone(),
-            );
-            actix_rt::spawn(async move { reg.release_tunnel(&cluster, &conn, epoch).await });
-        }
     }
 
     /// Publishes this connection's routes again (the registry lost them, or the last change
@@ -547,7 +318,7 @@ impl TunnelActor {
             self.state.registry.clone(),
             self.cluster.clone(),
             self.conn_id.clone(),
-            self.epoch,
+            self.lease.epoch(),
             self.routes.clone(),
         );
         ctx.spawn(
@@ -562,53 +333,21 @@ impl TunnelActor {
         );
     }
 
-    fn lease_duration(&self) -> std::time::Duration {
-        self.state.config.heartbeat_interval * 3
-    }
-
     /// Claims or refreshes this tunnel's ownership lease; closes the tunnel when a newer
     /// connection holds it.
     fn keep_lease(&mut self, ctx: &mut Context<Self>) {
-        if !self.registered
-            || self.draining
-            || self.lease_busy
-            || self.role != Role::Agent
-            || !self.state.registry.is_shared()
-        {
+        if !self.registered || self.draining || !self.state.registry.is_shared() {
             return;
         }
-        self.lease_busy = true;
-        let (reg, cluster, conn, lease, epoch) = (
-            self.state.registry.clone(),
-            self.cluster.clone(),
-            self.conn_id.clone(),
-            self.lease_duration(),
-            self.epoch,
-        );
-        let max = self.state.config.max_tunnels_per_cluster;
-        // (epoch, claimed anew): a lease claimed anew means the registry lost this tunnel's
-        // records, routes included.
-        let work = async move {
-            let state = match epoch {
-                Some(e) => reg.refresh_tunnel(&cluster, &conn, e, lease).await?,
-                None => LeaseState::Lost,
-            };
-            let out: Result<Option<(u64, bool)>, crate::registry::RegistryError> =
-                match (state, epoch) {
-                    (LeaseState::Held, Some(e)) => Ok(Some((e, false))),
-                    (LeaseState::Fenced, _) => Ok(None),
-                    _ => match reg.claim_tunnel(&cluster, &conn, lease, 0, max).await? {
-                        Claim::Held(e) => Ok(Some((e, true))),
-                        Claim::TooMany => Ok(None),
-                    },
-                };
-            out
+        let Some(work) = self
+            .lease
+            .refresh(self.state.config.max_tunnels_per_cluster)
+        else {
+            return;
         };
         ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
-            act.lease_busy = false;
-            match res {
-                Ok(Some((e, anew))) => {
-                    act.epoch = Some(e);
+            match act.lease.refreshed(res) {
+                Kept::Held { anew } => {
                     if let Some(info) = act.agent.clone() {
                         let (reg, cluster) = (act.state.registry.clone(), act.cluster.clone());
                         actix_rt::spawn(async move { reg.note_agent(&cluster, info).await });
@@ -617,13 +356,13 @@ impl TunnelActor {
                         act.republish_routes(ctx);
                     }
                 }
-                Ok(None) => act.close(
+                Kept::Lost => act.close(
                     ctx,
                     1008,
                     "a newer connection holds this tunnel's lease, or the cluster is at its tunnel quota".into(),
                     "fenced",
                 ),
-                Err(e) => {
+                Kept::Unreachable(e) => {
                     tracing::debug!(cluster = %act.cluster, error = %e, "lease not refreshed")
                 }
             }
@@ -660,23 +399,18 @@ impl TunnelActor {
             .clone()
             .filter(id_ok)
             .unwrap_or_else(|| self.conn_id.clone());
-        let (reg, cluster, conn, lease) = (
-            self.state.registry.clone(),
-            self.cluster.clone(),
-            self.conn_id.clone(),
-            self.lease_duration(),
-        );
         let (local, max) = (
             self.state.hub.count(&self.cluster),
             self.state.config.max_tunnels_per_cluster,
         );
+        let claim = self.lease.claim(&self.conn_id, local, max);
         // `wait`: nothing else from this agent is handled until the tunnel is on record.
         ctx.wait(
-            async move { reg.claim_tunnel(&cluster, &conn, lease, local, max).await }
+            claim
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     match res {
-                        Ok(Claim::Held(epoch)) => act.epoch = Some(epoch),
+                        Ok(Claim::Held(epoch)) => act.lease.claimed(epoch),
                         Ok(Claim::TooMany) => {
                             let reason = format!(
                                 "cluster {:?} already has its quota of {max} tunnels",
@@ -740,7 +474,7 @@ impl TunnelActor {
         self.state.metrics.set_cluster(&self.cluster, true, routes);
         tracing::info!(
             cluster = %self.cluster, tunnel = self.id, peer = ?self.peer, connection = %self.conn_id,
-            epoch = ?self.epoch, agent_version = %r.agent_version, agent_host = ?r.hostname, "tunnel registered"
+            epoch = ?self.lease.epoch(), agent_version = %r.agent_version, agent_host = ?r.hostname, "tunnel registered"
         );
         let info = crate::registry::agents::AgentInfo {
             connection: self.conn_id.clone(),
@@ -761,10 +495,6 @@ impl Actor for TunnelActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Role::Peer { node_id } = &self.role {
-            tracing::info!(peer_node = %node_id, "peer link up");
-            return;
-        }
         let interval = self.state.config.heartbeat_interval;
         ctx.run_interval(interval / 2, move |act, ctx| {
             if !act.registered && act.opened_at.elapsed() > REGISTER_TIMEOUT {
@@ -788,11 +518,8 @@ impl Actor for TunnelActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        for (_, slot) in self.streams.drain() {
-            self.state.metrics.streams.dec();
-            slot.shared.resolve(Err(ProxyError::TunnelLost));
-            slot.fail("agent disconnected");
-        }
+        self.streams
+            .fail_all(|| ProxyError::TunnelLost, "agent disconnected");
         // The writer ends when it sees the close, or when the last outbox handle goes.
         if !self.close_queued {
             let reason = self
@@ -801,33 +528,29 @@ impl Actor for TunnelActor {
                 .unwrap_or_else(|| "tunnel closed".into());
             self.out.close(1000, reason);
         }
-        let epoch = self.epoch.or(self.released_epoch);
-        self.release_lease();
-        if self.registered && self.role == Role::Agent {
-            // The connection's routes leave with it (unless a newer tunnel of the same
-            // connection id took them over).
-            let (reg, cluster, conn) = (
-                self.state.registry.clone(),
-                self.cluster.clone(),
-                self.conn_id.clone(),
-            );
-            actix_rt::spawn(async move {
-                reg.withdraw(&cluster, &conn, epoch).await;
-                reg.forget_agent(&cluster, &conn).await;
-            });
+        let epoch = self.lease.last_epoch();
+        self.lease.release();
+        if !self.registered {
+            return;
         }
-        if let Role::Peer { node_id } = &self.role {
-            self.state.peers.remove(node_id, self.id);
-            tracing::info!(peer_node = %node_id, reason = self.close_reason.as_deref().unwrap_or("closed"), "peer link down");
-        } else if self.registered {
-            self.state.metrics.tunnels.dec();
-            let left = self.leave_hub();
-            tracing::info!(
-                cluster = %self.cluster, tunnel = self.id, tunnels_left = left,
-                reason = self.close_reason.as_deref().unwrap_or("agent closed the connection"),
-                "tunnel closed"
-            );
-        }
+        // The connection's routes leave with it (unless a newer tunnel of the same connection
+        // id took them over).
+        let (reg, cluster, conn) = (
+            self.state.registry.clone(),
+            self.cluster.clone(),
+            self.conn_id.clone(),
+        );
+        actix_rt::spawn(async move {
+            reg.withdraw(&cluster, &conn, epoch).await;
+            reg.forget_agent(&cluster, &conn).await;
+        });
+        self.state.metrics.tunnels.dec();
+        let left = self.leave_hub();
+        tracing::info!(
+            cluster = %self.cluster, tunnel = self.id, tunnels_left = left,
+            reason = self.close_reason.as_deref().unwrap_or("agent closed the connection"),
+            "tunnel closed"
+        );
     }
 }
 
@@ -839,7 +562,8 @@ impl StreamHandler<WsIn> for TunnelActor {
                 if !self.registered {
                     return self.protocol_error(ctx, "the first message must be register".into());
                 }
-                self.on_frame(ctx, b)
+                let outcome = self.streams.on_message(b, &self.out);
+                self.on_outcome(ctx, outcome)
             }
             WsIn::Text(t) => self.on_control(ctx, &t),
             WsIn::Other => {}
@@ -865,53 +589,18 @@ impl Handler<OpenStream> for TunnelActor {
         {
             return Err(OpenError::Closed);
         }
-        if self.streams.len() >= self.state.config.max_streams_per_tunnel as usize {
-            return Err(OpenError::Busy);
-        }
-        let id = self.next_stream;
-        let Some(next) = self.next_stream.checked_add(1) else {
+        let opened = self.streams.open(&self.out, ctx.address().recipient());
+        if let Err(OpenError::Closed) = opened {
             self.close(
                 ctx,
                 1000,
                 "stream ids exhausted; reconnect".into(),
                 "ids_exhausted",
             );
-            return Err(OpenError::Closed);
-        };
-        self.next_stream = next;
-        let window = self.state.config.stream_window;
-        let (head_tx, head) = oneshot::channel();
-        let (writer, body) = pipe(id, window, self.out.board());
-        let shared = Arc::new(StreamShared {
-            head: Mutex::new(Some(head_tx)),
-            credit: SendCredit::new(window),
-            remote_done: AtomicBool::new(false),
-            head_sent: AtomicBool::new(false),
-        });
-        self.streams.insert(
-            id,
-            Slot {
-                shared: shared.clone(),
-                body: writer,
-            },
-        );
-        self.state.metrics.streams.inc();
-        Ok(Opened {
-            id,
-            head,
-            body,
-            shared,
-            outbox: self.out.clone(),
-            gone: ctx.address().recipient(),
-        })
+        }
+        opened
     }
 }
-
-/// This node is draining: ask the agent to move the tunnel (it opens one elsewhere, then
-/// drains this one with its own `drain`).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct MoveAway;
 
 impl Handler<MoveAway> for TunnelActor {
     type Result = ();
@@ -936,12 +625,6 @@ impl Handler<StreamGone> for TunnelActor {
     type Result = ();
 
     fn handle(&mut self, msg: StreamGone, _ctx: &mut Context<Self>) {
-        if let Some(slot) = self.streams.remove(&msg.id) {
-            self.state.metrics.streams.dec();
-            if let Some(code) = msg.reset {
-                self.out.reset(msg.id, code);
-            }
-            slot.fail("stream closed");
-        }
+        self.streams.gone(msg, &self.out);
     }
 }

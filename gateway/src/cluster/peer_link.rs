@@ -1,0 +1,140 @@
+//! [`PeerLink`]: the dialling end of one peer link. It opens a stream on the link for each
+//! request this node forwards to the link's node and reads the answers: frames through the
+//! opener's [`Streams`] table (the same stream rule as agent tunnels), `proxy_response` and
+//! `proxy_error` as heads. Nothing else travels this way.
+
+use std::sync::Arc;
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, StreamHandler};
+use tunnelgate_mux::Outbox;
+use tunnelgate_proto::Control;
+
+use crate::AppState;
+use crate::error::ProxyError;
+use crate::tunnel::{
+    OpenError, OpenStream, Opened, Outcome, StreamGone, Streams, WsIn, next_link_id,
+};
+
+/// The dialling end of a link to `node_id`.
+pub struct PeerLink {
+    id: u64,
+    node_id: String,
+    out: Outbox,
+    state: Arc<AppState>,
+    streams: Streams,
+    close_reason: Option<String>,
+}
+
+impl PeerLink {
+    pub fn new(node_id: String, out: Outbox, state: Arc<AppState>) -> Self {
+        let id = next_link_id();
+        PeerLink {
+            id,
+            streams: Streams::new(state.clone(), node_id.clone(), id),
+            node_id,
+            out,
+            state,
+            close_reason: None,
+        }
+    }
+
+    /// This link's id on this node.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Closes the link: the other node broke the protocol.
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: String) {
+        if self.close_reason.is_none() {
+            self.state.metrics.tunnel_error("peer_protocol");
+            tracing::warn!(peer_node = %self.node_id, link = self.id, %reason, "closing peer link");
+            self.out.close(code, reason.clone());
+            self.close_reason = Some(reason);
+        }
+        ctx.stop();
+    }
+
+    fn on_outcome(&mut self, ctx: &mut Context<Self>, outcome: Outcome) {
+        match outcome {
+            Outcome::Fine | Outcome::Late => {}
+            Outcome::Close(why) => self.close(ctx, 1002, why),
+        }
+    }
+}
+
+impl Actor for PeerLink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Context<Self>) {
+        tracing::info!(peer_node = %self.node_id, link = self.id, "peer link up");
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.streams
+            .fail_all(|| ProxyError::TunnelLost, "peer link lost");
+        if self.close_reason.is_none() {
+            self.out.close(1000, "peer link closed");
+        }
+        self.state.peers.remove(&self.node_id, self.id);
+        tracing::info!(
+            peer_node = %self.node_id,
+            reason = self.close_reason.as_deref().unwrap_or("closed"),
+            "peer link down"
+        );
+    }
+}
+
+impl StreamHandler<WsIn> for PeerLink {
+    fn handle(&mut self, msg: WsIn, ctx: &mut Context<Self>) {
+        match msg {
+            WsIn::Binary(b) => {
+                let outcome = self.streams.on_message(b, &self.out);
+                self.on_outcome(ctx, outcome);
+            }
+            WsIn::Text(t) => {
+                let outcome = match Control::from_json(&t) {
+                    Ok(Control::ProxyResponse(r)) => self.streams.on_response(r, &self.out),
+                    Ok(Control::ProxyError(e)) => self.streams.on_error(e),
+                    Ok(other) => Outcome::Close(format!(
+                        "peer sent {}, which a peer link does not carry",
+                        other.name()
+                    )),
+                    Err(e) => Outcome::Close(e.to_string()),
+                };
+                self.on_outcome(ctx, outcome);
+            }
+            WsIn::Other => {}
+            WsIn::Close(reason) => {
+                self.close_reason = Some(format!(
+                    "the other end closed the link: {}",
+                    reason.unwrap_or_default()
+                ));
+                ctx.stop();
+            }
+            WsIn::Error(e) => self.close(ctx, 1002, format!("WebSocket error: {e}")),
+        }
+    }
+}
+
+impl Handler<OpenStream> for PeerLink {
+    type Result = Result<Opened, OpenError>;
+
+    fn handle(&mut self, _msg: OpenStream, ctx: &mut Context<Self>) -> Self::Result {
+        if self.close_reason.is_some() || self.out.is_closed() {
+            return Err(OpenError::Closed);
+        }
+        let opened = self.streams.open(&self.out, ctx.address().recipient());
+        if let Err(OpenError::Closed) = opened {
+            self.close(ctx, 1000, "stream ids exhausted".into());
+        }
+        opened
+    }
+}
+
+impl Handler<StreamGone> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamGone, _ctx: &mut Context<Self>) {
+        self.streams.gone(msg, &self.out);
+    }
+}

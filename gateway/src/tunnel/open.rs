@@ -1,0 +1,320 @@
+//! The opening end of streams, shared by the two actors that open them: agent tunnels
+//! ([`super::TunnelActor`]) and peer links ([`crate::cluster::PeerLink`]). [`OpenStream`] and
+//! what it answers ([`Opened`]), and [`Streams`], the opener's table: it applies
+//! `tunnelgate_mux::StreamTable`'s rule to every frame and turns the peer's `proxy_response` /
+//! `proxy_error` into each stream's head.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::{Message, Recipient};
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tunnelgate_mux::{
+    Action, Outbox, PipeError, PipeReader, PipeWriter, SendCredit, Side, StreamEnds, StreamTable,
+    pipe,
+};
+use tunnelgate_proto::control::ProxyResponse;
+use tunnelgate_proto::{ResetCode, StreamId};
+
+use crate::AppState;
+use crate::error::ProxyError;
+
+/// Opens a stream on this tunnel for one proxied request.
+#[derive(Message, Default)]
+#[rtype(result = "Result<Opened, OpenError>")]
+pub struct OpenStream {}
+
+/// A stream's side of the dance is over; `reset` says whether the other end must be told to
+/// stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StreamGone {
+    /// The stream that ended.
+    pub id: StreamId,
+    /// RESET to send, when the stream did not finish cleanly on both sides.
+    pub reset: Option<ResetCode>,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("tunnel is at its stream limit")]
+    Busy,
+    #[error("tunnel is closing")]
+    Closed,
+}
+
+/// What the opener of a stream gets.
+pub struct Opened {
+    pub id: StreamId,
+    /// Resolves with the response head, or why there is none.
+    pub head: oneshot::Receiver<Result<ProxyResponse, ProxyError>>,
+    /// The response body as the other end sends it (after a 101, the upstream's raw bytes).
+    pub body: PipeReader,
+    pub shared: Arc<StreamShared>,
+    pub outbox: Outbox,
+    pub gone: Recipient<StreamGone>,
+}
+
+/// State of one stream that both the link's actor and the stream's actor touch.
+pub struct StreamShared {
+    head: Mutex<Option<oneshot::Sender<Result<ProxyResponse, ProxyError>>>>,
+    /// Credit for the request body the gateway sends.
+    pub credit: SendCredit,
+    remote_done: AtomicBool,
+    /// The `proxy_request` is in the outbox (the drain fence waits for it).
+    head_sent: AtomicBool,
+}
+
+impl StreamShared {
+    pub fn mark_head_sent(&self) {
+        self.head_sent.store(true, Ordering::Release);
+    }
+
+    /// Resolves the head once; false when it was already resolved.
+    pub fn resolve(&self, head: Result<ProxyResponse, ProxyError>) -> bool {
+        let tx = self.head.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(head);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// True once the other end finished its side (END, RESET or an error).
+    pub fn remote_done(&self) -> bool {
+        self.remote_done.load(Ordering::Acquire)
+    }
+
+    fn set_remote_done(&self) {
+        self.remote_done.store(true, Ordering::Release);
+    }
+}
+
+/// One open stream in the table.
+pub struct Slot {
+    shared: Arc<StreamShared>,
+    body: PipeWriter,
+}
+
+impl StreamEnds for Slot {
+    fn inbound(&self) -> Option<&PipeWriter> {
+        Some(&self.body)
+    }
+    fn credit(&self) -> &SendCredit {
+        &self.shared.credit
+    }
+}
+
+impl Slot {
+    /// Ends the stream towards its consumer: the head (if still waited for) with `head`, the
+    /// body and the upload's credit with `why`.
+    fn fail(&self, head: ProxyError, why: &str) {
+        self.shared.set_remote_done();
+        self.shared.resolve(Err(head));
+        self.body.fail(PipeError(why.to_string()));
+        self.shared.credit.close();
+    }
+}
+
+/// What the link's actor must do after its table handled a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Fine,
+    /// Input for a stream that already ended: dropped (agent tunnels count these).
+    Late,
+    /// The other end broke the protocol: close the link with this reason.
+    Close(String),
+}
+
+/// The streams one link opened, and what they share: the window, the stream limit, metrics.
+pub struct Streams {
+    table: StreamTable<Slot>,
+    window: u32,
+    max: usize,
+    state: Arc<AppState>,
+    /// For log lines: the cluster (agent tunnels) or the node (peer links), and the link's id.
+    label: String,
+    link: u64,
+}
+
+impl Streams {
+    /// A table with the node's window and per-tunnel stream limit.
+    pub fn new(state: Arc<AppState>, label: String, link: u64) -> Self {
+        Streams {
+            table: StreamTable::new(Side::Opener),
+            window: state.config.stream_window,
+            max: state.config.max_streams_per_tunnel as usize,
+            state,
+            label,
+            link,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// True while a stream has not queued its `proxy_request` yet.
+    pub fn heads_pending(&self) -> bool {
+        self.table
+            .values()
+            .any(|s| !s.shared.head_sent.load(Ordering::Acquire))
+    }
+
+    /// Opens the next stream. `Err(Closed)` when ids are exhausted: the link must go.
+    pub fn open(&mut self, out: &Outbox, gone: Recipient<StreamGone>) -> Result<Opened, OpenError> {
+        if self.table.len() >= self.max {
+            return Err(OpenError::Busy);
+        }
+        let window = self.window;
+        let mut parts = None;
+        let id = self
+            .table
+            .open(|id| {
+                let (head_tx, head) = oneshot::channel();
+                let (writer, body) = pipe(id, window, out.board());
+                let shared = Arc::new(StreamShared {
+                    head: Mutex::new(Some(head_tx)),
+                    credit: SendCredit::new(window),
+                    remote_done: AtomicBool::new(false),
+                    head_sent: AtomicBool::new(false),
+                });
+                parts = Some((head, body, shared.clone()));
+                Slot {
+                    shared,
+                    body: writer,
+                }
+            })
+            .ok_or(OpenError::Closed)?;
+        let (head, body, shared) = parts.ok_or(OpenError::Closed)?;
+        self.state.metrics.streams.inc();
+        Ok(Opened {
+            id,
+            head,
+            body,
+            shared,
+            outbox: out.clone(),
+            gone,
+        })
+    }
+
+    /// A binary message from the other end: one frame, under the stream rule.
+    pub fn on_message(&mut self, msg: Bytes, out: &Outbox) -> Outcome {
+        match self.table.on_message(msg) {
+            Action::Applied => Outcome::Fine,
+            Action::PeerEnded(id) => {
+                if let Some(slot) = self.table.get(id) {
+                    slot.shared.set_remote_done();
+                }
+                Outcome::Fine
+            }
+            Action::PeerReset { code, entry, .. } => {
+                self.state.metrics.streams.dec();
+                let why = format!("the other end reset the stream ({})", code.name());
+                let head = if code == ResetCode::REFUSED {
+                    ProxyError::AgentRefused
+                } else {
+                    ProxyError::UpstreamFailed(why.clone())
+                };
+                entry.fail(head, &why);
+                Outcome::Fine
+            }
+            Action::Reset {
+                id,
+                code,
+                why,
+                entry,
+            } => {
+                self.reset(id, code, &why, entry, out);
+                Outcome::Fine
+            }
+            Action::Late => Outcome::Late,
+            Action::Close(why) => Outcome::Close(why),
+        }
+    }
+
+    fn reset(&mut self, id: StreamId, code: ResetCode, why: &str, slot: Slot, out: &Outbox) {
+        self.state.metrics.streams.dec();
+        self.state.metrics.tunnel_error(code.name());
+        tracing::warn!(link = %self.label, tunnel = self.link, stream = id, code = code.name(), why, "resetting stream");
+        out.reset(id, code);
+        let head = ProxyError::UpstreamFailed(format!("tunnel protocol error: {why}"));
+        slot.fail(head, &format!("stream reset: {why}"));
+    }
+
+    /// Which table state `id` is in, for a control message naming it.
+    fn named(&self, id: StreamId, what: &str) -> Result<(), Outcome> {
+        if self.table.get(id).is_some() {
+            Ok(())
+        } else if self.table.was_opened(id) {
+            Err(Outcome::Late)
+        } else {
+            Err(Outcome::Close(format!(
+                "{what} for stream {id}, which was never opened"
+            )))
+        }
+    }
+
+    /// The other end's `proxy_response`: the stream's head.
+    pub fn on_response(&mut self, r: ProxyResponse, out: &Outbox) -> Outcome {
+        let id = r.stream_id;
+        if let Err(o) = self.named(id, "proxy_response") {
+            return o;
+        }
+        let body = r.body;
+        let Some(slot) = self.table.get(id) else {
+            return Outcome::Late;
+        };
+        if !slot.shared.resolve(Ok(r)) {
+            if let Some(slot) = self.table.remove(id) {
+                self.reset(id, ResetCode::PROTOCOL, "second proxy_response", slot, out);
+            }
+            return Outcome::Fine;
+        }
+        if !body {
+            slot.shared.set_remote_done();
+            slot.body.finish();
+        }
+        Outcome::Fine
+    }
+
+    /// The other end's `proxy_error`: the stream failed before or instead of a head.
+    pub fn on_error(&mut self, e: tunnelgate_proto::control::ProxyError) -> Outcome {
+        if let Err(o) = self.named(e.stream_id, "proxy_error") {
+            return o;
+        }
+        if let Some(slot) = self.table.get(e.stream_id) {
+            let why = format!("agent: {}", e.message);
+            slot.fail(ProxyError::from_agent(e.kind, e.message), &why);
+        }
+        Outcome::Fine
+    }
+
+    /// The stream's actor is done with it.
+    pub fn gone(&mut self, msg: StreamGone, out: &Outbox) {
+        if let Some(slot) = self.table.remove(msg.id) {
+            self.state.metrics.streams.dec();
+            if let Some(code) = msg.reset {
+                out.reset(msg.id, code);
+            }
+            slot.body.fail(PipeError("stream closed".into()));
+            slot.shared.credit.close();
+        }
+    }
+
+    /// The link is gone: every stream fails (a head still awaited with `head`).
+    pub fn fail_all(&mut self, head: impl Fn() -> ProxyError, why: &str) {
+        for (_, slot) in self.table.drain() {
+            self.state.metrics.streams.dec();
+            slot.fail(head(), why);
+        }
+    }
+}
