@@ -5,26 +5,14 @@ use std::sync::Arc;
 
 use actix::{Actor, AsyncContext};
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use futures_util::StreamExt;
-use tunnelgate_mux::{Outgoing, outbox, write_loop};
+use tunnelgate_mux::{outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
 use super::tunnel_actor::TunnelActor;
+use super::ws::{from_actix, to_actix};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
-
-/// A WebSocket message as a link's actor reads it, whichever library carried it.
-#[derive(Debug, actix::Message)]
-#[rtype(result = "()")]
-pub enum WsIn {
-    Text(String),
-    Binary(bytes::Bytes),
-    Close(Option<String>),
-    /// Ping, pong: liveness only.
-    Other,
-    Error(String),
-}
 
 /// Header in which an agent may state which cluster it believes it is.
 pub const CLUSTER_HEADER: &str = "x-tunnelgate-cluster";
@@ -148,27 +136,4 @@ pub async fn accept(
         TunnelActor::new(cluster, peer, out, state).with_token(token_id)
     });
     response
-}
-
-/// Outgoing messages as actix-ws messages, for [`write_loop`].
-pub fn to_actix(m: Outgoing) -> actix_ws::Message {
-    match m {
-        Outgoing::Text(s) => actix_ws::Message::Text(s.into()),
-        Outgoing::Binary(b) => actix_ws::Message::Binary(b),
-        Outgoing::Close { code, reason } => actix_ws::Message::Close(Some(CloseReason {
-            code: CloseCode::from(code),
-            description: Some(reason),
-        })),
-    }
-}
-
-/// Incoming actix-ws messages as the tunnel actor reads them.
-pub fn from_actix(m: Result<AggregatedMessage, ProtocolError>) -> WsIn {
-    match m {
-        Ok(AggregatedMessage::Text(t)) => WsIn::Text(t.to_string()),
-        Ok(AggregatedMessage::Binary(b)) => WsIn::Binary(b),
-        Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_)) => WsIn::Other,
-        Ok(AggregatedMessage::Close(r)) => WsIn::Close(r.and_then(|r| r.description)),
-        Err(e) => WsIn::Error(e.to_string()),
-    }
 }

@@ -26,11 +26,14 @@ mod endpoint;
 mod hub;
 pub mod limits;
 mod open;
+mod register;
+mod routes;
 mod stream_actor;
 mod tunnel_actor;
+mod ws;
 
 pub use endpoint::accept;
-pub use endpoint::{WsIn, from_actix, refuse, throttled, to_actix};
+pub use endpoint::{refuse, throttled};
 pub use hub::{Hub, MoveAway, Revoked, TunnelRef};
 pub use open::{OpenError, OpenStream, Opened, Outcome, StreamGone, StreamShared, Streams};
 pub use stream_actor::{
@@ -38,3 +41,4 @@ pub use stream_actor::{
     start_stream,
 };
 pub use tunnel_actor::{TunnelActor, next_link_id};
+pub use ws::{WsIn, from_actix, to_actix};

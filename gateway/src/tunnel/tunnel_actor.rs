@@ -8,22 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, StreamHandler, WrapFuture,
-};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, StreamHandler};
 use tunnelgate_mux::{Outbox, Outgoing};
-use tunnelgate_proto::control::{RegisterError, RegisterSuccess};
-use tunnelgate_proto::{Control, PROTOCOL_VERSION};
+use tunnelgate_proto::Control;
 
-use super::endpoint::WsIn;
-use super::hub::{MoveAway, Revoked, TunnelRef};
+use super::hub::{MoveAway, Revoked};
 use super::limits::{ControlLimits, Kind};
 use super::open::{OpenError, OpenStream, Opened, Outcome, StreamGone, Streams};
+use super::ws::WsIn;
 use crate::AppState;
-use crate::cluster::lease::{Kept, Lease};
+use crate::cluster::lease::Lease;
 use crate::config::REGISTER_TIMEOUT;
 use crate::error::ProxyError;
-use crate::registry::{Claim, ConnRoutes};
+use crate::registry::ConnRoutes;
 
 static NEXT_TUNNEL_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -34,34 +31,34 @@ pub fn next_link_id() -> u64 {
 
 /// One agent connection.
 pub struct TunnelActor {
-    id: u64,
-    cluster: String,
-    peer: Option<SocketAddr>,
-    out: Outbox,
-    state: Arc<AppState>,
-    streams: Streams,
-    registered: bool,
-    opened_at: Instant,
-    last_seen: Instant,
-    close_reason: Option<String>,
+    pub(super) id: u64,
+    pub(super) cluster: String,
+    pub(super) peer: Option<SocketAddr>,
+    pub(super) out: Outbox,
+    pub(super) state: Arc<AppState>,
+    pub(super) streams: Streams,
+    pub(super) registered: bool,
+    pub(super) opened_at: Instant,
+    pub(super) last_seen: Instant,
+    pub(super) close_reason: Option<String>,
     /// A close is already in the writer's queue behind a final message.
-    close_queued: bool,
+    pub(super) close_queued: bool,
     /// The routes this connection publishes (the registry holds one set per connection),
     /// kept to publish again if the registry loses them (Redis restarted empty).
-    routes: ConnRoutes,
+    pub(super) routes: ConnRoutes,
     /// The last route change could not be stored: publish again once the registry answers.
-    routes_dirty: bool,
+    pub(super) routes_dirty: bool,
     /// Per-kind rate limits on what the cluster's agents send, shared by its tunnels here.
-    limits: Arc<ControlLimits>,
+    pub(super) limits: Arc<ControlLimits>,
     /// The agent's connection id (the registry's key for this tunnel's routes and lease).
-    conn_id: String,
-    lease: Lease,
+    pub(super) conn_id: String,
+    pub(super) lease: Lease,
     /// The agent is stopping: no new streams; the ones in flight finish.
-    draining: bool,
+    pub(super) draining: bool,
     /// The id of the token the agent authenticated with.
-    token_id: String,
+    pub(super) token_id: String,
     /// What the agent reported (version, host, last heartbeat), for the admin API.
-    agent: Option<crate::registry::agents::AgentInfo>,
+    pub(super) agent: Option<crate::registry::agents::AgentInfo>,
 }
 
 impl TunnelActor {
@@ -114,7 +111,13 @@ impl TunnelActor {
     }
 
     /// Closes the whole tunnel: the agent broke the protocol or went silent.
-    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: String, metric: &'static str) {
+    pub(super) fn close(
+        &mut self,
+        ctx: &mut Context<Self>,
+        code: u16,
+        reason: String,
+        metric: &'static str,
+    ) {
         if self.close_reason.is_none() {
             self.state.metrics.tunnel_error(metric);
             tracing::warn!(cluster = %self.cluster, tunnel = self.id, peer = ?self.peer, %reason, "closing tunnel");
@@ -124,14 +127,14 @@ impl TunnelActor {
         ctx.stop();
     }
 
-    fn protocol_error(&mut self, ctx: &mut Context<Self>, reason: String) {
+    pub(super) fn protocol_error(&mut self, ctx: &mut Context<Self>, reason: String) {
         // 1002: protocol error.
         self.close(ctx, 1002, reason, "protocol");
     }
 
     /// Counts one message of `kind` (of `cost` units) against this tunnel's limits; closes the
     /// tunnel with a clear reason when the agent goes over. False when it did.
-    fn admit(&mut self, ctx: &mut Context<Self>, kind: Kind, cost: u32) -> bool {
+    pub(super) fn admit(&mut self, ctx: &mut Context<Self>, kind: Kind, cost: u32) -> bool {
         if self.close_reason.is_some() {
             return false;
         }
@@ -145,7 +148,7 @@ impl TunnelActor {
     }
 
     /// Acts on what the stream table made of a message.
-    fn on_outcome(&mut self, ctx: &mut Context<Self>, outcome: Outcome) {
+    pub(super) fn on_outcome(&mut self, ctx: &mut Context<Self>, outcome: Outcome) {
         match outcome {
             Outcome::Fine => {}
             // Late input for an ended stream is normal, a flood of it is not.
@@ -219,59 +222,13 @@ impl TunnelActor {
         }
     }
 
-    fn on_routes(&mut self, ctx: &mut Context<Self>, m: tunnelgate_proto::control::IngressRoutes) {
-        let count = m.routes.len();
-        let (reg, cluster, conn, epoch, current) = (
-            self.state.registry.clone(),
-            self.cluster.clone(),
-            self.conn_id.clone(),
-            self.lease.epoch(),
-            self.routes.clone(),
-        );
-        let action = m.action;
-        // `wait`: later messages from this agent are handled after the routes are stored, so
-        // updates apply in order and the ack means "routable on every node".
-        ctx.wait(
-            async move {
-                reg.publish(&cluster, &conn, epoch, &current, action, m.routes)
-                    .await
-            }
-            .into_actor(self)
-            .map(move |(next, ack, stored), act, _ctx| {
-                act.routes = next;
-                act.routes_dirty = stored.is_err();
-                if let Err(e) = stored {
-                    tracing::warn!(cluster = %act.cluster, error = %e, "routes kept on this node; published when the registry is back");
-                }
-                for r in ack.rejected.iter().take(20) {
-                    tracing::warn!(cluster = %act.cluster, host = %r.host, path = %r.path, reason = %r.reason, "route rejected");
-                }
-                if ack.rejected.len() > 20 {
-                    tracing::warn!(cluster = %act.cluster, more = ack.rejected.len() - 20, "more routes rejected");
-                }
-                let conflicts = ack.rejected.iter().filter(|r| r.reason.starts_with("conflict")).count();
-                act.state.metrics.routes_rejected(&act.cluster, ack.rejected.len() - conflicts, conflicts);
-                tracing::info!(
-                    cluster = %act.cluster, tunnel = act.id, action = ?action, routes = count,
-                    accepted = ack.accepted.len(), rejected = ack.rejected.len(),
-                    published = act.routes.routes.len(), "routes updated"
-                );
-                let routes = act.state.registry.route_count(&act.cluster);
-                act.state.metrics.set_cluster(&act.cluster, true, routes);
-                if !act.out.try_send(Outgoing::Text(Control::RoutesAck(ack).to_json())) {
-                    tracing::warn!(cluster = %act.cluster, "routes_ack dropped: agent is not reading");
-                }
-            }),
-        );
-    }
-
     /// The agent is stopping: take the tunnel out of the hub and give up its ownership lease,
     /// so no new request comes here; streams in flight carry on until the agent closes.
     /// Acks a heartbeat. While draining, first waits (5 ms steps, 5 s at most) until every
     /// stream opened before the drain has its `proxy_request` in the outbox: the agent takes
     /// the ack of the heartbeat it sent after `drain` as "nothing more is coming", so no request
     /// may follow it.
-    fn ack_heartbeat(&mut self, ctx: &mut Context<Self>, sent_at_ms: u64, waited: u32) {
+    pub(super) fn ack_heartbeat(&mut self, ctx: &mut Context<Self>, sent_at_ms: u64, waited: u32) {
         let pending = self.draining && self.streams.heads_pending();
         if pending && waited < 1000 {
             ctx.run_later(std::time::Duration::from_millis(5), move |act, ctx| {
@@ -284,7 +241,7 @@ impl TunnelActor {
         self.out.try_send(Outgoing::Text(ack.to_json()));
     }
 
-    fn on_drain(&mut self, reason: &str) {
+    pub(super) fn on_drain(&mut self, reason: &str) {
         if self.draining {
             return;
         }
@@ -298,196 +255,13 @@ impl TunnelActor {
     }
 
     /// Takes this tunnel out of the hub; returns how many the cluster still has on this node.
-    fn leave_hub(&self) -> usize {
+    pub(super) fn leave_hub(&self) -> usize {
         let left = self.state.hub.remove(&self.cluster, self.id);
         if left == 0 {
             let routes = self.state.registry.route_count(&self.cluster);
             self.state.metrics.set_cluster(&self.cluster, false, routes);
         }
         left
-    }
-
-    /// Publishes this connection's routes again (the registry lost them, or the last change
-    /// could not be stored).
-    fn republish_routes(&mut self, ctx: &mut Context<Self>) {
-        if self.routes.routes.is_empty() && !self.routes_dirty {
-            return;
-        }
-        tracing::info!(cluster = %self.cluster, routes = self.routes.routes.len(), "publishing this tunnel's routes again");
-        let (reg, cluster, conn, epoch, set) = (
-            self.state.registry.clone(),
-            self.cluster.clone(),
-            self.conn_id.clone(),
-            self.lease.epoch(),
-            self.routes.clone(),
-        );
-        ctx.spawn(
-            async move { reg.store_set(&cluster, &conn, epoch, &set).await }
-                .into_actor(self)
-                .map(|res, act, _| match res {
-                    Ok(()) => act.routes_dirty = false,
-                    Err(e) => {
-                        tracing::warn!(cluster = %act.cluster, error = %e, "publishing routes again failed")
-                    }
-                }),
-        );
-    }
-
-    /// Claims or refreshes this tunnel's ownership lease; closes the tunnel when a newer
-    /// connection holds it.
-    fn keep_lease(&mut self, ctx: &mut Context<Self>) {
-        if !self.registered || self.draining || !self.state.registry.is_shared() {
-            return;
-        }
-        let Some(work) = self
-            .lease
-            .refresh(self.state.config.max_tunnels_per_cluster)
-        else {
-            return;
-        };
-        ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
-            match act.lease.refreshed(res) {
-                Kept::Held { anew } => {
-                    if let Some(info) = act.agent.clone() {
-                        let (reg, cluster) = (act.state.registry.clone(), act.cluster.clone());
-                        actix_rt::spawn(async move { reg.note_agent(&cluster, info).await });
-                    }
-                    if anew || act.routes_dirty {
-                        act.republish_routes(ctx);
-                    }
-                }
-                Kept::Lost => act.close(
-                    ctx,
-                    1008,
-                    "a newer connection holds this tunnel's lease, or the cluster is at its tunnel quota".into(),
-                    "fenced",
-                ),
-                Kept::Unreachable(e) => {
-                    tracing::debug!(cluster = %act.cluster, error = %e, "lease not refreshed")
-                }
-            }
-        }));
-    }
-
-    fn on_register(&mut self, ctx: &mut Context<Self>, r: tunnelgate_proto::control::Register) {
-        if self.registered {
-            return self.protocol_error(ctx, "register sent twice".into());
-        }
-        if r.cluster != self.cluster {
-            let reason = format!("this token does not belong to cluster {:?}", r.cluster);
-            return self.refuse_register(ctx, reason, "cluster_mismatch");
-        }
-        if r.protocol != PROTOCOL_VERSION {
-            let reason = format!(
-                "the agent speaks Tunnelgate protocol {}, this gateway speaks protocol {PROTOCOL_VERSION} \
-                 (and accepts only {PROTOCOL_VERSION}): run an agent of the gateway's release",
-                r.protocol
-            );
-            return self.refuse_register(ctx, reason, "protocol_version");
-        }
-        self.registered = true;
-        let id_ok = |c: &String| {
-            !c.is_empty() && c.len() <= 128 && c.bytes().all(|b| b.is_ascii_graphic() && b != b'|')
-        };
-        self.conn_id = r
-            .connection_id
-            .clone()
-            .filter(id_ok)
-            .unwrap_or_else(|| format!("{}-{}", self.state.config.node_id(), self.id));
-        self.routes.agent = r
-            .agent_id
-            .clone()
-            .filter(id_ok)
-            .unwrap_or_else(|| self.conn_id.clone());
-        let (local, max) = (
-            self.state.hub.count(&self.cluster),
-            self.state.config.max_tunnels_per_cluster,
-        );
-        let claim = self.lease.claim(&self.conn_id, local, max);
-        // `wait`: nothing else from this agent is handled until the tunnel is on record.
-        ctx.wait(
-            claim
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    match res {
-                        Ok(Claim::Held(epoch)) => act.lease.claimed(epoch),
-                        Ok(Claim::TooMany) => {
-                            let reason = format!(
-                                "cluster {:?} already has its quota of {max} tunnels",
-                                act.cluster
-                            );
-                            return act.refuse_register(ctx, reason, "tunnel_quota");
-                        }
-                        Err(e) => tracing::warn!(cluster = %act.cluster, error = %e, "tunnel serves through this node only until the registry is back"),
-                    }
-                    act.finish_register(ctx, r);
-                }),
-        );
-    }
-
-    /// Tells the agent why it may not register, then closes.
-    fn refuse_register(&mut self, ctx: &mut Context<Self>, reason: String, metric: &'static str) {
-        let refusal = Control::RegisterError(RegisterError {
-            reason: reason.clone(),
-        });
-        // Queued, not jumped ahead: the agent reads why before the close. Nothing else is
-        // queued before registration, so there is room.
-        self.out.try_send(Outgoing::Text(refusal.to_json()));
-        self.out.try_send(Outgoing::Close {
-            code: 1008,
-            reason: reason.clone(),
-        });
-        self.state.metrics.tunnel_error(metric);
-        tracing::warn!(cluster = %self.cluster, peer = ?self.peer, %reason, "register refused");
-        self.registered = false;
-        self.close_reason = Some(reason);
-        self.close_queued = true;
-        ctx.stop();
-    }
-
-    fn finish_register(&mut self, ctx: &mut Context<Self>, r: tunnelgate_proto::control::Register) {
-        let cfg = &self.state.config;
-        let ok = RegisterSuccess {
-            node_id: cfg.node_id().to_string(),
-            tunnel_id: format!("{}-{}", cfg.node_id(), self.id),
-            heartbeat_interval_ms: cfg.heartbeat_interval.as_millis() as u64,
-            stream_window: cfg.stream_window,
-            max_streams: cfg.max_streams_per_tunnel,
-            public_host: Some(format!("{}.{}", self.cluster, cfg.domain)),
-            protocol: PROTOCOL_VERSION,
-        };
-        self.out
-            .try_send(Outgoing::Text(Control::RegisterSuccess(ok).to_json()));
-        self.state.hub.add(
-            &self.cluster,
-            TunnelRef {
-                id: self.id,
-                conn: self.conn_id.clone(),
-                token_id: self.token_id.clone(),
-                open: ctx.address().recipient(),
-                revoke: ctx.address().recipient(),
-                move_away: ctx.address().recipient(),
-            },
-        );
-        self.state.metrics.tunnels.inc();
-        let routes = self.state.registry.route_count(&self.cluster);
-        self.state.metrics.set_cluster(&self.cluster, true, routes);
-        tracing::info!(
-            cluster = %self.cluster, tunnel = self.id, peer = ?self.peer, connection = %self.conn_id,
-            epoch = ?self.lease.epoch(), agent_version = %r.agent_version, agent_host = ?r.hostname, "tunnel registered"
-        );
-        let info = crate::registry::agents::AgentInfo {
-            connection: self.conn_id.clone(),
-            node: self.state.config.node_id().to_string(),
-            agent_version: r.agent_version.chars().take(64).collect(),
-            hostname: r.hostname.as_ref().map(|h| h.chars().take(253).collect()),
-            last_heartbeat_ms: 0,
-            is_private: None,
-            reported_ms: 0,
-        };
-        self.agent = Some(info.clone());
-        let (reg, cluster) = (self.state.registry.clone(), self.cluster.clone());
-        actix_rt::spawn(async move { reg.note_agent(&cluster, info).await });
     }
 }
 
