@@ -9,17 +9,14 @@
 //! - [`ratelimit`]: per-cluster request rate limits, shared by every node through Redis.
 //! - [`proxy`]: the public HTTP handler: checks, routing, header rewriting, streaming.
 //! - [`error`]: proxy-path errors and the one place they become responses.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the internal listener.
-//! - [`admin_api`]: the admin API (`/admin/v1/…`): tenants and tokens at run time.
+//! - [`admin`]: the internal listener: the admin API (`/admin/v1/…`: tenants, tokens,
+//!   domains, access tokens at run time) and `/healthz`, `/readyz`, `/metrics`.
 //! - [`guard`]: throttling of failed authentications per source address.
 //! - [`telemetry`]: metric names and log set-up.
 //! - [`tls`]: HTTPS at the edge: certificates by SNI, reloaded when their files change.
 
 pub mod acme;
 pub mod admin;
-pub mod admin_access;
-pub mod admin_api;
-pub mod admin_domains;
 pub mod cluster;
 pub mod config;
 pub mod dns;
@@ -231,8 +228,8 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
         tracing::info!(addr = %addr, advertised = ?state.config.peer_advertise, tls = state.peer_tls.is_some(), "peer endpoint listening");
         actix_rt::spawn(peer);
     }
-    actix_rt::spawn(admin_api::reconcile(state.clone().into_inner()));
-    actix_rt::spawn(admin_domains::recheck(state.clone().into_inner()));
+    actix_rt::spawn(admin::reconcile(state.clone().into_inner()));
+    actix_rt::spawn(admin::recheck(state.clone().into_inner()));
     actix_rt::spawn(acme::run(state.clone().into_inner()));
     let admin_listener = TcpListener::bind(state.config.admin_listen)?;
     let admin_addr = admin_listener.local_addr()?;
@@ -243,7 +240,7 @@ pub fn run(config: Config, listener: TcpListener) -> std::io::Result<actix_serve
             .route("/healthz", web::get().to(admin::healthz))
             .route("/readyz", web::get().to(admin::readyz_handler))
             .route("/metrics", web::get().to(admin::metrics_handler))
-            .configure(admin_api::routes)
+            .configure(admin::routes)
     })
     .workers(1)
     .disable_signals()

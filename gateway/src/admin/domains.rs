@@ -9,8 +9,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
+use super::reply::{authorize, error, parse, tenant_error};
 use crate::AppState;
-use crate::admin_api::{authorize, error, parse, tenant_error};
 use crate::dns::Proof;
 use crate::registry::domains::{DomainRecord, DomainStatus};
 use crate::registry::{ClusterRecord, TenantError};

@@ -1,81 +1,12 @@
-//! The admin API (`/admin/v1/…`) on the internal listener: tenants at run time. Every call
-//! needs `Authorization: Bearer` one of the `--admin-token`s (several, for rotation); failures
-//! are counted and throttled per source like agent tokens. JSON in and out; unknown fields are
-//! refused; errors are `{"error":{"code","message"}}` with the right 4xx. Changes apply on
-//! every node without restart: an event tells the others at once, and each node reloads the
-//! records every few seconds in case it missed one; tunnels whose token was revoked, or whose
-//! cluster was deleted, are closed on every node.
+//! The admin API's clusters: create, list, show, delete; agent tokens; rate limits; and the
+//! reconcile loop that reloads the records and closes tunnels of revoked tokens.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
+use super::reply::{authorize, parse, tenant_error};
 use crate::AppState;
 use crate::registry::{ClusterRecord, TenantError};
-
-/// The OpenAPI 3 document of this API (served at `GET /admin/v1/openapi.json`).
-pub const OPENAPI: &str = include_str!("admin_openapi.json");
-
-pub(crate) fn error(
-    status: StatusCode,
-    code: &str,
-    message: impl std::fmt::Display,
-) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({
-        "error": {"code": code, "message": message.to_string()}
-    }))
-}
-
-pub(crate) fn tenant_error(e: TenantError) -> HttpResponse {
-    match &e {
-        TenantError::Invalid(_) => error(StatusCode::BAD_REQUEST, "invalid", e),
-        TenantError::Exists(_) => error(StatusCode::CONFLICT, "exists", e),
-        TenantError::Reserved(_) => error(StatusCode::CONFLICT, "reserved", e),
-        TenantError::Conflict(_) => error(StatusCode::CONFLICT, "conflict", e),
-        TenantError::NoCluster(_) | TenantError::NoToken(..) | TenantError::NoDomain(..) => {
-            error(StatusCode::NOT_FOUND, "not_found", e)
-        }
-        TenantError::Registry(_) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable", e)
-        }
-    }
-}
-
-/// Checks the caller's admin token; the refusal to send otherwise.
-pub(crate) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), Box<HttpResponse>> {
-    let ip = req.peer_addr().map(|p| p.ip());
-    if let Err(wait) = state.auth_guard.check(ip) {
-        state.metrics.auth_failure("admin_throttled");
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "too many failed authentications from this address; retry later",
-        );
-        crate::guard::set_retry_after(&mut r, wait);
-        return Err(Box::new(r));
-    }
-    let presented = crate::guard::bearer_token(req).unwrap_or("");
-    let ok = !presented.is_empty()
-        && state
-            .config
-            .admin_tokens
-            .iter()
-            .any(|t| crate::cluster::same_secret(presented, t.expose()));
-    if ok {
-        return Ok(());
-    }
-    state.metrics.auth_failure("bad_admin_token");
-    let _ = state.auth_guard.failed(ip);
-    Err(Box::new(error(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        if state.config.admin_tokens.is_empty() {
-            "no --admin-token is configured: the admin API is off"
-        } else {
-            "missing or wrong admin token (Authorization: Bearer …)"
-        },
-    )))
-}
 
 /// A cluster as the API shows it: its record (no secrets) and its live state on this node.
 #[derive(Serialize)]
@@ -167,17 +98,7 @@ fn enforce(state: &AppState) {
     }
 }
 
-pub(crate) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<HttpResponse>> {
-    serde_json::from_slice(body).map_err(|e| {
-        Box::new(error(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            format!("request body: {e}"),
-        ))
-    })
-}
-
-async fn create_cluster(
+pub(super) async fn create_cluster(
     req: HttpRequest,
     body: web::Bytes,
     state: web::Data<AppState>,
@@ -200,7 +121,7 @@ async fn create_cluster(
     }
 }
 
-async fn list_clusters(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn list_clusters(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
         return *r;
     }
@@ -211,7 +132,7 @@ async fn list_clusters(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
     HttpResponse::Ok().json(serde_json::json!({ "items": items }))
 }
 
-async fn get_cluster(
+pub(super) async fn get_cluster(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -225,7 +146,7 @@ async fn get_cluster(
     }
 }
 
-async fn delete_cluster(
+pub(super) async fn delete_cluster(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -243,7 +164,7 @@ async fn delete_cluster(
     }
 }
 
-async fn add_token(
+pub(super) async fn add_token(
     req: HttpRequest,
     path: web::Path<String>,
     body: web::Bytes,
@@ -269,7 +190,7 @@ async fn add_token(
     }
 }
 
-async fn revoke_token(
+pub(super) async fn revoke_token(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
@@ -288,7 +209,7 @@ async fn revoke_token(
     }
 }
 
-async fn set_rate_limit(
+pub(super) async fn set_rate_limit(
     req: HttpRequest,
     path: web::Path<String>,
     body: web::Bytes,
@@ -308,79 +229,6 @@ async fn set_rate_limit(
         }
         Err(e) => tenant_error(e),
     }
-}
-
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(OPENAPI)
-}
-
-/// 405 with the methods `path` has (RFC 9110 wants them in `Allow`).
-fn method_not_allowed(allow: &'static str) -> HttpResponse {
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("this path takes {allow} (see /admin/v1/openapi.json)"),
-    );
-    r.headers_mut().insert(
-        actix_web::http::header::ALLOW,
-        actix_web::http::header::HeaderValue::from_static(allow),
-    );
-    r
-}
-
-/// The admin API's routes; other methods on them get 405 with `Allow`.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    let resource = |path: &str, allow: &'static str| {
-        web::resource(path.to_string())
-            .default_service(web::to(move || async move { method_not_allowed(allow) }))
-    };
-    cfg.service(resource("/admin/v1/openapi.json", "GET").route(web::get().to(openapi)))
-        .service(
-            resource("/admin/v1/clusters", "GET, POST")
-                .route(web::post().to(create_cluster))
-                .route(web::get().to(list_clusters)),
-        )
-        .service(
-            resource("/admin/v1/clusters/{id}", "GET, DELETE")
-                .route(web::get().to(get_cluster))
-                .route(web::delete().to(delete_cluster)),
-        )
-        .service(
-            resource("/admin/v1/clusters/{id}/tokens", "POST").route(web::post().to(add_token)),
-        )
-        .service(
-            resource("/admin/v1/clusters/{id}/rate-limit", "PUT")
-                .route(web::put().to(set_rate_limit)),
-        )
-        .service(
-            resource("/admin/v1/clusters/{id}/tokens/{token_id}", "DELETE")
-                .route(web::delete().to(revoke_token)),
-        )
-        .service(
-            resource("/admin/v1/clusters/{id}/access-tokens", "GET, POST")
-                .route(web::post().to(crate::admin_access::issue))
-                .route(web::get().to(crate::admin_access::list)),
-        )
-        .service(
-            resource("/admin/v1/clusters/{id}/access-tokens/{token_id}", "DELETE")
-                .route(web::delete().to(crate::admin_access::revoke)),
-        )
-        .service(
-            resource("/admin/v1/clusters/{id}/domains", "GET, POST")
-                .route(web::post().to(crate::admin_domains::add))
-                .route(web::get().to(crate::admin_domains::list)),
-        )
-        .service(
-            resource("/admin/v1/clusters/{id}/domains/{hostname}", "GET, DELETE")
-                .route(web::get().to(crate::admin_domains::get))
-                .route(web::delete().to(crate::admin_domains::delete)),
-        )
-        .service(
-            resource("/admin/v1/clusters/{id}/domains/{hostname}/verify", "POST")
-                .route(web::post().to(crate::admin_domains::verify)),
-        );
 }
 
 /// Keeps this node's view of the tenants current: reloads the records every few seconds with

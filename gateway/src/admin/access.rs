@@ -8,8 +8,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use super::reply::{authorize, error, parse, tenant_error};
 use crate::AppState;
-use crate::admin_api::{authorize, error, parse, tenant_error};
 use crate::registry::TenantError;
 use crate::registry::access::{AccessTokenRecord, DEFAULT_TTL};
 
