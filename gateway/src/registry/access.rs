@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
 use tunnelgate_proto::control::KubeIdentity;
 
-use super::tenants::random_hex;
-use super::{ClusterRecord, Registry, TenantError, hex, now_ms, token_hash, unhex};
+pub use super::records::AccessTokenRecord;
+use super::records::{ClusterRecord, TenantError};
+use super::secret::{hex, random_hex, token_hash, unhex};
+use super::{Registry, now_ms};
 
 /// Access tokens one cluster may hold (expired ones are pruned on every change).
 pub const MAX_ACCESS_TOKENS: usize = 1000;
@@ -24,19 +25,6 @@ pub const DEFAULT_TTL: u64 = 24 * 3600;
 /// What every access token starts with (secret scanners and humans can tell it apart from an
 /// agent token).
 pub const TOKEN_PREFIX: &str = "tgk_";
-
-/// One access token as stored (the hash, never the token).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessTokenRecord {
-    pub id: String,
-    pub hash: String,
-    pub user: String,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    pub created_at: u64,
-    /// Milliseconds since the epoch.
-    pub expires_at: u64,
-}
 
 /// Who a valid access token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

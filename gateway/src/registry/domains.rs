@@ -10,41 +10,15 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::tenants::random_hex;
-use super::{ClusterRecord, Registry, TenantError, now_ms};
+use super::records::{ClusterRecord, TenantError};
+pub use super::records::{DomainRecord, DomainStatus};
+use super::secret::random_hex;
+use super::{Registry, now_ms};
 
 /// Domains one cluster may register.
 pub const MAX_DOMAINS: usize = 100;
 /// The label under the gateway's domain that holds every CNAME target.
 pub const CNAME_LABEL: &str = "cname";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DomainStatus {
-    /// Registered, not proven yet: its agents may publish it, nothing is served.
-    Pending,
-    Verified,
-    /// Was verified; its record went away or points elsewhere: nothing is served.
-    Suspended,
-}
-
-/// One custom domain of a cluster, as stored in its record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DomainRecord {
-    /// Canonical: lower case, no trailing dot, IDNs in punycode; `*.` for a wildcard.
-    pub hostname: String,
-    pub status: DomainStatus,
-    /// Why it is not verified (the last check's finding).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The TXT value that proves it.
-    pub challenge: String,
-    pub created_at: u64,
-    #[serde(default)]
-    pub checked_at: u64,
-}
 
 /// A hostname in canonical form: lower case, no trailing dot or port, IDNs in punycode, one
 /// leading `*.` at most; then checked like any route host.

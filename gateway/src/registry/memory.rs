@@ -3,6 +3,7 @@
 //! its tunnel, so nothing expires and a heartbeat costs nothing here.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::table::{ClusterRoutes, ConnRoutes, RouteTable};
@@ -10,6 +11,8 @@ use super::table::{ClusterRoutes, ConnRoutes, RouteTable};
 #[derive(Default)]
 pub(super) struct Memory {
     inner: RwLock<HashMap<String, Cluster>>,
+    /// The last lease epoch handed out (fences a connection id's older tunnels).
+    epochs: AtomicU64,
 }
 
 struct Cluster {
@@ -19,6 +22,11 @@ struct Cluster {
 }
 
 impl Memory {
+    /// A new lease epoch.
+    pub fn next_epoch(&self) -> u64 {
+        self.epochs.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Cluster>> {
         // No code panics while holding the lock; recover the data rather than spread a panic.
         self.inner.read().unwrap_or_else(|p| p.into_inner())

@@ -2,11 +2,11 @@
 //! listed, changed and deleted through the admin API, applied on every node without restart
 //! (an event on the channel, and a periodic reload that heals a missed one).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::{Event, Registry, RegistryError, hex, now_ms, token_hash, unhex};
+pub use super::records::{BOOTSTRAP_TOKEN_ID, ClusterRecord, TenantError, TokenRecord};
+use super::secret::{hex, new_token, random_hex, token_hash};
+use super::{Event, Registry, RegistryError, now_ms};
 
 /// Ids a tenant may not take: the gateway's own words and subtrees.
 pub const RESERVED_IDS: &[&str] = &[
@@ -25,138 +25,6 @@ pub const RESERVED_IDS: &[&str] = &[
     "tunnel",
     "www",
 ];
-
-/// The token id of a cluster given with `--cluster ID:TOKEN`.
-pub const BOOTSTRAP_TOKEN_ID: &str = "bootstrap";
-
-/// A cluster as stored (`cluster:{id}` in Redis).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterRecord {
-    /// The cluster id (a DNS label; `{id}.{domain}` is its name).
-    pub name: String,
-    /// Never reused, unlike the id: what external records (CNAME targets) should name.
-    #[serde(default)]
-    pub uuid: String,
-    /// The `--cluster` bootstrap token's hash (older records have only this).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_hash: Option<String>,
-    #[serde(default)]
-    pub tokens: Vec<TokenRecord>,
-    pub created_at: u64,
-    /// The cluster's request rate limit; the gateway's default when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<crate::ratelimit::Limit>,
-    /// Access tokens to the cluster's Kubernetes API (hashed).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub access_tokens: Vec<super::access::AccessTokenRecord>,
-    /// Custom domains (registered, verified or suspended).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub domains: Vec<super::domains::DomainRecord>,
-}
-
-/// One agent token of a cluster, hashed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub id: String,
-    pub hash: String,
-    pub created_at: u64,
-}
-
-/// Why an admin operation was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TenantError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("cluster {0:?} already exists")]
-    Exists(String),
-    #[error("cluster id {0:?} is reserved for the gateway")]
-    Reserved(String),
-    #[error("no cluster {0:?}")]
-    NoCluster(String),
-    #[error("cluster {0:?} has no token {1:?}")]
-    NoToken(String, String),
-    #[error("cluster {0:?} has no domain {1:?}")]
-    NoDomain(String, String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-}
-
-pub(super) fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
-}
-
-/// A new agent token: 256 random bits, shown once.
-pub fn new_token() -> String {
-    random_hex(32)
-}
-
-impl ClusterRecord {
-    /// The record of a `--cluster ID:TOKEN` cluster.
-    pub fn bootstrap(id: &str, token: &str) -> ClusterRecord {
-        ClusterRecord {
-            name: id.to_string(),
-            uuid: String::new(),
-            token_hash: Some(hex(&token_hash(token))),
-            tokens: Vec::new(),
-            created_at: now_ms(),
-            rate_limit: None,
-            access_tokens: Vec::new(),
-            domains: Vec::new(),
-        }
-    }
-
-    /// A new cluster with one token; returns it with the token's id and the token itself.
-    fn create(id: &str) -> (ClusterRecord, String, String) {
-        let token = new_token();
-        let token_id = format!("tok-{}", random_hex(6));
-        let rec = ClusterRecord {
-            name: id.to_string(),
-            uuid: format!("c{}", random_hex(12)),
-            token_hash: None,
-            tokens: vec![TokenRecord {
-                id: token_id.clone(),
-                hash: hex(&token_hash(&token)),
-                created_at: now_ms(),
-            }],
-            created_at: now_ms(),
-            rate_limit: None,
-            access_tokens: Vec::new(),
-            domains: Vec::new(),
-        };
-        (rec, token_id, token)
-    }
-
-    /// Token ids, the bootstrap one included.
-    pub fn token_ids(&self) -> Vec<String> {
-        self.token_hash
-            .iter()
-            .map(|_| BOOTSTRAP_TOKEN_ID.to_string())
-            .chain(self.tokens.iter().map(|t| t.id.clone()))
-            .collect()
-    }
-}
-
-/// Token hash → (cluster, token id) for every record.
-pub fn token_map<'a>(
-    records: impl Iterator<Item = &'a ClusterRecord>,
-) -> HashMap<[u8; 32], (String, String)> {
-    let mut out = HashMap::new();
-    for r in records {
-        if let Some(h) = r.token_hash.as_deref().and_then(unhex) {
-            out.insert(h, (r.name.clone(), BOOTSTRAP_TOKEN_ID.to_string()));
-        }
-        for t in &r.tokens {
-            if let Some(h) = unhex(&t.hash) {
-                out.insert(h, (r.name.clone(), t.id.clone()));
-            }
-        }
-    }
-    out
-}
 
 impl Registry {
     /// Checks an id a tenant asks for: a DNS label, not reserved, not the first label of one
