@@ -9,6 +9,9 @@ use serde::Deserialize;
 pub use tunnelgate_mux::config::{Secret, parse_duration};
 use tunnelgate_proto::routes::{PathType, RouteSpec, check_route_host};
 
+pub use crate::rules::Rule;
+use crate::rules::root;
+
 /// Tunnels an agent holds, each to a distinct gateway node.
 pub const DEFAULT_CONNECTIONS: usize = 2;
 /// First reconnect delay; it doubles on each failure.
@@ -32,37 +35,6 @@ pub enum LogFormat {
     #[default]
     Json,
     Text,
-}
-
-/// `--route HOST=URL` or one `ingress` rule of the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    /// Host the rule serves (`app.demo.localhost` or `*.demo.localhost`).
-    pub hostname: String,
-    /// Path prefix (or exact path with `path_type: Exact`); default `/`.
-    #[serde(default = "root")]
-    pub path: String,
-    #[serde(default)]
-    pub path_type: PathType,
-    /// Upstream base URL, `http://host:port` or `https://host:port`.
-    pub service: String,
-    /// PEM file of CA certificates trusted for this https origin (cloudflared's `caPool`).
-    #[serde(default)]
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Name the origin's certificate is checked against (`originServerName`).
-    #[serde(default)]
-    pub origin_server_name: Option<String>,
-    /// `Host` header the upstream receives instead of the public name (`httpHostHeader`).
-    #[serde(default)]
-    pub http_host_header: Option<String>,
-    /// Do not check the origin's certificate (`noTLSVerify`): explicit opt-in, logged.
-    #[serde(default)]
-    pub no_tls_verify: bool,
-}
-
-fn root() -> String {
-    "/".into()
 }
 
 fn parse_route(s: &str) -> Result<Rule, String> {
@@ -266,8 +238,7 @@ impl Config {
             );
         }
         if let Some(u) = &self.ingress_controller_url {
-            crate::upstream::Target::parse(u)
-                .map_err(|e| format!("--ingress-controller-url: {e}"))?;
+            crate::rules::Target::parse(u).map_err(|e| format!("--ingress-controller-url: {e}"))?;
         }
         for r in &mut self.routes {
             r.hostname = r.hostname.trim_end_matches('.').to_ascii_lowercase();
@@ -278,7 +249,7 @@ impl Config {
                     r.hostname, r.path
                 ));
             }
-            crate::upstream::Target::for_rule(r, self.upstream_connect_timeout)
+            crate::rules::Target::for_rule(r, self.upstream_connect_timeout)
                 .map_err(|e| format!("route {}: {e}", r.hostname))?;
         }
         if !(1..=16).contains(&self.connections) {

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use tunnelgate_proto::control::{HeaderList, KubeIdentity};
 
-use crate::upstream::{OriginTls, Target, client_with};
+use crate::rules::Target;
+use crate::upstream::{OriginTls, client_with};
 
 /// Where a pod finds its ServiceAccount's token and CA.
 pub const SA_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";

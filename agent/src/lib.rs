@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`config`]: command line, environment and config file.
 //! - [`backoff`]: reconnect delays with jitter.
-//! - [`upstream`]: rule matching and the pooled upstream HTTP client.
+//! - [`rules`]: the agent's rules, their targets, matching a request to one.
+//! - [`upstream`]: the pooled upstream HTTP(S) clients.
 //! - [`ingress`]: Kubernetes mode: routes from Ingress objects (watcher + pure translation).
 //! - [`tunnel`]: a session per connection, a task per stream.
 
@@ -13,6 +14,7 @@ pub mod backoff;
 pub mod config;
 pub mod ingress;
 pub mod kubeapi;
+pub mod rules;
 pub mod tunnel;
 pub mod upstream;
 
@@ -23,8 +25,9 @@ use tokio::sync::watch;
 use tunnelgate_proto::control::RouteRejection;
 
 use config::{Config, LogFormat, STABLE_CONNECTION};
+use rules::Rules;
 use tunnel::session::{self, End};
-use upstream::{Rules, UpstreamClient};
+use upstream::UpstreamClient;
 
 /// What the agent is doing, for callers that embed it (tests, a future status endpoint).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +129,7 @@ impl Shared {
 
     /// Replaces the routes (and the table that serves them); connected sessions publish the
     /// difference.
-    pub fn set_routes(&self, routes: Vec<(tunnelgate_proto::routes::RouteSpec, upstream::Target)>) {
+    pub fn set_routes(&self, routes: Vec<(tunnelgate_proto::routes::RouteSpec, rules::Target)>) {
         let set: std::collections::BTreeMap<_, _> = routes
             .iter()
             .map(|(s, _)| ((s.host.clone(), s.path.clone()), s.clone()))

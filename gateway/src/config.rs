@@ -23,9 +23,9 @@ pub const TUNNEL_OUTBOX_CAPACITY: usize = 256;
 /// Live agent tunnels one cluster may hold over all nodes; one more is refused at register.
 pub const DEFAULT_MAX_TUNNELS_PER_CLUSTER: usize = 16;
 /// Distinct routes one cluster may publish over all its agents.
-pub const DEFAULT_MAX_ROUTES_PER_CLUSTER: usize = crate::registry::DEFAULT_MAX_ROUTES;
+pub const DEFAULT_MAX_ROUTES_PER_CLUSTER: usize = 10_000;
 /// Bytes of route data one cluster may publish over all its agent connections.
-pub const DEFAULT_MAX_ROUTE_BYTES_PER_CLUSTER: usize = crate::registry::DEFAULT_MAX_ROUTE_BYTES;
+pub const DEFAULT_MAX_ROUTE_BYTES_PER_CLUSTER: usize = 4 * 1024 * 1024;
 /// A cluster's request rate and burst unless the admin API set its own (the original design's).
 pub const DEFAULT_RATE_LIMIT: u32 = 100;
 pub const DEFAULT_RATE_BURST: u32 = 1000;
@@ -50,7 +50,7 @@ fn parse_cluster(s: &str) -> Result<ClusterArg, String> {
     let (id, token) = s
         .split_once(':')
         .ok_or_else(|| "expected ID:TOKEN, e.g. demo:s3cret".to_string())?;
-    crate::registry::check_cluster_id(id)?;
+    tunnelgate_proto::routes::check_cluster_id(id)?;
     if token.len() < MIN_TOKEN_LEN {
         return Err(format!(
             "the token for cluster {id:?} has {} characters; agent tokens need at least \

@@ -3,8 +3,6 @@
 //! Unknown `type`s are errors; unknown fields inside a payload are ignored, so a newer peer can
 //! add fields without breaking an older one.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::frame::StreamId;
@@ -312,8 +310,7 @@ impl Control {
     }
 }
 
-/// Annotations carried with a route (Kubernetes Ingress annotations).
-pub type Annotations = BTreeMap<String, String>;
+pub use crate::routes::Annotations;
 
 #[cfg(test)]
 mod tests {

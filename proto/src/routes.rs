@@ -5,8 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::Annotations;
-
 /// How a route's path is compared with a request path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum PathType {
@@ -58,6 +56,30 @@ pub enum HostError {
     BadLabel(String),
     #[error("a wildcard must be the whole first label (`*.example.com`)")]
     BadWildcard,
+}
+
+/// Annotations carried with a route (Kubernetes Ingress annotations).
+pub type Annotations = std::collections::BTreeMap<String, String>;
+
+/// Checks a cluster id: one DNS label (it becomes `{id}.{domain}`), never with `--` (which
+/// separates a name from its cluster in flat names `{name}--{cluster}.{domain}`).
+pub fn check_cluster_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-')
+        && !id.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "cluster id {id:?} must be one DNS label: a-z, 0-9 and '-' (never two in a row: \
+             `--` separates a name from its cluster in flat names), at most 63 characters"
+        ))
+    }
 }
 
 /// Normalises a `Host` header value for lookup: lower case, port and trailing dot removed,

@@ -24,7 +24,7 @@ use kube::{Api, Client, Resource};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::upstream::{Rules, Target};
+use crate::rules::{Rules, Target};
 use crate::{AckReport, Shared};
 use translate::{Skipped, UpstreamMode, in_class, translate};
 

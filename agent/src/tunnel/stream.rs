@@ -11,7 +11,8 @@ use tunnelgate_proto::control::{ProxyError, ProxyErrorKind, ProxyRequest, ProxyR
 use tunnelgate_proto::limits::MAX_FRAME_PAYLOAD;
 use tunnelgate_proto::{Control, Frame, ResetCode};
 
-use crate::upstream::{Rules, UpBody, UpstreamClient};
+use crate::rules::Rules;
+use crate::upstream::{UpBody, UpstreamClient};
 
 /// What a stream task needs.
 pub struct StreamTask {

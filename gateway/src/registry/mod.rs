@@ -97,25 +97,7 @@ enum Event {
     Clusters { from: String },
 }
 
-/// Checks a cluster id: one DNS label (it becomes `{id}.{domain}`).
-pub fn check_cluster_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 63
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
-        && !id.ends_with('-')
-        && !id.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "cluster id {id:?} must be one DNS label: a-z, 0-9 and '-' (never two in a row: \
-             `--` separates a name from its cluster in flat names), at most 63 characters"
-        ))
-    }
-}
+pub use tunnelgate_proto::routes::check_cluster_id;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -123,11 +105,6 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
-
-/// Distinct routes one cluster may publish over all its agents.
-pub const DEFAULT_MAX_ROUTES: usize = 10_000;
-/// Bytes of route data one cluster may publish over all its agent connections.
-pub const DEFAULT_MAX_ROUTE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The registry every part of the gateway calls.
 pub struct Registry {
@@ -229,8 +206,8 @@ impl Registry {
             records: RwLock::new(records),
             configured: clusters.to_vec(),
             quotas: Quotas {
-                max_routes: DEFAULT_MAX_ROUTES,
-                max_bytes: DEFAULT_MAX_ROUTE_BYTES,
+                max_routes: crate::config::DEFAULT_MAX_ROUTES_PER_CLUSTER,
+                max_bytes: crate::config::DEFAULT_MAX_ROUTE_BYTES_PER_CLUSTER,
             },
             reserved: Vec::new(),
             cache: Cache::default(),
