@@ -1,0 +1,230 @@
+//! One request on its way to a tunnel, directly or over a peer link: the `proxy_request`
+//! built from the checked client request, the stream opened and started, and the client's
+//! response built from the agent's untrusted head — checked, framed by the gateway (no body
+//! after HEAD, 204 or 304), or switched to raw bytes after a 101.
+
+use std::time::Instant;
+
+use actix_web::body::SizedStream;
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, web};
+use tunnelgate_proto::control::{KubeIdentity, ProxyRequest};
+
+use super::headers::{self, keep_response_header, response_connection_tokens};
+use super::idle;
+use crate::AppState;
+use crate::error::ProxyError;
+use crate::tunnel::{OpenError, OpenStream, Started, start_stream};
+
+/// One request on its way to a tunnel, directly or over a peer link.
+pub(super) struct Target<'a> {
+    pub(super) req: &'a HttpRequest,
+    pub(super) state: &'a web::Data<AppState>,
+    pub(super) host: &'a str,
+    /// The normalised path (or `*`) the upstream receives.
+    pub(super) path: &'a str,
+    pub(super) cluster: &'a str,
+    /// Connections publishing the route (an owner node serves it only through those).
+    pub(super) conns: std::sync::Arc<[String]>,
+    pub(super) headers: tunnelgate_proto::control::HeaderList,
+    pub(super) with_body: bool,
+    pub(super) started: Instant,
+    /// The `Upgrade` the client asked for (any protocol but h2c).
+    pub(super) upgrade: Option<String>,
+    /// The caller of the cluster's Kubernetes API, when this is a call to it.
+    pub(super) kubernetes: Option<KubeIdentity>,
+}
+
+impl Target<'_> {
+    /// Sends the request through `open`'s tunnel. The body is taken only once a stream is open:
+    /// a tunnel that refuses the stream (NotHere) leaves it for the next one.
+    pub(super) async fn forward(
+        &self,
+        open: actix::Recipient<OpenStream>,
+        via_peer: bool,
+        payload: &mut Option<crate::tunnel::BodySource>,
+    ) -> Result<HttpResponse, ProxyError> {
+        let (req, state, cluster) = (self.req, self.state, self.cluster);
+        let opened = match open.send(OpenStream {}).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(OpenError::Busy)) => return Err(ProxyError::TunnelBusy),
+            // Draining or closing: nothing was sent, another tunnel may take it.
+            Ok(Err(OpenError::Closed)) | Err(_) => return Err(ProxyError::NotHere),
+        };
+        let request = ProxyRequest {
+            stream_id: 0,
+            method: req.method().as_str().to_string(),
+            host: self.host.to_string(),
+            path: self.path.to_string(),
+            query: req.uri().query().map(str::to_string),
+            headers: self.headers.clone(),
+            body: self.with_body,
+            request_id: None,
+            cluster: via_peer.then(|| cluster.to_string()),
+            conns: if via_peer {
+                self.conns.to_vec()
+            } else {
+                Vec::new()
+            },
+            hops: u8::from(via_peer),
+            upgrade: self.upgrade.clone(),
+            kubernetes: self.kubernetes.clone(),
+        };
+        // Watches, `logs -f` and exec sessions are quiet for long stretches: the API's calls
+        // have their own, longer idle timeout.
+        let idle = match self.kubernetes {
+            Some(_) => state.config.kubernetes_idle_timeout,
+            None => state.config.body_idle_timeout,
+        };
+        let Started { head, body, .. } = start_stream(
+            opened,
+            request,
+            payload.take(),
+            state.config.response_timeout,
+            idle,
+        );
+        let started = self.started;
+        let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
+        if head.status == 101
+            && let Some(asked) = &self.upgrade
+        {
+            state
+                .metrics
+                .request(cluster, 101, Some(started.elapsed().as_secs_f64()));
+            return upgraded_response(
+                &head.headers,
+                asked,
+                &self.own_names(),
+                body,
+                self.kubernetes.as_ref().map(|_| idle),
+            );
+        }
+        let status = StatusCode::from_u16(head.status)
+            .ok()
+            .filter(|s| (200..600).contains(&s.as_u16()))
+            .ok_or_else(|| {
+                ProxyError::UpstreamFailed(format!("invalid status {} from the agent", head.status))
+            })?;
+        state.metrics.request(
+            cluster,
+            status.as_u16(),
+            Some(started.elapsed().as_secs_f64()),
+        );
+        let resp = response_head(status, &head.headers, &self.own_names())?;
+        // The gateway owns framing: no body ever follows a HEAD answer, 204 or 304, whatever
+        // the agent sends (RFC 9112 §6.3); the stream's body is dropped, which resets it.
+        let bodiless = req.method() == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let ResponseHead {
+            mut resp,
+            content_length,
+        } = resp;
+        if bodiless {
+            drop(body);
+            if let (Some(n), true) = (content_length, req.method() == Method::HEAD) {
+                // The size a GET would have, over a body of unknown size that has no bytes:
+                // nothing can follow the head, also when actix loses track of the request
+                // being HEAD (it does when a request is pipelined behind it, and would then
+                // frame a sized body; a sized empty body would end the connection there).
+                resp.no_chunking(n);
+                let none = futures_util::stream::empty::<Result<bytes::Bytes, ProxyError>>();
+                return Ok(resp.body(actix_web::body::BodyStream::new(none)));
+            }
+            return Ok(resp.body(actix_web::body::None::new()));
+        }
+        if !head.body {
+            return Ok(resp.finish());
+        }
+        let body = idle::IdleTimeout::new(body, idle);
+        Ok(match content_length {
+            Some(n) => resp.body(SizedStream::new(n, body)),
+            // (Not `streaming`, which would invent a Content-Type the upstream did not send.)
+            None => resp.body(actix_web::body::BodyStream::new(body)),
+        })
+    }
+
+    /// Whether a name is the publishing cluster's (cookies may be scoped to it).
+    fn own_names(&self) -> impl Fn(&str) -> bool + '_ {
+        move |d: &str| self.state.registry.cluster_of(d).as_deref() == Some(self.cluster)
+    }
+}
+
+/// The client's 101: the upstream's headers (hop-by-hop ones dropped, the `Upgrade` it chose
+/// kept), then its raw bytes for as long as the connection lives, with no idle timeout unless
+/// one is given (the Kubernetes API's sessions). If the
+/// tunnel, a peer or the agent goes away, the body fails and actix drops the client's
+/// connection: a WebSocket client sees 1006, never a clean close it would take as deliberate.
+fn upgraded_response(
+    headers: &tunnelgate_proto::control::HeaderList,
+    asked: &str,
+    own: &dyn Fn(&str) -> bool,
+    body: tunnelgate_mux::PipeReader,
+    idle_timeout: Option<std::time::Duration>,
+) -> Result<HttpResponse, ProxyError> {
+    let chosen = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("upgrade"))
+        .map_or(asked, |(_, v)| v.as_str())
+        .to_string();
+    let ResponseHead { mut resp, .. } =
+        response_head(StatusCode::SWITCHING_PROTOCOLS, headers, own)?;
+    resp.upgrade(chosen);
+    Ok(match idle_timeout {
+        Some(t) => resp.body(actix_web::body::BodyStream::new(idle::IdleTimeout::new(
+            body, t,
+        ))),
+        None => resp.body(actix_web::body::BodyStream::new(body)),
+    })
+}
+
+/// A response head built from the agent's, and the body length it announced.
+struct ResponseHead {
+    resp: actix_web::HttpResponseBuilder,
+    content_length: Option<u64>,
+}
+
+/// Builds the client's response head from what the agent sent, which is untrusted: hop-by-hop
+/// headers dropped, names and values checked (a bad one is a 502, never a 500 or a header
+/// split), one Content-Length at most, cookies kept within `own` names.
+fn response_head(
+    status: StatusCode,
+    headers: &tunnelgate_proto::control::HeaderList,
+    own: &dyn Fn(&str) -> bool,
+) -> Result<ResponseHead, ProxyError> {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    let listed = response_connection_tokens(headers);
+    let mut resp = HttpResponse::build(status);
+    let mut content_length = None;
+    let bad = |what: &str| ProxyError::UpstreamFailed(format!("the agent sent {what}"));
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if lower == "content-length" {
+            let n = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| bad("an invalid Content-Length"))?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(bad("conflicting Content-Lengths"));
+            }
+            content_length = Some(n);
+            continue;
+        }
+        if !keep_response_header(&lower, &listed) {
+            continue;
+        }
+        let hname =
+            HeaderName::from_bytes(lower.as_bytes()).map_err(|_| bad("an invalid header name"))?;
+        let value = if hname == actix_web::http::header::SET_COOKIE {
+            headers::scope_set_cookie(value, own)
+        } else {
+            std::borrow::Cow::Borrowed(value.as_str())
+        };
+        let hvalue = HeaderValue::from_str(&value).map_err(|_| bad("an invalid header value"))?;
+        resp.append_header((hname, hvalue));
+    }
+    Ok(ResponseHead {
+        resp,
+        content_length,
+    })
+}
