@@ -18,6 +18,7 @@ mod memory;
 mod owners;
 pub mod records;
 pub mod redis;
+mod redis_records;
 mod routes;
 mod secret;
 mod store;
