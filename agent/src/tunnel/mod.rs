@@ -15,5 +15,34 @@
 //!   its upstream request); the caller reconnects with backoff, rotating through the gateway
 //!   URLs.
 
+mod dial;
 pub mod session;
 pub mod stream;
+
+pub use dial::tunnel_url;
+
+/// How a session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The agent is shutting down.
+    Shutdown,
+    /// The gateway asked the agent to reconnect elsewhere.
+    Drain,
+}
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("gateway refused the connection: {status} {body}")]
+    Refused { status: u16, body: String },
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("registration failed: {0}")]
+    Register(String),
+    #[error("tunnel lost: {0}")]
+    Lost(String),
+    #[error(
+        "node {0} already carries another tunnel of this agent; dialling again for another node"
+    )]
+    Duplicate(String),
+}

@@ -3,55 +3,23 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tunnelgate_mux::{
     Action, Outbox, Outgoing, PipeWriter, SendCredit, Side, StreamEnds, StreamTable, outbox, pipe,
     write_loop,
 };
 use tunnelgate_proto::Control;
-use tunnelgate_proto::control::{
-    Drain, Heartbeat, IngressRoutes, Register, RegisterSuccess, RouteAction,
-};
-use tunnelgate_proto::limits::MAX_WS_MESSAGE;
+use tunnelgate_proto::control::{Drain, Heartbeat, IngressRoutes, RegisterSuccess, RouteAction};
 
+use super::dial::{Ws, connect, register};
 use super::stream::StreamTask;
-use crate::config::{OUTBOX_CAPACITY, REGISTER_TIMEOUT};
+pub use super::{End, SessionError};
+use crate::config::OUTBOX_CAPACITY;
 use crate::{Shared, Status};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// How a session ended without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// The agent is shutting down.
-    Shutdown,
-    /// The gateway asked the agent to reconnect elsewhere.
-    Drain,
-}
-
-/// Why a session failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("gateway refused the connection: {status} {body}")]
-    Refused { status: u16, body: String },
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    #[error("registration failed: {0}")]
-    Register(String),
-    #[error("tunnel lost: {0}")]
-    Lost(String),
-    #[error(
-        "node {0} already carries another tunnel of this agent; dialling again for another node"
-    )]
-    Duplicate(String),
-}
 
 struct Entry {
     upload: Option<PipeWriter>,
@@ -92,138 +60,11 @@ fn lock(t: &Table) -> MutexGuard<'_, StreamTable<Entry>> {
     t.table.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The URL of the tunnel endpoint for a gateway URL.
-pub fn tunnel_url(gateway: &str) -> Result<String, String> {
-    let mut u = url::Url::parse(gateway).map_err(|e| e.to_string())?;
-    match u.scheme() {
-        "http" => {
-            let _ = u.set_scheme("ws");
-        }
-        "https" => {
-            let _ = u.set_scheme("wss");
-        }
-        _ => {}
-    }
-    if matches!(u.path(), "" | "/") {
-        u.set_path("/v1/tunnel");
-    }
-    Ok(u.to_string())
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-async fn connect(shared: &Shared, gateway: &str) -> Result<(Ws, Option<String>), SessionError> {
-    let url = tunnel_url(gateway).map_err(SessionError::Connect)?;
-    let mut req = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| SessionError::Connect(e.to_string()))?;
-    let h = req.headers_mut();
-    let bearer = format!("Bearer {}", shared.config.token());
-    h.insert(
-        "authorization",
-        bearer
-            .parse()
-            .map_err(|_| SessionError::Connect("token is not valid header text".into()))?,
-    );
-    h.insert(
-        "x-tunnelgate-cluster",
-        shared
-            .config
-            .cluster()
-            .parse()
-            .map_err(|_| SessionError::Connect("cluster id is not valid header text".into()))?,
-    );
-    let cfg = WebSocketConfig::default()
-        .max_message_size(Some(MAX_WS_MESSAGE + 16))
-        .max_frame_size(Some(MAX_WS_MESSAGE + 16));
-    let tls = tokio_tungstenite::Connector::Rustls(shared.gateway_tls.clone());
-    let attempt = tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, Some(tls));
-    match tokio::time::timeout(REGISTER_TIMEOUT, attempt).await {
-        Err(_) => Err(SessionError::Connect(format!(
-            "no answer from {url} within {REGISTER_TIMEOUT:?}"
-        ))),
-        Ok(Ok((ws, resp))) => {
-            let node = resp
-                .headers()
-                .get("x-tunnelgate-node")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            Ok((ws, node))
-        }
-        Ok(Err(tungstenite::Error::Http(resp))) => Err(SessionError::Refused {
-            status: resp.status().as_u16(),
-            body: resp
-                .body()
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(b).trim().to_string())
-                .unwrap_or_default(),
-        }),
-        Ok(Err(e)) => Err(SessionError::Connect(format!("{url}: {e}"))),
-    }
-}
-
-/// Waits for `register_success`, answering nothing else.
-async fn register(
-    ws: &mut Ws,
-    shared: &Shared,
-    slot: usize,
-) -> Result<RegisterSuccess, SessionError> {
-    let reg = Control::Register(Register {
-        cluster: shared.config.cluster().to_string(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        hostname: std::env::var("HOSTNAME").ok(),
-        connection_id: Some(format!("{}-{slot}", shared.instance)),
-        agent_id: Some(shared.instance.to_string()),
-        protocol: tunnelgate_proto::PROTOCOL_VERSION,
-    });
-    ws.send(Message::Text(reg.to_json().into()))
-        .await
-        .map_err(|e| SessionError::Register(e.to_string()))?;
-    let wait = async {
-        while let Some(msg) = ws.next().await {
-            match msg.map_err(|e| SessionError::Register(e.to_string()))? {
-                Message::Text(t) => match Control::from_json(&t) {
-                    Ok(Control::RegisterSuccess(ok))
-                        if ok.protocol != tunnelgate_proto::PROTOCOL_VERSION =>
-                    {
-                        return Err(SessionError::Register(format!(
-                            "the gateway speaks Tunnelgate protocol {}, this agent speaks {}: run an agent and a gateway of the same protocol",
-                            ok.protocol,
-                            tunnelgate_proto::PROTOCOL_VERSION
-                        )));
-                    }
-                    Ok(Control::RegisterSuccess(ok)) => return Ok(ok),
-                    Ok(Control::RegisterError(e)) => return Err(SessionError::Register(e.reason)),
-                    Ok(other) => {
-                        return Err(SessionError::Register(format!(
-                            "unexpected {} before register_success",
-                            other.name()
-                        )));
-                    }
-                    Err(e) => return Err(SessionError::Register(e.to_string())),
-                },
-                Message::Close(c) => {
-                    return Err(SessionError::Register(format!(
-                        "gateway closed the tunnel: {}",
-                        c.map(|c| c.reason.to_string()).unwrap_or_default()
-                    )));
-                }
-                _ => {}
-            }
-        }
-        Err(SessionError::Register(
-            "gateway closed the connection".into(),
-        ))
-    };
-    tokio::time::timeout(REGISTER_TIMEOUT, wait)
-        .await
-        .map_err(|_| SessionError::Register("no register_success in time".into()))?
 }
 
 fn to_ws(m: Outgoing) -> Message {

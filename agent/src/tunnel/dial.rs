@@ -1,0 +1,149 @@
+//! Dialling a gateway: the tunnel URL, the WebSocket upgrade with the agent's token (TLS
+//! verified by the agent's roots or `--gateway-ca`), and `register` answered by
+//! `register_success` — each under `REGISTER_TIMEOUT`, with the gateway's reason when it refuses.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tunnelgate_proto::Control;
+use tunnelgate_proto::control::{Register, RegisterSuccess};
+use tunnelgate_proto::limits::MAX_WS_MESSAGE;
+
+use super::SessionError;
+use crate::Shared;
+use crate::config::REGISTER_TIMEOUT;
+
+pub(super) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The URL of the tunnel endpoint for a gateway URL.
+pub fn tunnel_url(gateway: &str) -> Result<String, String> {
+    let mut u = url::Url::parse(gateway).map_err(|e| e.to_string())?;
+    match u.scheme() {
+        "http" => {
+            let _ = u.set_scheme("ws");
+        }
+        "https" => {
+            let _ = u.set_scheme("wss");
+        }
+        _ => {}
+    }
+    if matches!(u.path(), "" | "/") {
+        u.set_path("/v1/tunnel");
+    }
+    Ok(u.to_string())
+}
+
+pub(super) async fn connect(
+    shared: &Shared,
+    gateway: &str,
+) -> Result<(Ws, Option<String>), SessionError> {
+    let url = tunnel_url(gateway).map_err(SessionError::Connect)?;
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| SessionError::Connect(e.to_string()))?;
+    let h = req.headers_mut();
+    let bearer = format!("Bearer {}", shared.config.token());
+    h.insert(
+        "authorization",
+        bearer
+            .parse()
+            .map_err(|_| SessionError::Connect("token is not valid header text".into()))?,
+    );
+    h.insert(
+        "x-tunnelgate-cluster",
+        shared
+            .config
+            .cluster()
+            .parse()
+            .map_err(|_| SessionError::Connect("cluster id is not valid header text".into()))?,
+    );
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE + 16))
+        .max_frame_size(Some(MAX_WS_MESSAGE + 16));
+    let tls = tokio_tungstenite::Connector::Rustls(shared.gateway_tls.clone());
+    let attempt = tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, Some(tls));
+    match tokio::time::timeout(REGISTER_TIMEOUT, attempt).await {
+        Err(_) => Err(SessionError::Connect(format!(
+            "no answer from {url} within {REGISTER_TIMEOUT:?}"
+        ))),
+        Ok(Ok((ws, resp))) => {
+            let node = resp
+                .headers()
+                .get("x-tunnelgate-node")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            Ok((ws, node))
+        }
+        Ok(Err(tungstenite::Error::Http(resp))) => Err(SessionError::Refused {
+            status: resp.status().as_u16(),
+            body: resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                .unwrap_or_default(),
+        }),
+        Ok(Err(e)) => Err(SessionError::Connect(format!("{url}: {e}"))),
+    }
+}
+
+/// Waits for `register_success`, answering nothing else.
+pub(super) async fn register(
+    ws: &mut Ws,
+    shared: &Shared,
+    slot: usize,
+) -> Result<RegisterSuccess, SessionError> {
+    let reg = Control::Register(Register {
+        cluster: shared.config.cluster().to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        hostname: std::env::var("HOSTNAME").ok(),
+        connection_id: Some(format!("{}-{slot}", shared.instance)),
+        agent_id: Some(shared.instance.to_string()),
+        protocol: tunnelgate_proto::PROTOCOL_VERSION,
+    });
+    ws.send(Message::Text(reg.to_json().into()))
+        .await
+        .map_err(|e| SessionError::Register(e.to_string()))?;
+    let wait = async {
+        while let Some(msg) = ws.next().await {
+            match msg.map_err(|e| SessionError::Register(e.to_string()))? {
+                Message::Text(t) => match Control::from_json(&t) {
+                    Ok(Control::RegisterSuccess(ok))
+                        if ok.protocol != tunnelgate_proto::PROTOCOL_VERSION =>
+                    {
+                        return Err(SessionError::Register(format!(
+                            "the gateway speaks Tunnelgate protocol {}, this agent speaks {}: run an agent and a gateway of the same protocol",
+                            ok.protocol,
+                            tunnelgate_proto::PROTOCOL_VERSION
+                        )));
+                    }
+                    Ok(Control::RegisterSuccess(ok)) => return Ok(ok),
+                    Ok(Control::RegisterError(e)) => return Err(SessionError::Register(e.reason)),
+                    Ok(other) => {
+                        return Err(SessionError::Register(format!(
+                            "unexpected {} before register_success",
+                            other.name()
+                        )));
+                    }
+                    Err(e) => return Err(SessionError::Register(e.to_string())),
+                },
+                Message::Close(c) => {
+                    return Err(SessionError::Register(format!(
+                        "gateway closed the tunnel: {}",
+                        c.map(|c| c.reason.to_string()).unwrap_or_default()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Err(SessionError::Register(
+            "gateway closed the connection".into(),
+        ))
+    };
+    tokio::time::timeout(REGISTER_TIMEOUT, wait)
+        .await
+        .map_err(|_| SessionError::Register("no register_success in time".into()))?
+}
