@@ -5,7 +5,6 @@
 //! its streams finished, for at most `--drain-timeout`; what is still open then (upgraded
 //! connections) is cut so clients reconnect; the node record is withdrawn; exit 0.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -14,22 +13,21 @@ use crate::AppState;
 /// How often the node looks whether it has drained.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Waits for SIGTERM or SIGINT, then drains and stops `server`.
-pub async fn on_signal(state: Arc<AppState>, server: actix_server::ServerHandle) {
+/// Completes on SIGTERM or SIGINT with the signal's name: the shutdown `main` gives
+/// [`crate::run`]. Never completes when the signals cannot be watched (logged).
+pub async fn signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
         tracing::error!("cannot watch SIGTERM/SIGINT: this node will not drain on shutdown");
-        return;
+        return std::future::pending().await;
     };
-    let name = tokio::select! {
+    tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
-    };
-    drain(&state, name).await;
-    server.stop(true).await;
+    }
 }
 
 /// Drains this node (see the module doc); returns once it is empty or the timeout passed.

@@ -1,11 +1,10 @@
 //! `tunnelgate-gateway`: parses the configuration and runs one gateway node.
 
-use std::net::TcpListener;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tunnelgate_gateway::config::Config;
-use tunnelgate_gateway::{run, telemetry};
+use tunnelgate_gateway::{Listeners, drain, run, telemetry};
 
 fn main() -> ExitCode {
     let config = match Config::parse().validate() {
@@ -16,19 +15,16 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_logs(config.log_format);
-    let listener = match TcpListener::bind(config.listen) {
+    let listeners = match Listeners::bind(&config) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(addr = %config.listen, error = %e, "cannot listen");
-            eprintln!(
-                "tunnelgate-gateway: cannot listen on {}: {e}",
-                config.listen
-            );
+            tracing::error!(error = %e, "cannot listen");
+            eprintln!("tunnelgate-gateway: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener
-        .local_addr()
+    let addr = listeners
+        .public_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     if config.clusters.is_empty() {
@@ -39,7 +35,7 @@ fn main() -> ExitCode {
         clusters = config.clusters.len(),
         registry = if config.redis_url.is_some() { "redis" } else { "memory" }, "gateway listening"
     );
-    let result = actix_rt::System::new().block_on(async move { run(config, listener)?.await });
+    let result = actix_rt::System::new().block_on(run(config, listeners, drain::signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
