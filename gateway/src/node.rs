@@ -104,8 +104,11 @@ pub async fn run(
     let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
     let public_handle = public.handle();
     let mut running: Vec<_> = servers.into_iter().map(actix_rt::spawn).collect();
+    // The server runs as its own task (dropping an actix server stops it at once, which would
+    // cut the tunnels before the drain; awaiting its handle needs it polled elsewhere).
+    let mut public = actix_rt::spawn(public);
     let ended = tokio::select! {
-        r = public => Some(r),
+        r = &mut public => Some(r),
         why = shutdown => {
             drain::drain(&state, why).await;
             None
@@ -114,8 +117,14 @@ pub async fn run(
     // Stop what is still open (what the drain left is cut within the shutdown timeout), then
     // join everything this node started.
     public_handle.stop(true).await;
+    let ended = match ended {
+        Some(r) => r,
+        None => public.await,
+    }
+    .unwrap_or_else(|e| Err(std::io::Error::other(format!("public server task: {e}"))));
+    // Nothing is served through the peer and admin listeners once the tunnels are gone.
     for h in handles {
-        h.stop(true).await;
+        h.stop(false).await;
     }
     for s in running.drain(..) {
         let _ = s.await;
@@ -127,7 +136,7 @@ pub async fn run(
         let _ = t.await;
     }
     tracing::info!("node stopped");
-    ended.unwrap_or(Ok(()))
+    ended
 }
 
 /// The peer listener: `/v1/peer`, over mutual TLS when configured.

@@ -256,6 +256,14 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        // A failing test shows what each of its nodes logged.
+        if std::thread::panicking() {
+            let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+            eprintln!("--- gateway {} logged {} lines:", self.addr, logs.len());
+            for l in logs.iter() {
+                eprintln!("{l}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
