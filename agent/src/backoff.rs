@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -23,7 +23,7 @@ impl Backoff {
 
     /// The next delay: `min·2^attempt` capped at `max`, then a uniformly random point in its
     /// upper half.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+    pub fn next_delay(&mut self, rng: &mut impl rand::Rng) -> Duration {
         let factor = 2u32.saturating_pow(self.attempt.min(31));
         let base = self.min.saturating_mul(factor).min(self.max);
         self.attempt = self.attempt.saturating_add(1);

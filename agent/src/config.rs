@@ -181,7 +181,7 @@ impl Config {
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("--config {}: {e}", path.display()))?;
-            let file: FileConfig = serde_yaml::from_str(&text)
+            let file: FileConfig = yaml_serde::from_str(&text)
                 .map_err(|e| format!("--config {}: {e}", path.display()))?;
             if self.gateways.is_empty() {
                 self.gateways = file.gateway;

@@ -67,7 +67,7 @@ mod tests {
     use super::*;
 
     fn svc(yaml: &str) -> Service {
-        serde_yaml::from_str(yaml).unwrap()
+        yaml_serde::from_str(yaml).unwrap()
     }
 
     const WAIT: Duration = Duration::from_secs(120);

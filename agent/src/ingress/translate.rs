@@ -185,7 +185,7 @@ mod tests {
     use super::*;
 
     fn ingress(yaml: &str) -> Ingress {
-        serde_yaml::from_str(yaml).expect("fixture")
+        yaml_serde::from_str(yaml).expect("fixture")
     }
 
     const WEB: &str = r#"
@@ -224,7 +224,7 @@ spec:
 "#;
 
     fn api_service() -> Service {
-        serde_yaml::from_str(
+        yaml_serde::from_str(
             r#"
 apiVersion: v1
 kind: Service
