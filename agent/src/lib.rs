@@ -310,7 +310,12 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
     let mut turn = slot;
     // Consecutive dials that reached a node this agent already holds a tunnel to.
     let mut same_node = 0u32;
-    let next_gateway = |turn: usize| gateways[turn % gateways.len()].clone();
+    let next_gateway = |turn: usize| {
+        gateways
+            .get(turn % gateways.len().max(1))
+            .cloned()
+            .unwrap_or_default()
+    };
     if shared.held_nodes().is_empty() {
         shared.status.send_replace(Status::Connecting {
             gateway: next_gateway(turn),

@@ -2,6 +2,9 @@
 //! Redis registry on a cache miss (the cluster's route table loaded with one HGETALL from a real
 //! `redis-server` on loopback).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! The admin API: tenants and tokens at run time, on one node and across nodes sharing Redis,
 //! with the refusals an operator's mistakes should get.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! Several gateway nodes sharing a real Redis: routing from any node, forwarding over peer
 //! links, node loss, Redis loss, and the flood gate.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::{Duration, Instant};

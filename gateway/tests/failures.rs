@@ -1,6 +1,9 @@
 //! What clients and agents see when something is wrong: clear statuses, nothing hangs, a bad
 //! agent never hurts the node or another tenant.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::net::TcpListener;

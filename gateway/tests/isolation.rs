@@ -2,6 +2,9 @@
 //! against the real binaries, from a raw socket at the edge and from a hostile agent built on
 //! the project's own `proto` crate, checking what the client and the upstream receive.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::net::SocketAddr;

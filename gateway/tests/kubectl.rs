@@ -5,6 +5,9 @@
 //! fallback, on one node and across a peer hop; the API server sees the access token's
 //! identity, never the caller's credentials.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -1,6 +1,9 @@
 //! The agent in Kubernetes mode against a faithful API server: Ingress changes become routes
 //! at the gateway, and the agent converges after broken watches and 410 Gone.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::{Duration, Instant};

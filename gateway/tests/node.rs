@@ -2,6 +2,9 @@
 //! before it runs, serving, then stopped through its shutdown future — every listener closed
 //! and `run` returned, with its background tasks joined, also with a tunnel open.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::net::TcpStream;

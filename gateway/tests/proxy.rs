@@ -1,5 +1,8 @@
 //! HTTP through the tunnel: bodies both ways, streaming, headers, concurrency, flow control.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use common::upstream::{expect_pattern, pattern_upload};

@@ -2,6 +2,9 @@
 //! after the node restarts on the same address they all come back through jittered backoff.
 //! (Memory per tunnel and storm timing at 1k/10k are measured by load-tests/run.sh, not here.)
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! opened closes the whole link — an agent tunnel at the gateway, a peer link at the node that
 //! serves it, a tunnel at the agent — while frames for streams that ended are dropped.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! when they change), curl with a test CA, SNI and Host that disagree, an agent with a private
 //! CA, the wrong CA refused.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //! public Host, SPDY/3.1 upgrades, a broken path seen as broken, many sessions on one tunnel,
 //! and slow readers that slow nobody else — on one node and across a peer hop.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! The harness's own smoke test: a few hundred requests against a real local server.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::convert::Infallible;
 use std::time::Duration;
 

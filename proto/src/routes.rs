@@ -176,8 +176,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     let b = raw.as_bytes();
     let mut decoded = String::with_capacity(raw.len());
     let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
+    while let Some(&c) = b.get(i) {
         if c == b'%' {
             let hex = |x: u8| (x as char).to_digit(16);
             let (Some(h), Some(l)) = (

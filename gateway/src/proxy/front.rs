@@ -118,8 +118,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for FirstHead<T> {
             match &mut this.state {
                 State::Through => return Pin::new(&mut this.io).poll_read(cx, out),
                 State::Replay(buf, at) => {
-                    let n = out.remaining().min(buf.len() - *at);
-                    out.put_slice(&buf[*at..*at + n]);
+                    let rest = buf.get(*at..).unwrap_or_default();
+                    let n = out.remaining().min(rest.len());
+                    out.put_slice(rest.get(..n).unwrap_or_default());
                     *at += n;
                     if *at == buf.len() {
                         this.state = State::Through;
@@ -139,9 +140,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for FirstHead<T> {
                             let bytes = std::mem::take(buf);
                             let next = match head_end(&bytes) {
                                 // Rewritten, or the bytes as read (no copy).
-                                Some(end) => match rewrite_head(&bytes[..end]) {
+                                Some(end) => match bytes.get(..end).and_then(rewrite_head) {
                                     Some(mut head) => {
-                                        head.extend_from_slice(&bytes[end..]);
+                                        head.extend_from_slice(
+                                            bytes.get(end..).unwrap_or_default(),
+                                        );
                                         State::Replay(head, 0)
                                     }
                                     None => State::Replay(bytes, 0),

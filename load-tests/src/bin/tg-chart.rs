@@ -73,7 +73,10 @@ fn main() -> anyhow::Result<()> {
     root.fill(&WHITE)?;
     let caption = format!(
         "Latency vs offered load (open loop) — {}",
-        r.meta["machine"].as_str().unwrap_or("this machine")
+        r.meta
+            .get("machine")
+            .and_then(|m| m.as_str())
+            .unwrap_or("this machine")
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 18))
@@ -87,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         .y_desc("latency (ms, log): solid p99, dashed p50")
         .draw()?;
     for (i, c) in r.curves.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = COLORS.get(i % COLORS.len()).copied().unwrap_or(BLACK);
         let p99: Vec<(f64, f64)> = c.points.iter().map(|p| (p.rate, ms(p.p99_us))).collect();
         let p50: Vec<(f64, f64)> = c.points.iter().map(|p| (p.rate, ms(p.p50_us))).collect();
         chart
