@@ -49,30 +49,29 @@ struct State {
 }
 
 impl State {
-    fn record(&self, kind: String, kind_event: &'static str, obj: Value) {
-        let mut g = self.inner.lock().unwrap();
+    /// Records a change under the same lock that gave it its resourceVersion, so a watch that
+    /// snapshots history (and subscribes) under that lock sees each event exactly once: in its
+    /// replay or live, never in neither.
+    fn record(&self, g: &mut Inner, kind: String, kind_event: &'static str, obj: Value) {
         let rv = g.rv;
         g.history.push((rv, kind.clone(), kind_event, obj.clone()));
-        drop(g);
         let _ = self.events.send((rv, kind, kind_event, obj));
     }
 
     /// Creates or replaces an object (ADDED or MODIFIED to watchers); returns it as stored.
     fn apply(&self, mut obj: Value) -> Value {
         let k = key(&obj);
-        let event = {
-            let mut g = self.inner.lock().unwrap();
-            g.rv += 1;
-            let rv = g.rv;
-            let meta = obj["metadata"].as_object_mut().expect("metadata");
-            meta.insert("resourceVersion".into(), json!(rv.to_string()));
-            meta.entry("uid")
-                .or_insert(json!(format!("uid-{}-{}", k.1, k.2)));
-            meta.entry("namespace").or_insert(json!("default"));
-            let existed = g.objects.insert(key(&obj), obj.clone()).is_some();
-            if existed { "MODIFIED" } else { "ADDED" }
-        };
-        self.record(k.0, event, obj.clone());
+        let mut g = self.inner.lock().unwrap();
+        g.rv += 1;
+        let rv = g.rv;
+        let meta = obj["metadata"].as_object_mut().expect("metadata");
+        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        meta.entry("uid")
+            .or_insert(json!(format!("uid-{}-{}", k.1, k.2)));
+        meta.entry("namespace").or_insert(json!("default"));
+        let existed = g.objects.insert(key(&obj), obj.clone()).is_some();
+        let event = if existed { "MODIFIED" } else { "ADDED" };
+        self.record(&mut g, k.0, event, obj.clone());
         obj
     }
 }
@@ -177,17 +176,13 @@ impl KubeApi {
 
     /// Deletes an object (DELETED to watchers).
     pub fn delete(&self, kind: &str, ns: &str, name: &str) {
-        let obj = {
-            let mut g = self.state.inner.lock().unwrap();
-            g.rv += 1;
-            let rv = g.rv;
-            let Some(mut obj) = g.objects.remove(&(kind.into(), ns.into(), name.into())) else {
-                return;
-            };
-            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-            obj
+        let mut g = self.state.inner.lock().unwrap();
+        let Some(mut obj) = g.objects.remove(&(kind.into(), ns.into(), name.into())) else {
+            return;
         };
-        self.state.record(kind.into(), "DELETED", obj);
+        g.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(g.rv.to_string());
+        self.state.record(&mut g, kind.into(), "DELETED", obj);
     }
 
     /// Ends every open watch (as an apiserver restart or a proxy timeout would).
@@ -359,7 +354,7 @@ async fn serve(
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let line = |v: Value| Bytes::from(format!("{v}\n"));
-    let (replay, current, gone) = {
+    let (replay, current, gone, mut live) = {
         let g = inner.lock().unwrap();
         let gone = from != 0 && from < g.compacted;
         let replay: Vec<Value> = g
@@ -368,9 +363,9 @@ async fn serve(
             .filter(|(rv, k, ..)| *rv > from && k == kind)
             .map(|(_, _, t, o)| json!({"type": t, "object": o}))
             .collect();
-        (replay, g.rv, gone)
+        // Subscribed under the lock that orders changes: nothing falls between replay and live.
+        (replay, g.rv, gone, events.subscribe())
     };
-    let mut live = events.subscribe();
     let mut gen_rx = generation.subscribe();
     gen_rx.borrow_and_update();
     tokio::spawn(async move {
