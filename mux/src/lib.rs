@@ -23,4 +23,4 @@ pub use outbox::{
     write_loop_with_timeout,
 };
 pub use pipe::{Item, PipeError, PipeReader, PipeWriter, PushError, pipe};
-pub use streams::{AcceptError, Action, Side, StreamEnds, StreamTable};
+pub use streams::{AcceptError, Action, Ends, Side, StreamEnds, StreamTable};

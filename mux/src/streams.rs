@@ -16,6 +16,7 @@
 //! of a stream before its head).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tunnelgate_proto::{Frame, ResetCode, StreamId};
@@ -39,6 +40,23 @@ pub trait StreamEnds {
     fn inbound(&self) -> Option<&PipeWriter>;
     /// The credit the peer's WINDOW frames grant.
     fn credit(&self) -> &SendCredit;
+}
+
+/// The usual entry: the inbound pipe (none when the stream takes no data from the peer), the
+/// send credit, and whatever handle the owner keeps to stop the stream's task.
+pub struct Ends<H> {
+    pub inbound: Option<PipeWriter>,
+    pub credit: Arc<SendCredit>,
+    pub handle: H,
+}
+
+impl<H> StreamEnds for Ends<H> {
+    fn inbound(&self) -> Option<&PipeWriter> {
+        self.inbound.as_ref()
+    }
+    fn credit(&self) -> &SendCredit {
+        &self.credit
+    }
 }
 
 /// What the caller must do about one received frame.
@@ -251,30 +269,18 @@ mod tests {
     use crate::outbox::outbox;
     use crate::pipe::{PipeReader, pipe};
 
-    struct Entry {
-        inbound: Option<PipeWriter>,
-        credit: SendCredit,
-        _reader: Option<PipeReader>,
-    }
-
-    impl StreamEnds for Entry {
-        fn inbound(&self) -> Option<&PipeWriter> {
-            self.inbound.as_ref()
-        }
-        fn credit(&self) -> &SendCredit {
-            &self.credit
-        }
-    }
+    /// The reader is kept so the pipe stays open.
+    type Entry = Ends<PipeReader>;
 
     const WINDOW: u32 = 1024;
 
     fn entry(id: StreamId) -> Entry {
         let (out, _rx) = outbox(4);
         let (w, r) = pipe(id, WINDOW, out.board());
-        Entry {
+        Ends {
             inbound: Some(w),
-            credit: SendCredit::new(WINDOW),
-            _reader: Some(r),
+            credit: Arc::new(SendCredit::new(WINDOW)),
+            handle: r,
         }
     }
 

@@ -9,8 +9,7 @@ use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tunnelgate_mux::{
-    Action, Outbox, Outgoing, PipeWriter, SendCredit, Side, StreamEnds, StreamTable, outbox, pipe,
-    write_loop,
+    Action, Ends, Outbox, Outgoing, SendCredit, Side, StreamTable, outbox, pipe, write_loop,
 };
 use tunnelgate_proto::Control;
 use tunnelgate_proto::control::{Drain, Heartbeat, IngressRoutes, RegisterSuccess, RouteAction};
@@ -21,20 +20,8 @@ pub use super::{End, SessionError};
 use crate::config::OUTBOX_CAPACITY;
 use crate::{Shared, Status};
 
-struct Entry {
-    upload: Option<PipeWriter>,
-    credit: Arc<SendCredit>,
-    abort: AbortHandle,
-}
-
-impl StreamEnds for Entry {
-    fn inbound(&self) -> Option<&PipeWriter> {
-        self.upload.as_ref()
-    }
-    fn credit(&self) -> &SendCredit {
-        &self.credit
-    }
-}
+/// A live stream: the gateway's body (or upgraded bytes) as inbound, and its task.
+type Entry = Ends<AbortHandle>;
 
 /// The session's live streams (the accepting end of the stream rule, shared with the stream
 /// tasks, which take themselves out); `ended` is told each time a stream task finishes (a
@@ -172,7 +159,7 @@ impl Drop for Guard {
 
 fn abort_streams(table: &Table) {
     for (_, e) in lock(table).drain() {
-        e.abort.abort();
+        e.handle.abort();
     }
 }
 
@@ -332,7 +319,7 @@ fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String
     match action {
         Action::Applied | Action::PeerEnded(_) | Action::Late => Ok(()),
         Action::PeerReset { entry, .. } => {
-            entry.abort.abort();
+            entry.handle.abort();
             Ok(())
         }
         Action::Reset {
@@ -342,7 +329,7 @@ fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String
             entry,
         } => {
             tracing::warn!(stream = id, error = %why, "resetting stream");
-            entry.abort.abort();
+            entry.handle.abort();
             out.reset(id, code);
             Ok(())
         }
@@ -405,9 +392,9 @@ fn on_control(
                 t.insert(
                     id,
                     Entry {
-                        upload,
+                        inbound: upload,
                         credit: credit.clone(),
-                        abort: handle.abort_handle(),
+                        handle: handle.abort_handle(),
                     },
                 );
             };

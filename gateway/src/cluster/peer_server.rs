@@ -13,8 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use tunnelgate_mux::{
-    Action, Outbox, Outgoing, PipeWriter, SendCredit, Side, StreamEnds, StreamTable, outbox, pipe,
-    write_loop,
+    Action, Ends, Outbox, Outgoing, SendCredit, Side, StreamTable, outbox, pipe, write_loop,
 };
 use tunnelgate_proto::control::{ProxyError as ProxyErrorMsg, ProxyErrorKind, ProxyRequest};
 use tunnelgate_proto::limits::{MAX_FRAME_PAYLOAD, MAX_WS_MESSAGE};
@@ -86,21 +85,9 @@ pub async fn accept(
     response
 }
 
-struct Bridge {
-    /// The entry node's body (for an upgrade, the client's bytes after the 101).
-    upload: Option<PipeWriter>,
-    credit: Arc<SendCredit>,
-    task: SpawnHandle,
-}
-
-impl StreamEnds for Bridge {
-    fn inbound(&self) -> Option<&PipeWriter> {
-        self.upload.as_ref()
-    }
-    fn credit(&self) -> &SendCredit {
-        &self.credit
-    }
-}
+/// A forwarded stream: the entry node's body (for an upgrade, the client's bytes after the
+/// 101) as inbound, and the bridge task.
+type Bridge = Ends<SpawnHandle>;
 
 /// The serving end of one peer link.
 pub struct PeerServer {
@@ -167,10 +154,10 @@ impl PeerServer {
         }));
         self.streams.insert(
             sid,
-            Bridge {
-                upload,
+            Ends {
+                inbound: upload,
                 credit,
-                task,
+                handle: task,
             },
         );
     }
@@ -196,7 +183,7 @@ impl PeerServer {
     /// Ends a forwarded stream's bridge: its future ends, which resets the tunnel stream.
     fn stop_bridge(ctx: &mut Context<Self>, b: Bridge) {
         b.credit.close();
-        ctx.cancel_future(b.task);
+        ctx.cancel_future(b.handle);
     }
 }
 
