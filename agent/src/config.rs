@@ -170,6 +170,11 @@ pub struct Config {
     #[arg(long, env = "TG_UPSTREAM_CONNECT_TIMEOUT", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT, value_parser = parse_duration)]
     pub upstream_connect_timeout: Duration,
 
+    /// One INFO line per upstream call ("upstream call": method, host, path, status, time to
+    /// the response head), under the request's id.
+    #[arg(long, env = "TG_ACCESS_LOG")]
+    pub access_log: bool,
+
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "TG_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,

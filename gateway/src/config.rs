@@ -224,6 +224,17 @@ pub struct Config {
     #[arg(long, env = "TG_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// One INFO line per proxied request ("request": host, method, path, status, time to the
+    /// response head, cluster, node, request id), at the entry node and, across a peer hop,
+    /// at the owner node.
+    #[arg(long, env = "TG_ACCESS_LOG")]
+    pub access_log: bool,
+
+    /// How often a node sends a heartbeat on each peer link it dialled; a link silent for three
+    /// intervals (either end) is dead: its streams fail at once and the next request dials anew.
+    #[arg(long, env = "TG_PEER_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub peer_heartbeat_interval: Duration,
+
     /// Streams one tunnel carries at once.
     #[arg(long, env = "TG_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
     pub max_streams_per_tunnel: u32,

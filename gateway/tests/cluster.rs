@@ -599,3 +599,101 @@ async fn status_of_b_after_a(b: &Gateway) -> u16 {
         .status()
         .as_u16()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_peer_link_is_detected_within_its_heartbeat_timeout() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    // Heartbeats every 200 ms: a link silent for 600 ms is dead. The response timeout stays at
+    // its default (far longer), so a failure in time can only come from the heartbeat.
+    let beat = ["--peer-heartbeat-interval", "200ms"];
+    let n1 = Gateway::node(&redis, &beat);
+    let n2 = Gateway::node(&redis, &beat);
+    let agent = Agent::spawn_to(&[&n1], DEMO, &[(APP, up.url())], &["--connections", "1"]);
+    agent.connected().await;
+    until_ok(&n2, "/hello").await;
+    let up_line = n2.wait_log("peer link up").await;
+    assert!(up_line.contains("\"heartbeat_ms\":200"), "{up_line}");
+
+    // n1 stops answering with its sockets open: to n2 the link is half-open.
+    let frozen = n1.freeze();
+    let start = Instant::now();
+    let r = tokio::time::timeout(HANG, client().get(n2.url(APP, "/hello")).send())
+        .await
+        .expect("the request on a dead link fails, it does not hang")
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let dead = n2.wait_log("peer link dead").await;
+    let took = start.elapsed();
+    assert!(dead.contains("heartbeat timeout"), "{dead}");
+    assert!(
+        took < Duration::from_secs(10),
+        "a request on the dead link took {took:?}: the response timeout, not the heartbeat, ended it"
+    );
+    assert!(
+        metric(
+            &n2,
+            r#"gateway_tunnel_errors_total{reason="peer_heartbeat_timeout"}"#
+        )
+        .await
+            >= 1
+    );
+
+    // n1 comes back: n2 dials a new link and serves again.
+    drop(frozen);
+    until_ok(&n2, "/hello").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_id_names_the_request_on_both_nodes_the_agent_and_the_upstream() {
+    let agent_logs = common::capture_logs();
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let n1 = Gateway::node(&redis, &["--access-log"]);
+    let n2 = Gateway::node(&redis, &["--access-log"]);
+    let agent = Agent::spawn_to(
+        &[&n1],
+        DEMO,
+        &[(APP, up.url())],
+        &["--connections", "1", "--access-log"],
+    );
+    agent.connected().await;
+    until_ok(&n2, "/hello").await;
+
+    // The client's id goes with the request across the peer hop, to the upstream and back.
+    let id = "req-7f3a-across-a-hop";
+    let r = client()
+        .get(n2.url(APP, "/headers"))
+        .header("x-request-id", id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], id);
+    let seen = r.text().await.unwrap();
+    assert!(seen.contains(&format!("x-request-id: {id}\n")), "{seen}");
+    let entry = n2.wait_log(id).await;
+    assert!(entry.contains(r#""message":"request""#), "{entry}");
+    assert!(entry.contains(r#""status":200"#), "{entry}");
+    let owner = n1.wait_log(id).await;
+    assert!(
+        owner.contains(r#""message":"forwarded request""#),
+        "{owner}"
+    );
+    common::wait_captured(&agent_logs, &[id, "upstream call", "/headers"]).await;
+
+    // Without one (or with one unfit to log), the gateway makes one and the upstream sees it.
+    for sent in [None, Some("x".repeat(200)), Some("has space".to_string())] {
+        let mut req = client().get(n2.url(APP, "/headers"));
+        if let Some(v) = &sent {
+            req = req.header("x-request-id", v);
+        }
+        let r = req.send().await.unwrap();
+        let made = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(made.len(), 32, "{made}");
+        assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+        let seen = r.text().await.unwrap();
+        assert!(seen.contains(&format!("x-request-id: {made}\n")), "{seen}");
+        assert_eq!(seen.matches("x-request-id").count(), 1, "{seen}");
+    }
+}

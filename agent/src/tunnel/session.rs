@@ -414,6 +414,7 @@ fn on_control(
                 rules: shared.rules(),
                 client: shared.client.clone(),
                 kube_api: shared.kube_api.clone(),
+                access_log: shared.config.access_log,
             };
             spawn(&mut t, Box::pin(task.run()), upload);
         }

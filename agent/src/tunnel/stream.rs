@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Empty, StreamBody};
+use tracing::Instrument;
 use tunnelgate_mux::{Outbox, PipeReader, SendCredit};
 use tunnelgate_proto::control::{ProxyError, ProxyErrorKind, ProxyRequest, ProxyResponse};
 use tunnelgate_proto::limits::MAX_FRAME_PAYLOAD;
@@ -24,6 +25,8 @@ pub struct StreamTask {
     pub client: UpstreamClient,
     /// The cluster's API server, with --kubernetes-api.
     pub kube_api: Option<Arc<crate::kubeapi::KubeApi>>,
+    /// Log each upstream call (--access-log).
+    pub access_log: bool,
 }
 
 impl StreamTask {
@@ -39,9 +42,20 @@ impl StreamTask {
         })
     }
 
+    /// Runs the request to completion inside a span carrying the gateway's request id, so
+    /// every log line of it names the request as the gateway's lines do.
+    pub async fn run(self) {
+        let span = tracing::info_span!(
+            "request",
+            request_id = self.request.request_id.as_deref().unwrap_or_default()
+        );
+        self.serve().instrument(span).await
+    }
+
     /// Runs the request to completion; errors are reported to the gateway, never raised.
-    pub async fn run(mut self) {
+    async fn serve(mut self) {
         let id = self.request.stream_id;
+        let started = std::time::Instant::now();
         let (req, client) = match self.build_request() {
             Ok(r) => r,
             Err((kind, why)) => {
@@ -63,6 +77,13 @@ impl StreamTask {
                 return;
             }
         };
+        if self.access_log {
+            let r = &self.request;
+            tracing::info!(
+                method = %r.method, host = %r.host, path = %r.path, status = resp.status().as_u16(),
+                head_ms = started.elapsed().as_secs_f64() * 1000.0, "upstream call"
+            );
+        }
         if self.request.upgrade.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
             return self.run_upgraded(resp).await;

@@ -26,6 +26,20 @@ pub use peers::PeerPool;
 /// Header carrying the dialling node's id on a peer link.
 pub const NODE_HEADER: &str = "x-tunnelgate-node";
 
+/// Header of a peer link's upgrade, both ways: the dialler's heartbeat interval in
+/// milliseconds, echoed by a node that answers heartbeats (an older node does not, and gets
+/// none: links between versions keep working without liveness checks).
+pub const HEARTBEAT_HEADER: &str = "x-tunnelgate-peer-heartbeat-ms";
+
+/// A peer link silent for this many heartbeat intervals is dead.
+pub const SILENT_INTERVALS: u32 = 3;
+
+/// The heartbeat interval a dialler asked for, within sane bounds.
+pub fn peer_heartbeat(ms: &str) -> Option<std::time::Duration> {
+    let ms: u64 = ms.trim().parse().ok()?;
+    Some(std::time::Duration::from_millis(ms.clamp(50, 60_000)))
+}
+
 /// Compares secrets by their digests, so the time taken says nothing about the secret.
 pub fn same_secret(a: &str, b: &str) -> bool {
     Sha256::digest(a.as_bytes()) == Sha256::digest(b.as_bytes())

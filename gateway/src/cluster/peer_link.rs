@@ -1,16 +1,23 @@
 //! [`PeerLink`]: the dialling end of one peer link. It opens a stream on the link for each
 //! request this node forwards to the link's node and reads the answers: frames through the
 //! opener's [`Streams`] table (the same stream rule as agent tunnels), `proxy_response` and
-//! `proxy_error` as heads. Nothing else travels this way.
+//! `proxy_error` as heads. Nothing else travels this way but heartbeats: the link sends one
+//! each interval and declares the link dead when nothing at all arrived for three intervals (a
+//! half-open TCP connection or a stopped node), failing its streams at once instead of letting
+//! each wait for its response timeout.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, StreamHandler};
 use tunnelgate_mux::Outbox;
 use tunnelgate_proto::Control;
+use tunnelgate_proto::control::Heartbeat;
 
+use super::SILENT_INTERVALS;
 use crate::AppState;
 use crate::error::ProxyError;
+use crate::registry::now_ms;
 use crate::tunnel::{
     OpenError, OpenStream, Opened, Outcome, StreamGone, Streams, WsIn, next_link_id,
 };
@@ -23,10 +30,19 @@ pub struct PeerLink {
     state: Arc<AppState>,
     streams: Streams,
     close_reason: Option<String>,
+    /// The heartbeat interval, when the other node answers heartbeats.
+    heartbeat: Option<Duration>,
+    /// When anything last arrived on the link.
+    last_seen: Instant,
 }
 
 impl PeerLink {
-    pub fn new(node_id: String, out: Outbox, state: Arc<AppState>) -> Self {
+    pub fn new(
+        node_id: String,
+        out: Outbox,
+        state: Arc<AppState>,
+        heartbeat: Option<Duration>,
+    ) -> Self {
         let id = next_link_id();
         PeerLink {
             id,
@@ -35,6 +51,8 @@ impl PeerLink {
             out,
             state,
             close_reason: None,
+            heartbeat,
+            last_seen: Instant::now(),
         }
     }
 
@@ -54,6 +72,30 @@ impl PeerLink {
         ctx.stop();
     }
 
+    /// Each interval: the link is dead if it was silent too long, else a heartbeat goes out.
+    fn beat(&mut self, ctx: &mut Context<Self>, interval: Duration) {
+        let silent = self.last_seen.elapsed();
+        if silent > interval * SILENT_INTERVALS {
+            let why = format!(
+                "heartbeat timeout: nothing from the other node for {} ms",
+                silent.as_millis()
+            );
+            self.state.metrics.tunnel_error("peer_heartbeat_timeout");
+            tracing::warn!(peer_node = %self.node_id, link = self.id, %why, "peer link dead");
+            self.out.close(1001, why.clone());
+            self.close_reason = Some(why);
+            ctx.stop();
+            return;
+        }
+        let beat = Control::Heartbeat(Heartbeat {
+            sent_at_ms: now_ms(),
+            is_private: None,
+            gateway_routes: None,
+        });
+        self.out
+            .try_send(tunnelgate_mux::Outgoing::Text(beat.to_json()));
+    }
+
     fn on_outcome(&mut self, ctx: &mut Context<Self>, outcome: Outcome) {
         match outcome {
             Outcome::Fine | Outcome::Late => {}
@@ -65,8 +107,16 @@ impl PeerLink {
 impl Actor for PeerLink {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Context<Self>) {
-        tracing::info!(peer_node = %self.node_id, link = self.id, "peer link up");
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        tracing::info!(
+            peer_node = %self.node_id,
+            link = self.id,
+            heartbeat_ms = self.heartbeat.map(|h| h.as_millis() as u64),
+            "peer link up"
+        );
+        if let Some(interval) = self.heartbeat {
+            ctx.run_interval(interval, move |act, ctx| act.beat(ctx, interval));
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -86,6 +136,7 @@ impl Actor for PeerLink {
 
 impl StreamHandler<WsIn> for PeerLink {
     fn handle(&mut self, msg: WsIn, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
         match msg {
             WsIn::Binary(b) => {
                 let outcome = self.streams.on_message(b, &self.out);
@@ -95,6 +146,7 @@ impl StreamHandler<WsIn> for PeerLink {
                 let outcome = match Control::from_json(&t) {
                     Ok(Control::ProxyResponse(r)) => self.streams.on_response(r, &self.out),
                     Ok(Control::ProxyError(e)) => self.streams.on_error(e),
+                    Ok(Control::HeartbeatAck(_)) => Outcome::Fine,
                     Ok(other) => Outcome::Close(format!(
                         "peer sent {}, which a peer link does not carry",
                         other.name()

@@ -1,25 +1,32 @@
 //! `GET /v1/peer` on the peer listener: another node forwards requests for clusters whose
 //! tunnels live here. [`PeerServer`] answers each forwarded stream from a local tunnel, bridging
 //! frames and credit between the peer link and the tunnel; it never forwards further. Frames go
-//! through an accepting [`StreamTable`]: the same stream rule as agent tunnels.
+//! through an accepting [`StreamTable`]: the same stream rule as agent tunnels. A dialler that
+//! names a heartbeat interval gets each heartbeat answered, and the link closed when it is
+//! silent for three intervals.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, SpawnHandle, StreamHandler,
     WrapFuture,
 };
 use actix_web::http::StatusCode;
+use actix_web::http::header::HeaderName;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
+use tracing::Instrument;
 use tunnelgate_mux::{
     Action, Ends, Outbox, Outgoing, SendCredit, Side, StreamTable, outbox, pipe, write_loop,
 };
-use tunnelgate_proto::control::{ProxyError as ProxyErrorMsg, ProxyErrorKind, ProxyRequest};
+use tunnelgate_proto::control::{
+    HeartbeatAck, ProxyError as ProxyErrorMsg, ProxyErrorKind, ProxyRequest,
+};
 use tunnelgate_proto::limits::{MAX_FRAME_PAYLOAD, MAX_WS_MESSAGE};
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
-use super::{NODE_HEADER, same_secret};
+use super::{HEARTBEAT_HEADER, NODE_HEADER, SILENT_INTERVALS, peer_heartbeat, same_secret};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::tunnel::{
@@ -56,7 +63,12 @@ pub async fn accept(
     else {
         return refuse(StatusCode::BAD_REQUEST, "missing x-tunnelgate-node header");
     };
-    let (response, session, stream) = match actix_ws::handle(&req, payload) {
+    let heartbeat = req
+        .headers()
+        .get(HEARTBEAT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(peer_heartbeat);
+    let (mut response, session, stream) = match actix_ws::handle(&req, payload) {
         Ok(parts) => parts,
         Err(e) => {
             return refuse(
@@ -69,6 +81,12 @@ pub async fn accept(
         .max_frame_size(MAX_WS_MESSAGE)
         .aggregate_continuations()
         .max_continuation_size(MAX_WS_MESSAGE);
+    if let Some(h) = heartbeat {
+        response.headers_mut().insert(
+            HeaderName::from_static(HEARTBEAT_HEADER),
+            (h.as_millis() as u64).into(),
+        );
+    }
     let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
     actix_rt::spawn(write_loop(rx, session, to_actix));
     let state = Arc::clone(&state.into_inner());
@@ -80,6 +98,8 @@ pub async fn accept(
             out,
             state,
             streams: StreamTable::new(Side::Acceptor),
+            heartbeat,
+            last_seen: Instant::now(),
         }
     });
     response
@@ -95,6 +115,10 @@ pub struct PeerServer {
     out: Outbox,
     state: Arc<AppState>,
     streams: StreamTable<Bridge>,
+    /// The dialler's heartbeat interval, when it sends heartbeats.
+    heartbeat: Option<Duration>,
+    /// When anything last arrived on the link.
+    last_seen: Instant,
 }
 
 impl PeerServer {
@@ -141,6 +165,11 @@ impl PeerServer {
             false => (None, None),
         };
         let credit = Arc::new(SendCredit::new(window));
+        // The entry node's request id names this node's log lines for the stream too.
+        let span = tracing::info_span!(
+            "request",
+            request_id = req.request_id.as_deref().unwrap_or_default()
+        );
         let fut = bridge(
             self.state.clone(),
             tunnel.open,
@@ -148,7 +177,8 @@ impl PeerServer {
             reader,
             credit.clone(),
             self.out.clone(),
-        );
+        )
+        .instrument(span);
         let task = ctx.spawn(fut.into_actor(self).map(move |_, act, _| {
             act.streams.remove(sid);
         }));
@@ -212,6 +242,14 @@ async fn bridge(
         }
         _ => return fail(ProxyErrorKind::NotHere, "tunnel closed".into()),
     };
+    let access = state.config.access_log.then(|| {
+        (
+            req.method.clone(),
+            req.host.clone(),
+            req.path.clone(),
+            std::time::Instant::now(),
+        )
+    });
     let mut request = req;
     request.cluster = None;
     request.hops = 0;
@@ -231,6 +269,13 @@ async fn bridge(
         Err(_) => return fail(ProxyErrorKind::UpstreamFailed, "tunnel lost".into()),
     };
     head.stream_id = sid;
+    if let Some((method, host, path, started)) = access {
+        tracing::info!(
+            %host, %method, %path, status = head.status,
+            head_ms = started.elapsed().as_secs_f64() * 1000.0,
+            node = state.config.node_id(), "forwarded request"
+        );
+    }
     let has_body = head.body;
     if out
         .send_control(&Control::ProxyResponse(head))
@@ -270,6 +315,24 @@ async fn bridge(
 impl Actor for PeerServer {
     type Context = Context<Self>;
 
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(interval) = self.heartbeat {
+            ctx.run_interval(interval, move |act, ctx| {
+                let silent = act.last_seen.elapsed();
+                if silent > interval * SILENT_INTERVALS {
+                    let why = format!(
+                        "heartbeat timeout: nothing from the other node for {} ms",
+                        silent.as_millis()
+                    );
+                    act.state.metrics.tunnel_error("peer_heartbeat_timeout");
+                    tracing::warn!(peer_node = %act.node, %why, "peer link dead");
+                    act.out.close(1001, why);
+                    ctx.stop();
+                }
+            });
+        }
+    }
+
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         for (_, b) in self.streams.drain() {
             b.credit.close();
@@ -281,10 +344,17 @@ impl Actor for PeerServer {
 
 impl StreamHandler<WsIn> for PeerServer {
     fn handle(&mut self, msg: WsIn, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
         match msg {
             WsIn::Binary(b) => self.on_frame(ctx, b),
             WsIn::Text(t) => match Control::from_json(&t) {
                 Ok(Control::ProxyRequest(r)) => self.open(ctx, r),
+                Ok(Control::Heartbeat(h)) if self.heartbeat.is_some() => {
+                    let ack = Control::HeartbeatAck(HeartbeatAck {
+                        sent_at_ms: h.sent_at_ms,
+                    });
+                    self.out.try_send(Outgoing::Text(ack.to_json()));
+                }
                 Ok(other) => self.protocol_error(
                     ctx,
                     format!(

@@ -13,8 +13,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tunnelgate_mux::{Outgoing, outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
-use super::NODE_HEADER;
 use super::peer_link::PeerLink;
+use super::{HEARTBEAT_HEADER, NODE_HEADER};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::registry::Owner;
@@ -112,6 +112,8 @@ impl PeerPool {
             NODE_HEADER,
             state.config.node_id().parse().map_err(|_| "bad node id")?,
         );
+        let interval = state.config.peer_heartbeat_interval;
+        h.insert(HEARTBEAT_HEADER, (interval.as_millis() as u64).into());
         let cfg = WebSocketConfig::default()
             .max_message_size(Some(MAX_WS_MESSAGE + 16))
             .max_frame_size(Some(MAX_WS_MESSAGE + 16));
@@ -120,7 +122,7 @@ impl PeerPool {
             .as_ref()
             .map(|t| tokio_tungstenite::Connector::Rustls(t.client.clone()));
         let connect = tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, tls);
-        let (ws, _) = tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect)
+        let (ws, resp) = tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| {
                 format!(
@@ -132,7 +134,12 @@ impl PeerPool {
         let (sink, stream) = ws.split();
         let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
         actix_rt::spawn(write_loop(rx, sink, to_tungstenite));
-        let actor = PeerLink::new(owner.node_id.clone(), out, state.clone());
+        // A node that echoes the header answers heartbeats; an older one is not sent any.
+        let heartbeat = resp
+            .headers()
+            .contains_key(HEARTBEAT_HEADER)
+            .then_some(interval);
+        let actor = PeerLink::new(owner.node_id.clone(), out, state.clone(), heartbeat);
         let id = actor.id();
         let addr = PeerLink::create(move |ctx| {
             ctx.add_stream(stream.map(from_tungstenite));

@@ -59,7 +59,7 @@ impl Target<'_> {
             query: req.uri().query().map(str::to_string),
             headers: self.headers.clone(),
             body: self.with_body,
-            request_id: None,
+            request_id: super::id_of(req),
             cluster: via_peer.then(|| cluster.to_string()),
             conns: if via_peer {
                 self.conns.to_vec()

@@ -10,7 +10,9 @@ pub mod kube;
 use std::time::Instant;
 
 use actix_web::http::Method;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use tracing::Instrument;
 use tunnelgate_proto::control::KubeIdentity;
 
 use crate::AppState;
@@ -19,10 +21,53 @@ use crate::tunnel::payload_body;
 use forward::Target;
 use headers::{check_request, has_body, upstream_request_headers};
 
+/// Header naming a request across every hop: the client's, else one the gateway makes.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The id of the request being served (in its extensions from the start of [`dispatch`]).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The client's `X-Request-Id` when it is a sane token (visible ASCII, at most 128 bytes),
+/// else a new one (128 random bits, hex).
+fn request_id(req: &HttpRequest) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+}
+
+/// The id [`dispatch`] gave `req`.
+pub fn id_of(req: &HttpRequest) -> Option<String> {
+    req.extensions().get::<RequestId>().map(|r| r.0.clone())
+}
+
+/// Routes every request (see [`route`]) inside a span carrying its request id, which every log
+/// line of the request shows and the response carries back (unless the upstream set its own).
+pub async fn dispatch(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let id = request_id(&req);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut resp = route(req, payload, state).instrument(span).await;
+    if !resp.headers().contains_key(REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_str(&id)
+    {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID), v);
+    }
+    resp
+}
+
 /// Routes every request: the gateway's own names (IP literals, `--public-host`) serve
 /// `/v1/tunnel` and `/healthz`; any other host goes to the tunnel of the cluster publishing it,
 /// else 503 (its cluster is offline) or 404.
-pub async fn dispatch(
+async fn route(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -100,16 +145,24 @@ pub async fn dispatch(
         return fail(&state, &req, &route.cluster, e);
     }
     let call = Call {
-        host,
+        host: host.clone(),
         path: target.path,
         cluster: route.cluster.clone(),
         conns: route.conns.clone(),
         kubernetes: None,
     };
-    match proxy(&req, payload, &state, call, started).await {
+    let resp = match proxy(&req, payload, &state, call, started).await {
         Ok(resp) => resp,
         Err(e) => fail(&state, &req, &route.cluster, e),
+    };
+    if state.config.access_log {
+        tracing::info!(
+            %host, method = %req.method(), path = req.uri().path(), status = resp.status().as_u16(),
+            head_ms = started.elapsed().as_secs_f64() * 1000.0, cluster = %route.cluster,
+            node = state.config.node_id(), "request"
+        );
     }
+    resp
 }
 
 /// The cluster's request rate limit (its own, or the gateway's default): 429 when over.
@@ -240,6 +293,11 @@ async fn proxy(
         upgrade.as_deref(),
         proto,
     )?;
+    // The upstream sees the request's id (the client's, or the one made for it).
+    if let Some(id) = id_of(req) {
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(REQUEST_ID));
+        headers.push((REQUEST_ID.into(), id));
+    }
     // HTTP/2 carries the host in :authority: the upstream gets it as Host all the same.
     if !headers.iter().any(|(n, _)| n == "host")
         && let Some(a) = req.uri().authority()

@@ -144,6 +144,18 @@ impl Gateway {
         assert!(ok, "kill -TERM");
     }
 
+    /// Stops the process (SIGSTOP) as a hung node or a half-open connection would look: its
+    /// sockets stay open, nothing answers. Dropping the returned guard lets it go on (SIGCONT).
+    pub fn freeze(&self) -> Frozen {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -STOP");
+        Frozen(pid)
+    }
+
     /// Waits up to `within` for the process to exit; its exit code.
     pub fn exit_code(&mut self, within: Duration) -> Option<i32> {
         let deadline = std::time::Instant::now() + within;
@@ -266,6 +278,55 @@ impl Drop for Gateway {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Log lines (JSON) of what runs in this test's process — the in-process agent — from now on.
+pub fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || sink.clone())
+        .try_init()
+        .expect("the test's only log subscriber");
+    buf
+}
+
+/// Waits until a captured log line contains every one of `needles`; returns it.
+pub async fn wait_captured(logs: &Mutex<Vec<u8>>, needles: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+        if let Some(l) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return l.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no captured log line with {needles:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A frozen gateway process; it goes on when this is dropped.
+pub struct Frozen(String);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
     }
 }
 
