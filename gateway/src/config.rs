@@ -224,6 +224,11 @@ pub struct Config {
     #[arg(long, env = "TG_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// Open connections (clients and agents) the public listeners carry; past it, a new
+    /// connection's requests get 503 with Retry-After and the connection is closed. 0: no limit.
+    #[arg(long, env = "TG_MAX_CONNECTIONS", default_value_t = 25_000)]
+    pub max_connections: usize,
+
     /// One INFO line per proxied request ("request": host, method, path, status, time to the
     /// response head, cluster, node, request id), at the entry node and, across a peer hop,
     /// at the owner node.

@@ -58,6 +58,8 @@ pub enum ProxyError {
     NotHere,
     #[error("the route registry is unreachable and this host is not cached: {0}")]
     RegistryUnavailable(String),
+    #[error("this gateway node is at its connection limit ({0}); retry shortly")]
+    Overloaded(usize),
 }
 
 impl ProxyError {
@@ -76,6 +78,7 @@ impl ProxyError {
             | ProxyError::TunnelBusy
             | ProxyError::AgentRefused
             | ProxyError::RegistryUnavailable(_)
+            | ProxyError::Overloaded(_)
             | ProxyError::NotHere => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamRefused(_)
             | ProxyError::UpstreamFailed(_)
@@ -106,6 +109,7 @@ impl ProxyError {
             ProxyError::AgentNoRoute => "agent_no_route",
             ProxyError::AgentRefused => "agent_refused",
             ProxyError::RegistryUnavailable(_) => "registry_unavailable",
+            ProxyError::Overloaded(_) => "overloaded",
             ProxyError::NotHere => "cluster_moved",
         }
     }
@@ -126,7 +130,9 @@ impl ProxyError {
             | ProxyError::AgentNoRoute
             | ProxyError::AgentRefused
             | ProxyError::NotHere => Who::Tunnel,
-            ProxyError::TunnelBusy | ProxyError::RegistryUnavailable(_) => Who::Gateway,
+            ProxyError::TunnelBusy
+            | ProxyError::RegistryUnavailable(_)
+            | ProxyError::Overloaded(_) => Who::Gateway,
             ProxyError::UpstreamRefused(_)
             | ProxyError::UpstreamFailed(_)
             | ProxyError::Timeout(_) => Who::Upstream,
@@ -144,6 +150,7 @@ impl ProxyError {
                 | ProxyError::AgentNoRoute
                 | ProxyError::AgentRefused
                 | ProxyError::RegistryUnavailable(_)
+                | ProxyError::Overloaded(_)
                 | ProxyError::NotHere
         )
     }
@@ -192,6 +199,10 @@ impl ProxyError {
             && let Ok(v) = actix_web::http::header::HeaderValue::from_str(&wait.to_string())
         {
             b.insert_header((actix_web::http::header::RETRY_AFTER, v));
+        }
+        // A connection past the node's limit is not kept.
+        if matches!(self, ProxyError::Overloaded(_)) {
+            b.force_close();
         }
         if matches!(self, ProxyError::MethodNotAllowed(_)) {
             b.insert_header((

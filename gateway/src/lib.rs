@@ -26,6 +26,7 @@ pub mod drain;
 pub mod error;
 pub mod guard;
 pub mod node;
+pub mod overload;
 pub mod proxy;
 pub mod ratelimit;
 pub mod registry;
@@ -43,6 +44,8 @@ use tunnel::Hub;
 /// What every worker shares.
 pub struct AppState {
     pub config: Config,
+    /// Open connections on the public listeners (`--max-connections`).
+    pub connections: Arc<overload::Connections>,
     pub registry: Arc<Registry>,
     pub hub: Hub,
     pub peers: cluster::PeerPool,
@@ -129,6 +132,7 @@ impl AppState {
             }
         };
         Ok(AppState {
+            connections: overload::Connections::new(config.max_connections),
             acme,
             issued: Arc::default(),
             draining: Default::default(),

@@ -282,15 +282,18 @@ fn public_server(
     };
     if let Some((l, acceptor)) = tls {
         let app = app.clone();
+        let conns = state.connections.clone();
         builder = builder.listen("tls", l, move || {
+            let conns = conns.clone();
             use actix_service::ServiceFactoryExt as _;
             type Io = proxy::front::FirstHead<
                 tokio_rustls::server::TlsStream<actix_web::rt::net::TcpStream>,
             >;
             let http = actix_http::HttpService::build()
-                .on_connect_ext(|io: &Io, ext: &mut actix_http::Extensions| {
+                .on_connect_ext(move |io: &Io, ext: &mut actix_http::Extensions| {
                     let sni = io.get_ref().get_ref().1.server_name().map(str::to_string);
                     ext.insert(tls::Tls { sni });
+                    ext.insert(conns.take());
                 })
                 .finish(app());
             let acceptor = acceptor.clone();
@@ -310,10 +313,17 @@ fn public_server(
             .and_then(http)
         })?;
     }
+    let conns = state.connections.clone();
     let server = builder
         .listen("public", listener, move || {
             use actix_service::ServiceFactoryExt as _;
-            let http = actix_http::HttpService::build().finish(app());
+            type Io = proxy::front::FirstHead<actix_web::rt::net::TcpStream>;
+            let conns = conns.clone();
+            let http = actix_http::HttpService::build()
+                .on_connect_ext(move |_: &Io, ext: &mut actix_http::Extensions| {
+                    ext.insert(conns.take());
+                })
+                .finish(app());
             actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {
                 // Tunnels and requests are many small writes: no Nagle delay.
                 let _ = io.set_nodelay(true);

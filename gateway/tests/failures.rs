@@ -546,3 +546,129 @@ async fn two_connection_slots_and_one_node_settle_on_one_tunnel_without_a_redial
     assert_eq!(r.status(), 200);
     relay_task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_tunnel_is_found_by_a_probe_and_replaced() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    // Heartbeats every 300 ms: a tunnel with a stream waiting and nothing of it for 300 ms is
+    // probed, and the probe has 300 ms.
+    let gw = Gateway::start(&["--heartbeat-interval", "300ms"]);
+    let up = Upstream::start().await;
+    // A wedged agent: it registers, publishes the route and keeps sending heartbeats, but never
+    // serves a stream.
+    let mut wedged = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
+    wedged.register(DEMO.0, APP).await;
+    let pending = tokio::spawn(client().get(gw.url(APP, "/hello")).send());
+    let started = std::time::Instant::now();
+    let mut beat = tokio::time::interval(Duration::from_millis(100));
+    let mut probes = 0;
+    let (code, reason) = loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                let hb = r#"{"type":"heartbeat","payload":{"sent_at_ms":1}}"#;
+                wedged.ws.send(Message::Text(hb.into())).await.unwrap();
+            }
+            m = wedged.ws.next() => match m {
+                Some(Ok(Message::Text(t))) if t.contains(r#""probe":true"#) => probes += 1,
+                Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
+                Some(Ok(_)) => {}
+                other => panic!("tunnel ended without a close frame: {other:?}"),
+            },
+        }
+        assert!(
+            started.elapsed() < HANG,
+            "the wedged tunnel was never closed"
+        );
+    };
+    assert_eq!(probes, 1, "one probe, unanswered");
+    assert_eq!(code, 1011, "{reason}");
+    assert!(reason.contains("probe went unanswered"), "{reason}");
+    // The request stuck on it fails instead of hanging for its response timeout.
+    let r = tokio::time::timeout(HANG, pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(
+        gw.metrics()
+            .await
+            .contains(r#"gateway_tunnel_errors_total{reason="wedged"} 1"#)
+    );
+
+    // A working agent takes the cluster's traffic. A live tunnel waiting for a slow upstream
+    // is probed too, answers, and stays.
+    let agent = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    let r = client().get(gw.url(APP, "/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let slow = tokio::spawn(client().get(gw.url(APP, "/hang")).send());
+    gw.wait_metric(r#"gateway_tunnel_probes_total{reason="answered"}"#)
+        .await;
+    let r = client().get(gw.url(APP, "/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = gw.metrics().await;
+    assert!(
+        text.contains(r#"gateway_tunnel_errors_total{reason="wedged"} 1"#),
+        "{text}"
+    );
+    assert!(matches!(*agent.status.borrow(), Status::Connected { .. }));
+    slow.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_new_connections_get_503_with_retry_after() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&["--max-connections", "3"]);
+    // One request on a kept-alive connection; returns the response head, lower-cased.
+    async fn ask(s: &mut tokio::net::TcpStream) -> String {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: nobody.invalid\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(HANG, s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+    }
+    // Three connections, each answered (so each is counted): the node's limit.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = ask(&mut s).await;
+        assert!(head.starts_with("http/1.1 404"), "{head}");
+        held.push(s);
+    }
+    // A fourth is told to come back, and closed; nothing was routed for it.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = ask(&mut s).await;
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(head.contains("x-tunnelgate-error: overloaded"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(HANG, s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(end, Ok(Ok(_))),
+        "the gateway closes the connection"
+    );
+    // The connections it holds are still served.
+    assert!(ask(&mut held[0]).await.starts_with("http/1.1 404"));
+    // One closes: a new connection is served again.
+    drop(held.pop());
+    let start = std::time::Instant::now();
+    loop {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = ask(&mut s).await;
+        if head.starts_with("http/1.1 404") {
+            break;
+        }
+        assert!(head.starts_with("http/1.1 503"), "{head}");
+        assert!(
+            start.elapsed() < HANG,
+            "the closed connection was never counted out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -58,6 +58,7 @@ fn codec(c: &mut Criterion) {
         hops: 0,
         upgrade: None,
         kubernetes: None,
+        probe: false,
     });
     let json = req.to_json();
     c.bench_function("control/encode_proxy_request", |b| {

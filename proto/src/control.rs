@@ -175,6 +175,16 @@ pub struct ProxyRequest {
     /// itself, impersonating this identity; it never reads identity from client headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubeIdentity>,
+    /// A data-path probe from the gateway, not a client's request: the agent answers it at once
+    /// (`proxy_response` 204, no body) from its stream handling, without an upstream. A tunnel
+    /// that answers heartbeats but no probe is wedged and is replaced. An agent that does not
+    /// know the field answers with a `proxy_error` (no route), which proves the same.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub probe: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Who a Kubernetes API request is made for: `Impersonate-User` and `Impersonate-Group`.
@@ -366,6 +376,7 @@ mod tests {
                     user: "alice".into(),
                     groups: vec!["devs".into()],
                 }),
+                probe: true,
             }),
             Control::ProxyError(ProxyError {
                 stream_id: 3,

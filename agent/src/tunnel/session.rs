@@ -12,7 +12,9 @@ use tunnelgate_mux::{
     Action, Ends, Outbox, Outgoing, SendCredit, Side, StreamTable, outbox, pipe, write_loop,
 };
 use tunnelgate_proto::Control;
-use tunnelgate_proto::control::{Drain, Heartbeat, IngressRoutes, RegisterSuccess, RouteAction};
+use tunnelgate_proto::control::{
+    Drain, Heartbeat, IngressRoutes, ProxyResponse, RegisterSuccess, RouteAction,
+};
 
 use super::dial::{Ws, connect, register};
 use super::stream::StreamTask;
@@ -378,6 +380,18 @@ fn on_control(
             if let Err(e) = t.accept(id) {
                 tracing::warn!(stream = id, error = %e, "gateway opened a stream it may not; closing the tunnel");
                 out.close(1002, format!("proxy_request: {e}"));
+                return;
+            }
+            // The gateway's data-path probe: answered here, at once, without an upstream.
+            if req.probe {
+                let answer = Control::ProxyResponse(ProxyResponse {
+                    stream_id: id,
+                    status: 204,
+                    headers: Vec::new(),
+                    body: false,
+                });
+                let out = out.clone();
+                tokio::spawn(async move { out.send_control(&answer).await });
                 return;
             }
             let credit = Arc::new(SendCredit::new(ok.stream_window));

@@ -69,6 +69,7 @@ impl Target<'_> {
             hops: u8::from(via_peer),
             upgrade: self.upgrade.clone(),
             kubernetes: self.kubernetes.clone(),
+            probe: false,
         };
         // Watches, `logs -f` and exec sessions are quiet for long stretches: the API's calls
         // have their own, longer idle timeout.

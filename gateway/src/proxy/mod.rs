@@ -73,6 +73,14 @@ async fn route(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let started = Instant::now();
+    // Past the node's connection limit: no work at all for this connection.
+    if req
+        .conn_data::<crate::overload::Slot>()
+        .is_some_and(|s| s.over)
+    {
+        let e = ProxyError::Overloaded(state.config.max_connections);
+        return fail(&state, &req, "", e);
+    }
     let host = match check_request(&req, state.config.max_header_bytes) {
         Ok(h) => h,
         Err(e) => return fail(&state, &req, "", e),

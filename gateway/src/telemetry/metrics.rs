@@ -71,6 +71,8 @@ pub struct Metrics {
     pub backend_calls: Family<OpLabels, Counter>,
     /// `gateway_forwarded_requests_total{outcome}`: requests sent over a peer link.
     pub forwarded: Family<ReasonLabels, Counter>,
+    /// `gateway_tunnel_probes_total{reason}`: data-path probes, `answered` or `unanswered`.
+    pub probes: Family<ReasonLabels, Counter>,
     /// `gateway_cluster_private{cluster_uuid}`: 1 when the agent judged its cluster private,
     /// 0 public (absent until an agent reports).
     pub cluster_private: Family<ClusterLabels, Gauge>,
@@ -157,6 +159,12 @@ impl Default for Metrics {
             "Requests forwarded to the node owning the cluster's tunnel, by outcome",
             forwarded.clone(),
         );
+        let probes = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gateway_tunnel_probes",
+            "Data-path probes of tunnels whose streams went quiet, by outcome",
+            probes.clone(),
+        );
         let cluster_private = Family::<ClusterLabels, Gauge>::default();
         registry.register(
             "gateway_cluster_private",
@@ -207,6 +215,7 @@ impl Default for Metrics {
             agent_routes,
             backend_calls,
             forwarded,
+            probes,
             registry,
             requests,
             request_duration,
@@ -260,6 +269,11 @@ impl Metrics {
     /// Counts a forwarding outcome (`forwarded`, `not_here`, `peer_unreachable`).
     pub fn forward_outcome(&self, reason: &'static str) {
         self.forwarded.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a data-path probe's outcome (`answered`, `unanswered`).
+    pub fn probe(&self, reason: &'static str) {
+        self.probes.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Counts routes refused to a cluster's agent.

@@ -10,7 +10,8 @@
 //! - **Draining**: the agent sent `drain` (it is stopping). The tunnel leaves the hub and gives
 //!   up its lease; new streams are refused before anything is sent (the proxy tries the
 //!   cluster's next tunnel); streams in flight finish (ADR 0006).
-//! - **Closed**: socket closed, protocol error, or heartbeats missed for three intervals. The
+//! - **Closed**: socket closed, protocol error, heartbeats missed for three intervals, or a
+//!   data-path probe unanswered (the agent is wedged: [`probe`]). The
 //!   tunnel leaves the hub; every open stream is failed (a client waiting for a head gets 502,
 //!   one reading a body sees it cut), so no request hangs.
 //!
@@ -26,6 +27,7 @@ mod endpoint;
 mod hub;
 pub mod limits;
 mod open;
+mod probe;
 mod register;
 mod routes;
 mod stream_actor;

@@ -59,6 +59,10 @@ pub struct TunnelActor {
     pub(super) token_id: String,
     /// What the agent reported (version, host, last heartbeat), for the admin API.
     pub(super) agent: Option<crate::registry::agents::AgentInfo>,
+    /// When the agent last sent anything for a stream (see [`super::probe`]).
+    pub(super) stream_seen: Instant,
+    /// A data-path probe is waiting for its answer.
+    pub(super) probing: bool,
 }
 
 impl TunnelActor {
@@ -96,6 +100,8 @@ impl TunnelActor {
             draining: false,
             token_id: String::new(),
             agent: None,
+            stream_seen: now,
+            probing: false,
         }
     }
 
@@ -203,10 +209,12 @@ impl TunnelActor {
             }
             Control::IngressRoutes(m) => self.on_routes(ctx, m),
             Control::ProxyResponse(r) => {
+                self.stream_seen();
                 let outcome = self.streams.on_response(r, &self.out);
                 self.on_outcome(ctx, outcome);
             }
             Control::ProxyError(e) => {
+                self.stream_seen();
                 let outcome = self.streams.on_error(e);
                 self.on_outcome(ctx, outcome);
             }
@@ -280,6 +288,7 @@ impl Actor for TunnelActor {
                 );
             } else if act.last_seen.elapsed() <= interval * 3 {
                 act.keep_lease(ctx);
+                act.maybe_probe(ctx);
             } else {
                 act.close(
                     ctx,
@@ -336,6 +345,7 @@ impl StreamHandler<WsIn> for TunnelActor {
                 if !self.registered {
                     return self.protocol_error(ctx, "the first message must be register".into());
                 }
+                self.stream_seen();
                 let outcome = self.streams.on_message(b, &self.out);
                 self.on_outcome(ctx, outcome)
             }
@@ -362,6 +372,10 @@ impl Handler<OpenStream> for TunnelActor {
         if !self.registered || self.draining || self.close_reason.is_some() || self.out.is_closed()
         {
             return Err(OpenError::Closed);
+        }
+        // The first stream after a quiet spell: the data path has had nothing to do until now.
+        if self.streams.is_empty() {
+            self.stream_seen();
         }
         let opened = self.streams.open(&self.out, ctx.address().recipient());
         if let Err(OpenError::Closed) = opened {
