@@ -170,6 +170,11 @@ pub struct Config {
     #[arg(long, env = "TG_UPSTREAM_CONNECT_TIMEOUT", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT, value_parser = parse_duration)]
     pub upstream_connect_timeout: Duration,
 
+    /// Serve Prometheus metrics (`/metrics`) and `/healthz` on this address (e.g.
+    /// `0.0.0.0:9091` in a pod); off when not given.
+    #[arg(long, env = "TG_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// One INFO line per upstream call ("upstream call": method, host, path, status, time to
     /// the response head), under the request's id.
     #[arg(long, env = "TG_ACCESS_LOG")]

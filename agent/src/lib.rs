@@ -9,12 +9,14 @@
 //! - [`upstream`]: the pooled upstream HTTP(S) clients.
 //! - [`ingress`]: Kubernetes mode: routes from Ingress objects (watcher + pure translation).
 //! - [`tunnel`]: a session per connection, a task per stream.
+//! - [`telemetry`]: logs, and metrics on `--metrics-listen`.
 
 pub mod backoff;
 pub mod config;
 pub mod ingress;
 pub mod kubeapi;
 pub mod rules;
+pub mod telemetry;
 pub mod tunnel;
 pub mod upstream;
 
@@ -24,8 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tunnelgate_proto::control::RouteRejection;
 
-use config::{Config, LogFormat, STABLE_CONNECTION};
+use config::{Config, STABLE_CONNECTION};
 use rules::Rules;
+pub use telemetry::init_logs;
 use tunnel::session::{self, End};
 use upstream::UpstreamClient;
 
@@ -86,6 +89,7 @@ pub struct Shared {
     pub gateway_tls: Arc<rustls::ClientConfig>,
     /// The cluster's API server, with --kubernetes-api.
     pub kube_api: Option<Arc<kubeapi::KubeApi>>,
+    pub metrics: Arc<telemetry::Metrics>,
 }
 
 /// While alive, marks a node as carrying one of this agent's tunnels.
@@ -100,6 +104,7 @@ impl Drop for Held<'_> {
         if let Some(i) = h.iter().position(|n| *n == self.node) {
             h.remove(i);
         }
+        self.shared.metrics.tunnels.dec();
     }
 }
 
@@ -135,6 +140,7 @@ impl Shared {
             .map(|(s, _)| ((s.host.clone(), s.path.clone()), s.clone()))
             .collect();
         *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Rules::from_pairs(routes);
+        self.metrics.routes.set(set.len() as i64);
         self.routes.send_if_modified(|cur| {
             if **cur == set {
                 false
@@ -152,6 +158,7 @@ impl Shared {
             return None;
         }
         h.push(node.to_string());
+        self.metrics.tunnels.inc();
         Some(Held {
             shared: self,
             node: node.to_string(),
@@ -161,17 +168,6 @@ impl Shared {
     pub fn held_nodes(&self) -> Vec<String> {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-}
-
-/// Installs the global log subscriber (JSON or text on stdout, `RUST_LOG` filter).
-pub fn init_logs(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 /// Runs the agent until `shutdown` turns true: connect, serve, reconnect with backoff,
@@ -193,7 +189,9 @@ pub async fn run(
             config.upstream_connect_timeout,
         )?)),
     };
+    let (metrics, _metrics_server) = telemetry::start(config.metrics_listen).await?;
     let shared = Arc::new(Shared {
+        metrics,
         kube_api,
         acks: config.kubernetes.then_some(ack_tx),
         private: Default::default(),
@@ -373,6 +371,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
             tracing::debug!(slot, gateway, error = %error, retry_in_ms = delay.as_millis() as u64, "same node again");
         } else {
             tracing::warn!(slot, gateway, error = %error, retry_in_ms = delay.as_millis() as u64, "tunnel down; reconnecting");
+            shared.metrics.reconnects.inc();
         }
         if shared.held_nodes().is_empty() {
             shared.status.send_replace(Status::Disconnected {

@@ -264,3 +264,81 @@ async fn websocket_through_the_tunnel() {
         .unwrap();
     assert!(r.status().is_client_error() || r.status().is_server_error());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_its_metrics() {
+    let logs = common::capture_logs();
+    let gw = Gateway::start(&[]);
+    let up = Upstream::start().await;
+    // Nothing listens on `gone`'s port: its requests fail at the upstream.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_url = format!("http://{}", gone.local_addr().unwrap());
+    drop(gone);
+    let agent = Agent::spawn(
+        &gw,
+        DEMO,
+        &[
+            ("app.demo.localhost", up.url()),
+            ("gone.demo.localhost", gone_url),
+        ],
+        &["--metrics-listen", "127.0.0.1:0", "--connections", "1"],
+    );
+    agent.connected().await;
+    let line = common::wait_captured(&logs, &["metrics endpoint listening"]).await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = v["fields"]["addr"].as_str().unwrap().to_string();
+    let c = client();
+    assert_eq!(
+        c.get(gw.url("app.demo.localhost", "/hello"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(gw.url("gone.demo.localhost", "/hello"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+    let text = c
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "agent_tunnels 1",
+        "agent_routes 2",
+        "agent_streams 0",
+        r#"agent_upstream_errors_total{kind="upstream_refused"} 1"#,
+        "agent_reconnects_total 0",
+        "agent_build_info{version=",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(want)),
+            "no {want:?} in:\n{text}"
+        );
+    }
+    let health = c
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let other = c
+        .get(format!("http://{addr}/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    // The endpoint goes with the agent.
+    agent.stop().await;
+    let after = c.get(format!("http://{addr}/metrics")).send().await;
+    assert!(after.is_err(), "the metrics endpoint outlived its agent");
+}

@@ -245,6 +245,20 @@ pub enum ProxyErrorKind {
     NotHere,
 }
 
+impl ProxyErrorKind {
+    /// The wire name (`upstream_refused`, …), for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyErrorKind::UpstreamRefused => "upstream_refused",
+            ProxyErrorKind::UpstreamFailed => "upstream_failed",
+            ProxyErrorKind::UpstreamTimeout => "upstream_timeout",
+            ProxyErrorKind::NoRoute => "no_route",
+            ProxyErrorKind::Refused => "refused",
+            ProxyErrorKind::NotHere => "not_here",
+        }
+    }
+}
+
 /// Agent → gateway: stream `stream_id` failed before a response head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyError {
@@ -326,6 +340,24 @@ pub use crate::routes::Annotations;
 mod tests {
     use super::*;
     use crate::routes::PathType;
+
+    #[test]
+    fn error_kind_names_are_the_wire_names() {
+        use ProxyErrorKind::*;
+        for k in [
+            UpstreamRefused,
+            UpstreamFailed,
+            UpstreamTimeout,
+            NoRoute,
+            Refused,
+            NotHere,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
+        }
+    }
 
     #[test]
     fn envelope_shape_is_type_and_payload() {

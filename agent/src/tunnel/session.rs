@@ -429,6 +429,7 @@ fn on_control(
                 client: shared.client.clone(),
                 kube_api: shared.kube_api.clone(),
                 access_log: shared.config.access_log,
+                metrics: shared.metrics.clone(),
             };
             spawn(&mut t, Box::pin(task.run()), upload);
         }

@@ -27,10 +27,12 @@ pub struct StreamTask {
     pub kube_api: Option<Arc<crate::kubeapi::KubeApi>>,
     /// Log each upstream call (--access-log).
     pub access_log: bool,
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl StreamTask {
     fn fail(&self, kind: ProxyErrorKind, message: String) -> Control {
+        self.metrics.upstream_error(kind.as_str());
         tracing::warn!(
             stream = self.request.stream_id, host = %self.request.host, path = %self.request.path,
             kind = ?kind, error = %message, "upstream request failed"
@@ -45,6 +47,7 @@ impl StreamTask {
     /// Runs the request to completion inside a span carrying the gateway's request id, so
     /// every log line of it names the request as the gateway's lines do.
     pub async fn run(self) {
+        let _open = crate::telemetry::StreamGuard::new(self.metrics.clone());
         let span = tracing::info_span!(
             "request",
             request_id = self.request.request_id.as_deref().unwrap_or_default()
