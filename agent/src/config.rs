@@ -175,6 +175,16 @@ pub struct Config {
     #[arg(long, env = "TG_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// Send traces (OTLP over HTTP, JSON) to this collector, e.g. `http://otel-collector:4318`:
+    /// a span per request (child of the gateway's, by the `traceparent` it sends) and one per
+    /// upstream call, whose `traceparent` the upstream receives. Off when not given.
+    #[arg(long, env = "TG_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// How long finished spans wait in the batch before they are sent.
+    #[arg(long, env = "TG_OTLP_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub otlp_flush_interval: Duration,
+
     /// One INFO line per upstream call ("upstream call": method, host, path, status, time to
     /// the response head), under the request's id.
     #[arg(long, env = "TG_ACCESS_LOG")]

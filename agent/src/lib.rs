@@ -28,7 +28,6 @@ use tunnelgate_proto::control::RouteRejection;
 
 use config::{Config, STABLE_CONNECTION};
 use rules::Rules;
-pub use telemetry::init_logs;
 use tunnel::session::{self, End};
 use upstream::UpstreamClient;
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::sync::watch;
 use tunnelgate_agent::config::Config;
-use tunnelgate_agent::{Status, init_logs, run};
+use tunnelgate_agent::{Status, run, telemetry};
 
 fn main() -> ExitCode {
     let config = match Config::parse().validate() {
@@ -15,7 +15,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(config.log_format);
+    let _telemetry = match telemetry::init(&config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("tunnelgate-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,4 +1,4 @@
-//! The agent's logs and metrics: [`init_logs`], and [`Metrics`] served as Prometheus text on
+//! The agent's logs, traces and metrics: [`init`] (the `tunnelgate-telemetry` crate), and [`Metrics`] served as Prometheus text on
 //! `--metrics-listen` (`GET /metrics`; `GET /healthz` answers 200 while the process runs):
 //! tunnels held, streams open, upstream errors by kind, reconnects, routes, build info.
 
@@ -14,17 +14,20 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::config::LogFormat;
+use crate::config::{Config, LogFormat};
 
-/// Installs the global log subscriber (JSON or text on stdout, `RUST_LOG` filter).
-pub fn init_logs(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+/// Installs the global subscriber: log lines (JSON or text, `RUST_LOG`), and spans to
+/// `--otlp-endpoint` when given. Keep the guard until exit: it sends the last spans.
+pub fn init(config: &Config) -> Result<tunnelgate_telemetry::Guard, String> {
+    let otlp = config
+        .otlp_endpoint
+        .clone()
+        .map(|endpoint| tunnelgate_telemetry::Otlp {
+            endpoint,
+            service: "tunnelgate-agent",
+            flush: config.otlp_flush_interval,
+        });
+    tunnelgate_telemetry::init(config.log_format == LogFormat::Json, otlp)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

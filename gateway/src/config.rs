@@ -229,6 +229,16 @@ pub struct Config {
     #[arg(long, env = "TG_MAX_CONNECTIONS", default_value_t = 25_000)]
     pub max_connections: usize,
 
+    /// Send traces (OTLP over HTTP, JSON) to this collector, e.g. `http://otel-collector:4318`:
+    /// a span per request at the entry node, the peer hop, the owner node (and the agent's,
+    /// joined by W3C `traceparent`). Off when not given.
+    #[arg(long, env = "TG_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// How long finished spans wait in the batch before they are sent.
+    #[arg(long, env = "TG_OTLP_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub otlp_flush_interval: Duration,
+
     /// One INFO line per proxied request ("request": host, method, path, status, time to the
     /// response head, cluster, node, request id), at the entry node and, across a peer hop,
     /// at the owner node.

@@ -14,7 +14,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logs(config.log_format);
+    let _telemetry = match telemetry::init(&config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("tunnelgate-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let listeners = match Listeners::bind(&config) {
         Ok(l) => l,
         Err(e) => {

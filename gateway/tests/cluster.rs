@@ -697,3 +697,92 @@ async fn one_request_id_names_the_request_on_both_nodes_the_agent_and_the_upstre
         assert_eq!(seen.matches("x-request-id").count(), 1, "{seen}");
     }
 }
+
+/// Runs outside a runtime: the OTLP exporter's HTTP client must be made and dropped outside one.
+#[test]
+fn one_trace_follows_a_request_across_a_peer_hop_to_the_agent_and_the_upstream() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = rt.block_on(common::otlp::Receiver::start());
+    // The agent runs in this process: its spans go out through this process's subscriber.
+    let guard = tunnelgate_telemetry::init(
+        true,
+        Some(tunnelgate_telemetry::Otlp {
+            endpoint: receiver.endpoint(),
+            service: "tunnelgate-agent",
+            flush: Duration::from_millis(100),
+        }),
+    )
+    .unwrap();
+    rt.block_on(async {
+        let redis = Redis::start();
+        let up = Upstream::start().await;
+        let endpoint = receiver.endpoint();
+        let otlp = [
+            "--otlp-endpoint",
+            endpoint.as_str(),
+            "--otlp-flush-interval",
+            "100ms",
+        ];
+        let n1 = Gateway::node(&redis, &otlp);
+        let n2 = Gateway::node(&redis, &otlp);
+        let agent = Agent::spawn_to(&[&n1], DEMO, &[(APP, up.url())], &["--connections", "1"]);
+        agent.connected().await;
+        until_ok(&n2, "/hello").await;
+
+        // A client that traces its calls: the gateway's span continues its trace.
+        let (trace_id, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+        let r = client()
+            .get(n2.url(APP, "/headers"))
+            .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let seen = r.text().await.unwrap();
+        let start = Instant::now();
+        let spans = loop {
+            let spans = receiver.trace(trace_id);
+            if spans.len() >= 5 {
+                break spans;
+            }
+            assert!(
+                start.elapsed() < HANG,
+                "the trace never arrived whole: {spans:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let by = |name: &str| {
+            spans
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("no {name:?} span in {spans:#?}"))
+                .clone()
+        };
+        let entry = by("gateway request");
+        let hop = by("peer hop");
+        let owner = by("owner request");
+        let at_agent = by("agent request");
+        let call = by("upstream call");
+        assert_eq!(entry.parent_id, client_span);
+        assert_eq!(hop.parent_id, entry.span_id);
+        assert_eq!(owner.parent_id, hop.span_id);
+        assert_eq!(at_agent.parent_id, owner.span_id);
+        assert_eq!(call.parent_id, at_agent.span_id);
+        for s in [&entry, &hop, &owner] {
+            assert_eq!(s.service, "tunnelgate-gateway", "{s:?}");
+        }
+        for s in [&at_agent, &call] {
+            assert_eq!(s.service, "tunnelgate-agent", "{s:?}");
+        }
+        // The upstream continues from the upstream call's span.
+        let sent = format!("traceparent: 00-{trace_id}-{}-01\n", call.span_id);
+        assert!(seen.contains(&sent), "{seen}");
+        drop(agent);
+    });
+    drop(rt);
+    drop(guard);
+}

@@ -337,8 +337,19 @@ async fn the_agent_serves_its_metrics() {
         .await
         .unwrap();
     assert_eq!(other.status(), 404);
-    // The endpoint goes with the agent.
+    // The endpoint goes with the agent (its task is aborted as `run` returns: soon after).
     agent.stop().await;
-    let after = c.get(format!("http://{addr}/metrics")).send().await;
-    assert!(after.is_err(), "the metrics endpoint outlived its agent");
+    let start = std::time::Instant::now();
+    while client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .is_ok()
+    {
+        assert!(
+            start.elapsed() < HANG,
+            "the metrics endpoint outlived its agent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

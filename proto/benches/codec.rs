@@ -59,6 +59,7 @@ fn codec(c: &mut Criterion) {
         upgrade: None,
         kubernetes: None,
         probe: false,
+        traceparent: None,
     });
     let json = req.to_json();
     c.bench_function("control/encode_proxy_request", |b| {

@@ -181,6 +181,10 @@ pub struct ProxyRequest {
     /// know the field answers with a `proxy_error` (no route), which proves the same.
     #[serde(default, skip_serializing_if = "is_false")]
     pub probe: bool,
+    /// W3C `traceparent` of the sender's span for this request, when it exports traces: the
+    /// receiving node's or agent's span continues the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -409,6 +413,7 @@ mod tests {
                     groups: vec!["devs".into()],
                 }),
                 probe: true,
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             }),
             Control::ProxyError(ProxyError {
                 stream_id: 3,

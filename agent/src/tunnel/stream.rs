@@ -50,8 +50,11 @@ impl StreamTask {
         let _open = crate::telemetry::StreamGuard::new(self.metrics.clone());
         let span = tracing::info_span!(
             "request",
+            otel.name = "agent request",
+            otel.kind = "server",
             request_id = self.request.request_id.as_deref().unwrap_or_default()
         );
+        tunnelgate_telemetry::continue_trace(&span, self.request.traceparent.as_deref());
         self.serve().instrument(span).await
     }
 
@@ -59,7 +62,7 @@ impl StreamTask {
     async fn serve(mut self) {
         let id = self.request.stream_id;
         let started = std::time::Instant::now();
-        let (req, client) = match self.build_request() {
+        let (mut req, client) = match self.build_request() {
             Ok(r) => r,
             Err((kind, why)) => {
                 let msg = self.fail(kind, why);
@@ -67,7 +70,14 @@ impl StreamTask {
                 return;
             }
         };
-        let resp = match client.request(req).await {
+        // The upstream call is a span of its own; a traced upstream continues from it.
+        let call = tracing::info_span!("upstream call", otel.kind = "client");
+        if let Some(tp) = tunnelgate_telemetry::traceparent(&call)
+            && let Ok(v) = http::HeaderValue::from_str(&tp)
+        {
+            req.headers_mut().insert("traceparent", v);
+        }
+        let resp = match client.request(req).instrument(call).await {
             Ok(r) => r,
             Err(e) => {
                 let kind = if e.is_connect() {

@@ -168,8 +168,11 @@ impl PeerServer {
         // The entry node's request id names this node's log lines for the stream too.
         let span = tracing::info_span!(
             "request",
+            otel.name = "owner request",
+            otel.kind = "server",
             request_id = req.request_id.as_deref().unwrap_or_default()
         );
+        tunnelgate_telemetry::continue_trace(&span, req.traceparent.as_deref());
         let fut = bridge(
             self.state.clone(),
             tunnel.open,
@@ -253,6 +256,10 @@ async fn bridge(
     let mut request = req;
     request.cluster = None;
     request.hops = 0;
+    // The agent's span is a child of this node's.
+    if let Some(tp) = tunnelgate_telemetry::traceparent(&tracing::Span::current()) {
+        request.traceparent = Some(tp);
+    }
     let Started { head, mut body, .. } = start_stream(
         opened,
         request,

@@ -70,6 +70,7 @@ impl Target<'_> {
             upgrade: self.upgrade.clone(),
             kubernetes: self.kubernetes.clone(),
             probe: false,
+            traceparent: tunnelgate_telemetry::traceparent(&tracing::Span::current()),
         };
         // Watches, `logs -f` and exec sessions are quiet for long stretches: the API's calls
         // have their own, longer idle timeout.

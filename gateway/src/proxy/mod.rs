@@ -53,7 +53,18 @@ pub async fn dispatch(
 ) -> HttpResponse {
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = "gateway request",
+        otel.kind = "server",
+        request_id = %id
+    );
+    // A client that traces its calls makes the gateway's span a child of its own.
+    let client_trace = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    tunnelgate_telemetry::continue_trace(&span, client_trace);
     let mut resp = route(req, payload, state).instrument(span).await;
     if !resp.headers().contains_key(REQUEST_ID)
         && let Ok(v) = HeaderValue::from_str(&id)
@@ -394,7 +405,12 @@ async fn proxy(
             if with_body && body.is_none() {
                 break;
             }
-            match target.forward(link, true, &mut body).await {
+            let hop = tracing::info_span!(
+                "peer hop",
+                otel.kind = "client",
+                peer_node = %owner.node_id
+            );
+            match target.forward(link, true, &mut body).instrument(hop).await {
                 Err(ProxyError::NotHere) => {
                     tracing::info!(%cluster, peer_node = %owner.node_id, "owner no longer holds the tunnel");
                     state.metrics.forward_outcome("not_here");

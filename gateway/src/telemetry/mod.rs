@@ -1,19 +1,21 @@
-//! Telemetry: every metric name lives in [`metrics`]; logging set-up in [`init_logs`].
+//! Telemetry: every metric name lives in [`metrics`]; logs and traces set up in [`init`]
+//! (the `tunnelgate-telemetry` crate, shared with the agent).
 
 pub mod metrics;
 
-use crate::config::LogFormat;
+use crate::config::{Config, LogFormat};
 
-/// Installs the global log subscriber: JSON or text lines on stdout, filtered by `RUST_LOG`
-/// (default `info`). Calling it twice is harmless (tests embed the gateway).
-pub fn init_logs(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+/// Installs the global subscriber: JSON or text log lines on stdout, filtered by `RUST_LOG`
+/// (default `info`), and spans to `--otlp-endpoint` when given. Keep the guard until exit: it
+/// sends the last batch of spans when dropped.
+pub fn init(config: &Config) -> Result<tunnelgate_telemetry::Guard, String> {
+    let otlp = config
+        .otlp_endpoint
+        .clone()
+        .map(|endpoint| tunnelgate_telemetry::Otlp {
+            endpoint,
+            service: "tunnelgate-gateway",
+            flush: config.otlp_flush_interval,
+        });
+    tunnelgate_telemetry::init(config.log_format == LogFormat::Json, otlp)
 }

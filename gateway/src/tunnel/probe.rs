@@ -52,6 +52,7 @@ impl TunnelActor {
             upgrade: None,
             kubernetes: None,
             probe: true,
+            traceparent: None,
         };
         let Started { head, body, .. } = start_stream(opened, probe, None, interval, interval);
         self.probing = true;

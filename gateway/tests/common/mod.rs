@@ -7,6 +7,7 @@
 pub mod apiserver;
 pub mod dnsmasq;
 pub mod kubeapi;
+pub mod otlp;
 pub mod pebble;
 pub mod redis;
 pub mod spdy;
