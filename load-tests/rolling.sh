@@ -6,7 +6,9 @@
 # Service's load balancer cannot do, which is why the manifests add a preStop sleep). Two agents
 # (two replicas of one cluster) reach the nodes through the same HAProxy, as agents would reach a
 # Service. Each node leaves by SIGTERM (its drain: agents move first, streams finish) and comes
-# back on the same ports. Writes load-tests/ROLLING.md.
+# back on the same ports. Twenty WebSocket sessions (ws_sessions.py, echoing every 200 ms through
+# the same path to an echo upstream) stay open throughout: a node leaving cuts the sessions it
+# carries at its drain timeout, and each must reconnect by itself. Writes load-tests/ROLLING.md.
 #
 #   load-tests/rolling.sh                 # RATE=2000 req/s, about half of capacity here
 #   RATE=4000 CONNECTIONS=64 load-tests/rolling.sh
@@ -17,6 +19,8 @@ cd "$(dirname "$0")/.."
 RATE="${RATE:-2000}"
 CONNECTIONS="${CONNECTIONS:-32}"
 SETTLE="${SETTLE:-3}"
+DRAIN="${DRAIN:-5}"
+SESSIONS="${SESSIONS:-20}"
 work="$(mktemp -d)"
 pids=()
 log() { echo "==> $*" >&2; }
@@ -32,6 +36,7 @@ if ! need haproxy || ! need nginx || ! need redis-server || ! need curl; then
   log "installing haproxy, nginx, redis-server, curl"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light redis-server curl >/dev/null
 fi
+python3 -c 'import websockets' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check websockets
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
@@ -39,7 +44,7 @@ log "building (release)"
 cargo build --release --locked -q -p tunnelgate-gateway -p tunnelgate-agent -p tunnelgate-load --bins
 B=target/release
 TOKEN=load-test-token-0123456789abcdef0123
-UP=$(free_port); REDIS=$(free_port); LB=$(free_port)
+UP=$(free_port); REDIS=$(free_port); LB=$(free_port); WSUP=$(free_port)
 declare -A GW PEER ADM PID
 for n in 1 2 3; do GW[$n]=$(free_port); PEER[$n]=$(free_port); ADM[$n]=$(free_port); done
 
@@ -53,14 +58,15 @@ http { access_log off; keepalive_requests 1000000;
 NGINX
 nginx -c "$work/nginx.conf"
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
-wait_port "$UP"; wait_port "$REDIS"
+python3 load-tests/ws_sessions.py echo "$WSUP" & pids+=($!)
+wait_port "$UP"; wait_port "$REDIS"; wait_port "$WSUP"
 
 start_node() { # n
   local n=$1
   RUST_LOG=info $B/tunnelgate-gateway --cluster "demo:$TOKEN" --redis-url "redis://127.0.0.1:$REDIS/" \
     --peer-secret load-test-peer-secret-0123456789 --node-id "n$n" --listen "127.0.0.1:${GW[$n]}" \
     --peer-listen "127.0.0.1:${PEER[$n]}" --admin-listen "127.0.0.1:${ADM[$n]}" \
-    --rate-limit 1000000 --rate-burst 1000000 --drain-timeout 10s --log-format text >>"$work/n$n.log" 2>&1 &
+    --rate-limit 1000000 --rate-burst 1000000 --drain-timeout "${DRAIN}s" --log-format text >>"$work/n$n.log" 2>&1 &
   PID[$n]=$!; pids+=("${PID[$n]}")
   for _ in $(seq 400); do
     curl -sf -o /dev/null "http://127.0.0.1:${ADM[$n]}/readyz" && return 0
@@ -110,7 +116,8 @@ haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 & pids+=($!)
 wait_port "$LB"
 for a in 1 2; do
   RUST_LOG=info $B/tunnelgate-agent --gateway "ws://127.0.0.1:$LB" --cluster demo --token "$TOKEN" \
-    --route "app.demo.localhost=http://127.0.0.1:$UP" --log-format text >"$work/agent$a.log" 2>&1 & pids+=($!)
+    --route "app.demo.localhost=http://127.0.0.1:$UP" --route "ws.demo.localhost=http://127.0.0.1:$WSUP" \
+    --log-format text >"$work/agent$a.log" 2>&1 & pids+=($!)
 done
 for _ in $(seq 400); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.demo.localhost' "http://127.0.0.1:$LB/")" = 200 ] && break
@@ -127,8 +134,10 @@ before=$(load 10)
 log "$before"
 
 : > "$work/events"
-total=$((SETTLE + 3 * (SETTLE + 4) + 2 * SETTLE + 10))
+total=$((SETTLE + 4 * (DRAIN + SETTLE + 2) + 2 * SETTLE + 5))
 log "rolling restart n1, n2, n3, then 3 → 2 → 3 nodes, under $RATE req/s for ${total} s"
+python3 load-tests/ws_sessions.py clients "ws://ws.demo.localhost:$LB/" "127.0.0.1:$LB" "$SESSIONS" "$total" \
+  > "$work/ws.json" & WS=$!
 load "$total" > "$work/during.json" & LOAD=$!
 sleep "$SETTLE"
 for n in 1 2 3; do
@@ -143,14 +152,18 @@ sleep $((2 * SETTLE))
 start_node 3
 echo "n3 back: three nodes" >> "$work/events"
 wait "$LOAD"
+wait "$WS"
 during=$(cat "$work/during.json")
+ws=$(cat "$work/ws.json")
+log "websocket sessions: $ws"
 log "$during"
 cat "$work/events" >&2
 
-python3 - "$before" "$during" "$RATE" "$work/events" <<'PY'
+python3 - "$before" "$during" "$RATE" "$work/events" "$ws" <<'PY'
 import json, sys, datetime, platform, os
 before, during = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 rate, events = sys.argv[3], open(sys.argv[4]).read().strip().splitlines()
+ws = json.loads(sys.argv[5])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 row = lambda name, r: (f"| {name} | {r['requests']} | {r['errors']} | {r['rps']:.0f} | "
                        f"{r['p50_us']/1000:.2f} | {r['p99_us']/1000:.2f} | {r['p999_us']/1000:.2f} | {r['max_us']/1000:.1f} |")
@@ -169,11 +182,16 @@ out = [
     "",
     "Failed counts every request that did not get a 2xx and every refused or broken connection.",
     "",
+    f"WebSocket sessions: {ws['sessions']} open at the start, echoing every 200 ms; "
+    f"**{ws['open_at_end']} open at the end**; {ws['reconnects']} reconnects after cuts "
+    f"(how each ended: {ws['close_codes'] or 'none'}); {ws['echoes']} echoes, {ws['wrong']} wrong.",
+    "",
     "What happened, in order:",
     "",
 ] + [f"- {e}" for e in events]
 open("load-tests/ROLLING.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))
-ok = during["errors"] == 0 and before["errors"] == 0
+ok = (during["errors"] == 0 and before["errors"] == 0
+      and ws["open_at_end"] == ws["sessions"] and ws["wrong"] == 0)
 sys.exit(0 if ok else 1)
 PY
