@@ -786,3 +786,103 @@ fn one_trace_follows_a_request_across_a_peer_hop_to_the_agent_and_the_upstream()
     drop(rt);
     drop(guard);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_gets_tunnels_without_everyone_moving_at_once() {
+    let redis = Redis::start();
+    let up = Upstream::start().await;
+    let url = redis.url();
+    // Membership ticks, and so spreading, every 200 ms.
+    let node_args = [
+        "--redis-url",
+        url.as_str(),
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--peer-secret",
+        PEER_SECRET,
+        "--heartbeat-interval",
+        "200ms",
+    ];
+    let n1 = Gateway::start(&node_args);
+    // The second node's address is known before it runs, as a Service's would be: the agents
+    // are given both.
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let n2_addr = spare.local_addr().unwrap().to_string();
+    drop(spare);
+    let urls = vec![n1.ws_url(), format!("ws://{n2_addr}")];
+    let agents: Vec<Agent> = (0..6)
+        .map(|_| Agent::spawn_urls(&urls, DEMO, &[(APP, up.url())], &["--connections", "1"]))
+        .collect();
+    for a in &agents {
+        a.connected().await;
+    }
+    assert_eq!(metric(&n1, "gateway_tunnels ").await, 6);
+
+    // Steady requests through n1 meanwhile: moving tunnels loses none.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), n1.url(APP, "/hello"));
+        tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let n2 = Gateway::start_on(&n2_addr, &node_args);
+    let start = Instant::now();
+    // Its share is 3; a node within its share and one tunnel more (n1 at 4) stops sending.
+    while metric(&n2, "gateway_tunnels ").await < 2 {
+        assert!(
+            start.elapsed() < HANG,
+            "the new node never got its share of tunnels:\n{}",
+            n2.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 0);
+    // One agent at a time (a tenth of six, at least one), never all at once.
+    let moves: Vec<String> = n1
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("rebalancing"))
+        .collect();
+    assert!(!moves.is_empty());
+    for l in &moves {
+        assert!(l.contains(r#""asked":1"#), "{l}");
+    }
+    // A moved tunnel's old half closes just after the new one serves (make before break).
+    let start = Instant::now();
+    let (t1, t2) = loop {
+        let t = (
+            metric(&n1, "gateway_tunnels ").await,
+            metric(&n2, "gateway_tunnels ").await,
+        );
+        if t.0 + t.1 == 6 {
+            break t;
+        }
+        assert!(
+            start.elapsed() < HANG,
+            "tunnels never settled: n1 {}, n2 {}",
+            t.0,
+            t.1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(t1 <= 4 && t2 >= 2, "n1 {t1}, n2 {t2}");
+    assert!(metric(&n1, "gateway_tunnels_moved_total").await >= 2);
+}

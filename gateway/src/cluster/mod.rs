@@ -1,13 +1,14 @@
 //! The gateway as one node of many: peer links to the nodes that own other clusters' tunnels
 //! ([`peers`], each a [`PeerLink`]), the peer endpoint other nodes dial ([`peer_server`]),
 //! tunnels' ownership leases ([`lease`]), and this node's membership record
-//! ([`run_membership`]).
+//! ([`run_membership`]), which also spreads tunnels over the nodes ([`balance`]).
 //!
 //! A request that lands on a node without the cluster's tunnel is forwarded over a peer link
 //! to a node that has one: it is one more stream on that link, with the same frames and flow
 //! control as a tunnel. A node answers forwarded requests only from its own tunnels, so a
 //! request takes at most one hop.
 
+pub mod balance;
 pub mod lease;
 pub mod peer_link;
 pub mod peer_server;
@@ -56,10 +57,11 @@ pub async fn run_membership(state: Arc<AppState>) {
     else {
         return;
     };
-    let record = NodeRecord {
+    let mut record = NodeRecord {
         peer_addr,
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: now_ms(),
+        tunnels: 0,
     };
     let ttl = cfg.heartbeat_interval * 3;
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
@@ -67,10 +69,12 @@ pub async fn run_membership(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         let was_healthy = state.registry.is_healthy();
+        record.tunnels = state.hub.total() as u64;
         if state.registry.announce_node(&record, ttl).await.is_err() {
             clusters_synced = false;
             continue;
         }
+        balance::rebalance(&state).await;
         if !clusters_synced || !was_healthy {
             clusters_synced = state.registry.sync_clusters().await.is_ok();
         }

@@ -42,6 +42,9 @@ pub fn node(id: &str) -> String {
     format!("node:{id}")
 }
 
+/// Sorted set of node ids, scored by when their record expires (ms): the live nodes.
+pub const NODES: &str = "nodes";
+
 pub fn cluster(id: &str) -> String {
     format!("cluster:{id}")
 }

@@ -86,6 +86,9 @@ pub struct NodeRecord {
     pub peer_addr: String,
     pub version: String,
     pub started_at: u64,
+    /// Agent tunnels the node holds (as of its last announcement), for spreading them.
+    #[serde(default)]
+    pub tunnels: u64,
 }
 
 pub use records::{ClusterRecord, TenantError, TokenRecord};

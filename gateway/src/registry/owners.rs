@@ -97,6 +97,16 @@ impl Registry {
         self.note(self.store.put_node(&self.node_id, json, ttl).await)
     }
 
+    /// The live nodes (this one included) and their records; empty without Redis.
+    pub async fn nodes(&self) -> Result<Vec<(String, NodeRecord)>, RegistryError> {
+        let all = self.store.nodes().await;
+        Ok(self
+            .note(all)?
+            .into_iter()
+            .filter_map(|(id, json)| Some((id, serde_json::from_str(&json).ok()?)))
+            .collect())
+    }
+
     pub async fn withdraw_node(&self) {
         let _ = self.store.del_node(&self.node_id).await;
     }

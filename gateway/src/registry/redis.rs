@@ -372,16 +372,59 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<(), RegistryError> {
         let key = keys::node(id);
+        let (id, now) = (id.to_string(), super::now_ms());
+        let expires = now + ttl.as_millis() as u64;
         self.run("put_node", |mut c| async move {
-            c.set_ex(key, record, ttl.as_secs().max(1)).await
+            redis::pipe()
+                .set_ex(key, record, ttl.as_secs().max(1))
+                .ignore()
+                .zadd(keys::NODES, id, expires)
+                .ignore()
+                .zrembyscore(keys::NODES, "-inf", now)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
         })
         .await
     }
 
     pub async fn del_node(&self, id: &str) -> Result<(), RegistryError> {
         let key = keys::node(id);
-        self.run("del_node", |mut c| async move { c.del(key).await })
-            .await
+        let id = id.to_string();
+        self.run("del_node", |mut c| async move {
+            redis::pipe()
+                .del(key)
+                .ignore()
+                .zrem(keys::NODES, id)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// The live nodes' records: (node id, record JSON).
+    pub async fn nodes(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        let now = super::now_ms();
+        let ids: Vec<String> = self
+            .run("nodes", |mut c| async move {
+                c.zrangebyscore(keys::NODES, now, "+inf").await
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ks: Vec<String> = ids.iter().map(|i| keys::node(i)).collect();
+        let records: Vec<Option<String>> = self
+            .run("nodes", |mut c| async move {
+                redis::cmd("MGET").arg(&ks).query_async(&mut c).await
+            })
+            .await?;
+        Ok(ids
+            .into_iter()
+            .zip(records)
+            .filter_map(|(i, r)| Some((i, r?)))
+            .collect())
     }
 
     pub async fn publish(&self, event: String) -> Result<(), RegistryError> {

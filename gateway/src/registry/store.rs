@@ -81,6 +81,9 @@ pub(super) trait Store: Send + Sync {
 
     async fn del_node(&self, id: &str) -> Result<(), RegistryError>;
 
+    /// The live nodes' records, (node id, record JSON); none in memory (one node).
+    async fn nodes(&self) -> Result<Vec<(String, String)>, RegistryError>;
+
     /// Tells the other nodes (nobody to tell in memory).
     async fn publish(&self, event: String) -> Result<(), RegistryError>;
 }
@@ -165,6 +168,10 @@ impl Store for Memory {
 
     async fn del_node(&self, _id: &str) -> Result<(), RegistryError> {
         Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        Ok(Vec::new())
     }
 
     async fn publish(&self, _event: String) -> Result<(), RegistryError> {
@@ -288,6 +295,10 @@ impl Store for RedisStore {
 
     async fn del_node(&self, id: &str) -> Result<(), RegistryError> {
         RedisStore::del_node(self, id).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        RedisStore::nodes(self).await
     }
 
     async fn publish(&self, event: String) -> Result<(), RegistryError> {

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub forwarded: Family<ReasonLabels, Counter>,
     /// `gateway_tunnel_probes_total{reason}`: data-path probes, `answered` or `unanswered`.
     pub probes: Family<ReasonLabels, Counter>,
+    /// `gateway_tunnels_moved_total`: agents asked to move a tunnel to spread them over nodes.
+    pub moved: Counter,
     /// `gateway_cluster_private{cluster_uuid}`: 1 when the agent judged its cluster private,
     /// 0 public (absent until an agent reports).
     pub cluster_private: Family<ClusterLabels, Gauge>,
@@ -165,6 +167,12 @@ impl Default for Metrics {
             "Data-path probes of tunnels whose streams went quiet, by outcome",
             probes.clone(),
         );
+        let moved = Counter::default();
+        registry.register(
+            "gateway_tunnels_moved",
+            "Agents asked to move a tunnel to another node, to spread tunnels over the nodes",
+            moved.clone(),
+        );
         let cluster_private = Family::<ClusterLabels, Gauge>::default();
         registry.register(
             "gateway_cluster_private",
@@ -216,6 +224,7 @@ impl Default for Metrics {
             backend_calls,
             forwarded,
             probes,
+            moved,
             registry,
             requests,
             request_duration,
@@ -269,6 +278,11 @@ impl Metrics {
     /// Counts a forwarding outcome (`forwarded`, `not_here`, `peer_unreachable`).
     pub fn forward_outcome(&self, reason: &'static str) {
         self.forwarded.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts agents asked to move for spreading.
+    pub fn tunnels_moved(&self, n: u64) {
+        self.moved.inc_by(n);
     }
 
     /// Counts a data-path probe's outcome (`answered`, `unanswered`).

@@ -17,11 +17,17 @@ pub struct Revoked {
     pub reason: String,
 }
 
-/// This node is draining: ask the agent to move the tunnel (it opens one elsewhere, then
-/// drains this one with its own `drain`).
+/// Ask the agent to move the tunnel (it opens one elsewhere, then drains this one with its own
+/// `drain`): this node is draining, or holds more than its share of tunnels. The text is the
+/// reason the agent is given.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct MoveAway;
+pub struct MoveAway(pub &'static str);
+
+/// Why a draining node moves its tunnels.
+pub const SHUTTING_DOWN: &str = "this gateway node is shutting down";
+/// Why a node holding more than its share moves some.
+pub const REBALANCING: &str = "this gateway node holds more than its share of tunnels";
 
 /// A handle to one live tunnel.
 #[derive(Clone)]
@@ -34,8 +40,11 @@ pub struct TunnelRef {
     pub open: Recipient<OpenStream>,
     /// Closes the tunnel (its token was revoked, or its cluster deleted).
     pub revoke: Recipient<Revoked>,
-    /// Asks its agent to move the tunnel to another node (this one is draining).
+    /// Asks its agent to move the tunnel to another node (this one is draining, or holds more
+    /// than its share).
     pub move_away: Recipient<MoveAway>,
+    /// When it registered here.
+    pub since: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -108,10 +117,26 @@ impl Hub {
         let g = self.read();
         let mut n = 0;
         for t in g.values().flatten() {
-            t.move_away.do_send(MoveAway);
+            t.move_away.do_send(MoveAway(SHUTTING_DOWN));
             n += 1;
         }
         n
+    }
+
+    /// Asks the agents of up to `n` tunnels registered at least `min_age` ago, oldest first, to
+    /// move elsewhere; returns how many were asked.
+    pub fn move_some(&self, n: usize, min_age: std::time::Duration) -> usize {
+        let g = self.read();
+        let mut old: Vec<&TunnelRef> = g
+            .values()
+            .flatten()
+            .filter(|t| t.since.elapsed() >= min_age)
+            .collect();
+        old.sort_by_key(|t| t.since);
+        for t in old.iter().take(n) {
+            t.move_away.do_send(MoveAway(REBALANCING));
+        }
+        old.len().min(n)
     }
 
     /// Live tunnels on this node, over every cluster.

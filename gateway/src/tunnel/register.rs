@@ -122,6 +122,7 @@ impl TunnelActor {
                 open: ctx.address().recipient(),
                 revoke: ctx.address().recipient(),
                 move_away: ctx.address().recipient(),
+                since: std::time::Instant::now(),
             },
         );
         self.state.metrics.tunnels.inc();

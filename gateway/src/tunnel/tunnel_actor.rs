@@ -393,9 +393,9 @@ impl Handler<OpenStream> for TunnelActor {
 impl Handler<MoveAway> for TunnelActor {
     type Result = ();
 
-    fn handle(&mut self, _msg: MoveAway, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: MoveAway, _ctx: &mut Context<Self>) {
         let msg = Control::Drain(tunnelgate_proto::control::Drain {
-            reason: "this gateway node is shutting down".into(),
+            reason: msg.0.into(),
         });
         self.out.try_send(Outgoing::Text(msg.to_json()));
     }
