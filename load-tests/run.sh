@@ -321,6 +321,10 @@ lines.append("\nOpen loop: requests are sent on schedule whatever the answers do
 notes = "load-tests/NOTES.md"
 if os.path.exists(notes):
     lines.append(open(notes).read())
+# The last rolling-restart run (load-tests/rolling.sh), one level down.
+rolling = "load-tests/ROLLING.md"
+if os.path.exists(rolling):
+    lines.append("\n".join(("#" + l) if l.startswith("#") else l for l in open(rolling).read().splitlines()))
 open("load-tests/RESULTS.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
