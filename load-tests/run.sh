@@ -324,7 +324,7 @@ if os.path.exists(notes):
 # The last rolling-restart run (load-tests/rolling.sh), one level down.
 rolling = "load-tests/ROLLING.md"
 if os.path.exists(rolling):
-    lines.append("\n".join(("#" + l) if l.startswith("#") else l for l in open(rolling).read().splitlines()))
+    lines.append("\n" + "\n".join(("#" + l) if l.startswith("#") else l for l in open(rolling).read().splitlines()))
 open("load-tests/RESULTS.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
