@@ -19,15 +19,12 @@ use crate::config::{Config, LogFormat};
 /// Installs the global subscriber: log lines (JSON or text, `RUST_LOG`), and spans to
 /// `--otlp-endpoint` when given. Keep the guard until exit: it sends the last spans.
 pub fn init(config: &Config) -> Result<tunnelgate_telemetry::Guard, String> {
-    let otlp = config
-        .otlp_endpoint
-        .clone()
-        .map(|endpoint| tunnelgate_telemetry::Otlp {
-            endpoint,
-            service: "tunnelgate-agent",
-            flush: config.otlp_flush_interval,
-        });
-    tunnelgate_telemetry::init(config.log_format == LogFormat::Json, otlp)
+    tunnelgate_telemetry::init(
+        config.log_format == LogFormat::Json,
+        "tunnelgate-agent",
+        config.otlp_endpoint.clone(),
+        config.otlp_flush_interval,
+    )
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

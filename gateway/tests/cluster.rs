@@ -710,11 +710,9 @@ fn one_trace_follows_a_request_across_a_peer_hop_to_the_agent_and_the_upstream()
     // The agent runs in this process: its spans go out through this process's subscriber.
     let guard = tunnelgate_telemetry::init(
         true,
-        Some(tunnelgate_telemetry::Otlp {
-            endpoint: receiver.endpoint(),
-            service: "tunnelgate-agent",
-            flush: Duration::from_millis(100),
-        }),
+        "tunnelgate-agent",
+        Some(receiver.endpoint()),
+        Duration::from_millis(100),
     )
     .unwrap();
     rt.block_on(async {

@@ -20,13 +20,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Where traces go.
 #[derive(Debug, Clone)]
-pub struct Otlp {
+struct Otlp {
     /// The collector's OTLP/HTTP base URL (`http://collector:4318`), or its full traces URL.
-    pub endpoint: String,
+    endpoint: String,
     /// `service.name` of this process's spans.
-    pub service: &'static str,
+    service: &'static str,
     /// How long spans wait in the batch before they are sent.
-    pub flush: Duration,
+    flush: Duration,
 }
 
 /// Keeps the trace exporter; dropping it sends what is still batched.
@@ -51,9 +51,20 @@ pub fn traces_url(endpoint: &str) -> String {
     }
 }
 
-/// Installs the global subscriber: log lines on stdout (`json` or text), and spans to `otlp`
-/// when given. A second call (tests embedding the agent or gateway) keeps the first subscriber.
-pub fn init(json: bool, otlp: Option<Otlp>) -> Result<Guard, String> {
+/// Installs the global subscriber: log lines on stdout (`json` or text), and spans of
+/// `service` to the OTLP collector at `otlp_endpoint` when given, sent every `flush`. A second
+/// call (tests embedding the agent or gateway) keeps the first subscriber.
+pub fn init(
+    json: bool,
+    service: &'static str,
+    otlp_endpoint: Option<String>,
+    flush: Duration,
+) -> Result<Guard, String> {
+    let otlp = otlp_endpoint.map(|endpoint| Otlp {
+        endpoint,
+        service,
+        flush,
+    });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (provider, traces) = match otlp {
         None => (None, None),

@@ -35,6 +35,18 @@ pub const HEARTBEAT_HEADER: &str = "x-tunnelgate-peer-heartbeat-ms";
 /// A peer link silent for this many heartbeat intervals is dead.
 pub const SILENT_INTERVALS: u32 = 3;
 
+/// Why a peer link whose last message came at `last_seen` is dead, if it is: silent for more
+/// than [`SILENT_INTERVALS`] heartbeat intervals.
+pub fn silence(last_seen: std::time::Instant, interval: std::time::Duration) -> Option<String> {
+    let silent = last_seen.elapsed();
+    (silent > interval * SILENT_INTERVALS).then(|| {
+        format!(
+            "heartbeat timeout: nothing from the other node for {} ms",
+            silent.as_millis()
+        )
+    })
+}
+
 /// The heartbeat interval a dialler asked for, within sane bounds.
 pub fn peer_heartbeat(ms: &str) -> Option<std::time::Duration> {
     let ms: u64 = ms.trim().parse().ok()?;

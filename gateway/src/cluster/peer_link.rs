@@ -14,7 +14,7 @@ use tunnelgate_mux::Outbox;
 use tunnelgate_proto::Control;
 use tunnelgate_proto::control::Heartbeat;
 
-use super::SILENT_INTERVALS;
+use super::silence;
 use crate::AppState;
 use crate::error::ProxyError;
 use crate::registry::now_ms;
@@ -74,12 +74,7 @@ impl PeerLink {
 
     /// Each interval: the link is dead if it was silent too long, else a heartbeat goes out.
     fn beat(&mut self, ctx: &mut Context<Self>, interval: Duration) {
-        let silent = self.last_seen.elapsed();
-        if silent > interval * SILENT_INTERVALS {
-            let why = format!(
-                "heartbeat timeout: nothing from the other node for {} ms",
-                silent.as_millis()
-            );
+        if let Some(why) = silence(self.last_seen, interval) {
             self.state.metrics.tunnel_error("peer_heartbeat_timeout");
             tracing::warn!(peer_node = %self.node_id, link = self.id, %why, "peer link dead");
             self.out.close(1001, why.clone());

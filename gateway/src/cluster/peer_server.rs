@@ -26,7 +26,7 @@ use tunnelgate_proto::control::{
 use tunnelgate_proto::limits::{MAX_FRAME_PAYLOAD, MAX_WS_MESSAGE};
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
-use super::{HEARTBEAT_HEADER, NODE_HEADER, SILENT_INTERVALS, peer_heartbeat, same_secret};
+use super::{HEARTBEAT_HEADER, NODE_HEADER, peer_heartbeat, same_secret, silence};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::tunnel::{
@@ -325,12 +325,7 @@ impl Actor for PeerServer {
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(interval) = self.heartbeat {
             ctx.run_interval(interval, move |act, ctx| {
-                let silent = act.last_seen.elapsed();
-                if silent > interval * SILENT_INTERVALS {
-                    let why = format!(
-                        "heartbeat timeout: nothing from the other node for {} ms",
-                        silent.as_millis()
-                    );
+                if let Some(why) = silence(act.last_seen, interval) {
                     act.state.metrics.tunnel_error("peer_heartbeat_timeout");
                     tracing::warn!(peer_node = %act.node, %why, "peer link dead");
                     act.out.close(1001, why);

@@ -370,9 +370,10 @@ impl RedisStore {
         id: &str,
         record: String,
         ttl: Duration,
+        now: u64,
     ) -> Result<(), RegistryError> {
         let key = keys::node(id);
-        let (id, now) = (id.to_string(), super::now_ms());
+        let id = id.to_string();
         let expires = now + ttl.as_millis() as u64;
         self.run("put_node", |mut c| async move {
             redis::pipe()
@@ -403,9 +404,8 @@ impl RedisStore {
         .await
     }
 
-    /// The live nodes' records: (node id, record JSON).
-    pub async fn nodes(&self) -> Result<Vec<(String, String)>, RegistryError> {
-        let now = super::now_ms();
+    /// The live nodes' records (expiring after `now`): (node id, record JSON).
+    pub async fn nodes(&self, now: u64) -> Result<Vec<(String, String)>, RegistryError> {
         let ids: Vec<String> = self
             .run("nodes", |mut c| async move {
                 c.zrangebyscore(keys::NODES, now, "+inf").await

@@ -290,7 +290,7 @@ impl Store for RedisStore {
     }
 
     async fn put_node(&self, id: &str, record: String, ttl: Duration) -> Result<(), RegistryError> {
-        RedisStore::put_node(self, id, record, ttl).await
+        RedisStore::put_node(self, id, record, ttl, now_ms()).await
     }
 
     async fn del_node(&self, id: &str) -> Result<(), RegistryError> {
@@ -298,7 +298,7 @@ impl Store for RedisStore {
     }
 
     async fn nodes(&self) -> Result<Vec<(String, String)>, RegistryError> {
-        RedisStore::nodes(self).await
+        RedisStore::nodes(self, now_ms()).await
     }
 
     async fn publish(&self, event: String) -> Result<(), RegistryError> {

@@ -9,13 +9,10 @@ use crate::config::{Config, LogFormat};
 /// (default `info`), and spans to `--otlp-endpoint` when given. Keep the guard until exit: it
 /// sends the last batch of spans when dropped.
 pub fn init(config: &Config) -> Result<tunnelgate_telemetry::Guard, String> {
-    let otlp = config
-        .otlp_endpoint
-        .clone()
-        .map(|endpoint| tunnelgate_telemetry::Otlp {
-            endpoint,
-            service: "tunnelgate-gateway",
-            flush: config.otlp_flush_interval,
-        });
-    tunnelgate_telemetry::init(config.log_format == LogFormat::Json, otlp)
+    tunnelgate_telemetry::init(
+        config.log_format == LogFormat::Json,
+        "tunnelgate-gateway",
+        config.otlp_endpoint.clone(),
+        config.otlp_flush_interval,
+    )
 }

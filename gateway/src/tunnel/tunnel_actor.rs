@@ -59,7 +59,7 @@ pub struct TunnelActor {
     pub(super) token_id: String,
     /// What the agent reported (version, host, last heartbeat), for the admin API.
     pub(super) agent: Option<crate::registry::agents::AgentInfo>,
-    /// When the agent last sent anything for a stream (see [`super::probe`]).
+    /// When the agent last sent anything for a stream (the data-path probe's clock).
     pub(super) stream_seen: Instant,
     /// A data-path probe is waiting for its answer.
     pub(super) probing: bool,
