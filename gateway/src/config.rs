@@ -224,14 +224,13 @@ pub struct Config {
     #[arg(long, env = "TG_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
-    /// Open connections (clients and agents) the public listeners carry; past it, a new
-    /// connection's requests get 503 with Retry-After and the connection is closed. 0: no limit.
+    /// Open connections (clients and agents) on the public listeners; past it, new ones get
+    /// 503 + Retry-After and are closed. 0: no limit.
     #[arg(long, env = "TG_MAX_CONNECTIONS", default_value_t = 25_000)]
     pub max_connections: usize,
 
-    /// Send traces (OTLP over HTTP, JSON) to this collector, e.g. `http://otel-collector:4318`:
-    /// a span per request at the entry node, the peer hop, the owner node (and the agent's,
-    /// joined by W3C `traceparent`). Off when not given.
+    /// Send traces (OTLP/HTTP, JSON) to this collector, e.g. `http://otel-collector:4318`:
+    /// spans at the entry node, the peer hop and the owner node. Off when not given.
     #[arg(long, env = "TG_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
@@ -239,14 +238,18 @@ pub struct Config {
     #[arg(long, env = "TG_OTLP_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub otlp_flush_interval: Duration,
 
-    /// One INFO line per proxied request ("request": host, method, path, status, time to the
-    /// response head, cluster, node, request id), at the entry node and, across a peer hop,
-    /// at the owner node.
+    /// Resident memory (MiB) above which new requests get 503 + Retry-After (checked every
+    /// second; set it under the pod's limit). 0: no limit.
+    #[arg(long, env = "TG_MAX_MEMORY_MIB", default_value_t = 0)]
+    pub max_memory_mib: u64,
+
+    /// One INFO line per request (host, method, path, status, time to the head, cluster, node,
+    /// request id) at the entry node, and at the owner node across a peer hop.
     #[arg(long, env = "TG_ACCESS_LOG")]
     pub access_log: bool,
 
-    /// How often a node sends a heartbeat on each peer link it dialled; a link silent for three
-    /// intervals (either end) is dead: its streams fail at once and the next request dials anew.
+    /// Heartbeats on each peer link this node dials; a link silent for three intervals is dead
+    /// (its streams fail at once, the next request dials anew).
     #[arg(long, env = "TG_PEER_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub peer_heartbeat_interval: Duration,
 

@@ -60,6 +60,8 @@ pub enum ProxyError {
     RegistryUnavailable(String),
     #[error("this gateway node is at its connection limit ({0}); retry shortly")]
     Overloaded(usize),
+    #[error("this gateway node is over its memory limit; retry shortly")]
+    MemoryOver,
 }
 
 impl ProxyError {
@@ -79,6 +81,7 @@ impl ProxyError {
             | ProxyError::AgentRefused
             | ProxyError::RegistryUnavailable(_)
             | ProxyError::Overloaded(_)
+            | ProxyError::MemoryOver
             | ProxyError::NotHere => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamRefused(_)
             | ProxyError::UpstreamFailed(_)
@@ -109,7 +112,7 @@ impl ProxyError {
             ProxyError::AgentNoRoute => "agent_no_route",
             ProxyError::AgentRefused => "agent_refused",
             ProxyError::RegistryUnavailable(_) => "registry_unavailable",
-            ProxyError::Overloaded(_) => "overloaded",
+            ProxyError::Overloaded(_) | ProxyError::MemoryOver => "overloaded",
             ProxyError::NotHere => "cluster_moved",
         }
     }
@@ -132,7 +135,8 @@ impl ProxyError {
             | ProxyError::NotHere => Who::Tunnel,
             ProxyError::TunnelBusy
             | ProxyError::RegistryUnavailable(_)
-            | ProxyError::Overloaded(_) => Who::Gateway,
+            | ProxyError::Overloaded(_)
+            | ProxyError::MemoryOver => Who::Gateway,
             ProxyError::UpstreamRefused(_)
             | ProxyError::UpstreamFailed(_)
             | ProxyError::Timeout(_) => Who::Upstream,
@@ -151,6 +155,7 @@ impl ProxyError {
                 | ProxyError::AgentRefused
                 | ProxyError::RegistryUnavailable(_)
                 | ProxyError::Overloaded(_)
+                | ProxyError::MemoryOver
                 | ProxyError::NotHere
         )
     }

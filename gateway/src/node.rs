@@ -94,6 +94,12 @@ pub async fn run(
     )));
     tasks.push(actix_rt::spawn(admin::recheck(state.clone().into_inner())));
     tasks.push(actix_rt::spawn(acme::run(state.clone().into_inner())));
+    if state.config.max_memory_mib > 0 {
+        tasks.push(actix_rt::spawn(crate::overload::watch_memory(
+            state.connections.clone(),
+            state.config.max_memory_mib << 20,
+        )));
+    }
     let mut servers = Vec::new();
     if let Some(l) = peer {
         servers.push(peer_server(&state, l)?);

@@ -1,17 +1,19 @@
 //! Overload: a node carries at most `--max-connections` open connections on its public
-//! listeners (clients and agents alike). A connection past the limit is still accepted, so it
-//! learns why: its requests are answered 503 with `Retry-After` and `Connection: close`, before
-//! any work (no routing, no Redis, no stream). The node keeps serving the connections it has,
-//! instead of running out of file descriptors or memory.
+//! listeners (clients and agents alike), and takes no new work while its resident memory is
+//! above `--max-memory`. A connection past the limit, or any new request while memory is over,
+//! is still accepted so it learns why: it is answered 503 with `Retry-After` (and a connection
+//! past the limit is closed), before any work (no routing, no Redis, no stream). The node keeps
+//! serving what it has, instead of running out of file descriptors or being killed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The public listeners' open connections.
+/// The public listeners' open connections, and whether memory is over its limit.
 #[derive(Debug)]
 pub struct Connections {
     open: AtomicUsize,
     max: usize,
+    memory_over: std::sync::atomic::AtomicBool,
 }
 
 /// One open connection, held in its extensions for as long as it lives.
@@ -28,6 +30,7 @@ impl Connections {
         Arc::new(Connections {
             open: AtomicUsize::new(0),
             max,
+            memory_over: Default::default(),
         })
     }
 
@@ -40,9 +43,44 @@ impl Connections {
         }
     }
 
+    /// Whether the node's resident memory was above its limit at the last check.
+    pub fn memory_over(&self) -> bool {
+        self.memory_over.load(Ordering::Relaxed)
+    }
+
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// This process's resident memory in bytes (Linux), if it can be read.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Checks resident memory against `max_bytes` every second; logs each crossing.
+pub async fn watch_memory(conns: Arc<Connections>, max_bytes: u64) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(rss) = resident_bytes() else {
+            continue;
+        };
+        let over = rss > max_bytes;
+        if conns.memory_over.swap(over, Ordering::Relaxed) != over {
+            let (rss_mib, max_mib) = (rss >> 20, max_bytes >> 20);
+            match over {
+                true => tracing::warn!(
+                    rss_mib,
+                    max_mib,
+                    "memory over --max-memory: new requests get 503"
+                ),
+                false => tracing::info!(rss_mib, max_mib, "memory back under --max-memory"),
+            }
+        }
     }
 }
 
@@ -71,5 +109,11 @@ mod tests {
         let unlimited = Connections::new(0);
         let all: Vec<Slot> = (0..100).map(|_| unlimited.take()).collect();
         assert!(all.iter().all(|s| !s.over));
+    }
+
+    #[test]
+    fn resident_memory_is_read() {
+        let rss = resident_bytes().unwrap();
+        assert!(rss > 1 << 20 && rss < 1 << 40, "{rss}");
     }
 }

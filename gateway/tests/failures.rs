@@ -672,3 +672,17 @@ async fn past_max_connections_new_connections_get_503_with_retry_after() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_memory_new_requests_get_503_with_retry_after() {
+    // Any running node is over 1 MiB: it sheds every new request.
+    let gw = Gateway::start(&["--max-memory-mib", "1"]);
+    let line = gw.wait_log("memory over --max-memory").await;
+    assert!(line.contains(r#""max_mib":1"#), "{line}");
+    let r = client().get(gw.url(APP, "/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["x-tunnelgate-error"], "overloaded");
+    // The internal listener still answers: operators can see why.
+    assert!(gw.metrics().await.contains("gateway_build_info"));
+}

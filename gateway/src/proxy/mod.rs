@@ -92,6 +92,9 @@ async fn route(
         let e = ProxyError::Overloaded(state.config.max_connections);
         return fail(&state, &req, "", e);
     }
+    if state.connections.memory_over() {
+        return fail(&state, &req, "", ProxyError::MemoryOver);
+    }
     let host = match check_request(&req, state.config.max_header_bytes) {
         Ok(h) => h,
         Err(e) => return fail(&state, &req, "", e),
