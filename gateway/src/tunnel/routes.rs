@@ -88,6 +88,9 @@ impl TunnelActor {
     /// Claims or refreshes this tunnel's ownership lease; closes the tunnel when a newer
     /// connection holds it.
     pub(super) fn keep_lease(&mut self, ctx: &mut Context<Self>) {
+        if self.fenced {
+            return;
+        }
         if !self.registered || self.draining || !self.state.registry.is_shared() {
             return;
         }
@@ -97,27 +100,50 @@ impl TunnelActor {
         else {
             return;
         };
-        ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
-            match act.lease.refreshed(res) {
-                Kept::Held { anew } => {
-                    if let Some(info) = act.agent.clone() {
-                        let (reg, cluster) = (act.state.registry.clone(), act.cluster.clone());
-                        actix_rt::spawn(async move { reg.note_agent(&cluster, info).await });
+        ctx.spawn(
+            work.into_actor(self)
+                .map(|res, act, ctx| match act.lease.refreshed(res) {
+                    Kept::Held { anew } => {
+                        if let Some(info) = act.agent.clone() {
+                            let (reg, cluster) = (act.state.registry.clone(), act.cluster.clone());
+                            actix_rt::spawn(async move { reg.note_agent(&cluster, info).await });
+                        }
+                        if anew || act.routes_dirty {
+                            act.republish_routes(ctx);
+                        }
                     }
-                    if anew || act.routes_dirty {
-                        act.republish_routes(ctx);
+                    Kept::Lost => act.lost_lease(ctx),
+                    Kept::Unreachable(e) => {
+                        tracing::debug!(cluster = %act.cluster, error = %e, "lease not refreshed")
                     }
-                }
-                Kept::Lost => act.close(
-                    ctx,
-                    1008,
-                    "a newer connection holds this tunnel's lease, or the cluster is at its tunnel quota".into(),
-                    "fenced",
-                ),
-                Kept::Unreachable(e) => {
-                    tracing::debug!(cluster = %act.cluster, error = %e, "lease not refreshed")
-                }
-            }
-        }));
+                }),
+        );
+    }
+
+    /// Another tunnel of this connection holds the lease (a newer epoch) — usually the agent's
+    /// own replacement while it moves, whose `drain` for this tunnel may still be on its way —
+    /// or the cluster is at its tunnel quota. No new stream comes here; the streams in flight
+    /// finish, then the tunnel closes (at the latest after `--drain-timeout`).
+    pub(super) fn lost_lease(&mut self, ctx: &mut Context<Self>) {
+        const WHY: &str =
+            "a newer connection holds this tunnel's lease, or the cluster is at its tunnel quota";
+        if self.streams.is_empty() {
+            return self.close(ctx, 1008, WHY.into(), "fenced");
+        }
+        if self.fenced {
+            return;
+        }
+        self.fenced = true;
+        tracing::info!(
+            cluster = %self.cluster, tunnel = self.id, streams = self.streams.len(),
+            "lease lost: no new streams here; closing once those in flight finish"
+        );
+        if !self.draining {
+            self.draining = true;
+            self.leave_hub();
+        }
+        ctx.run_later(self.state.config.drain_timeout, |act, ctx| {
+            act.close(ctx, 1008, WHY.into(), "fenced")
+        });
     }
 }

@@ -63,6 +63,8 @@ pub struct TunnelActor {
     pub(super) stream_seen: Instant,
     /// A data-path probe is waiting for its answer.
     pub(super) probing: bool,
+    /// Lost its lease: finishing the streams in flight, then closing.
+    pub(super) fenced: bool,
 }
 
 impl TunnelActor {
@@ -102,6 +104,7 @@ impl TunnelActor {
             agent: None,
             stream_seen: now,
             probing: false,
+            fenced: false,
         }
     }
 
@@ -412,7 +415,10 @@ impl Handler<Revoked> for TunnelActor {
 impl Handler<StreamGone> for TunnelActor {
     type Result = ();
 
-    fn handle(&mut self, msg: StreamGone, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: StreamGone, ctx: &mut Context<Self>) {
         self.streams.gone(msg, &self.out);
+        if self.fenced && self.streams.is_empty() {
+            self.lost_lease(ctx);
+        }
     }
 }
