@@ -51,15 +51,7 @@ fn codec(c: &mut Criterion) {
             ("x-forwarded-proto".into(), "http".into()),
             ("x-forwarded-host".into(), "app.demo.localhost".into()),
         ],
-        body: false,
-        request_id: None,
-        cluster: None,
-        conns: Vec::new(),
-        hops: 0,
-        upgrade: None,
-        kubernetes: None,
-        probe: false,
-        traceparent: None,
+        ..control::ProxyRequest::default()
     });
     let json = req.to_json();
     c.bench_function("control/encode_proxy_request", |b| {

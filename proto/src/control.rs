@@ -142,7 +142,7 @@ pub struct RouteRejection {
 
 /// Gateway → agent: open stream `stream_id` for this request. Body bytes follow as DATA frames
 /// and an END when `body` is true.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProxyRequest {
     pub stream_id: StreamId,
     pub method: String,

@@ -18,9 +18,10 @@ use super::tunnel_actor::TunnelActor;
 use crate::error::ProxyError;
 
 impl TunnelActor {
-    /// Notes that the agent sent something for a stream: its data path is alive.
+    /// Notes that the agent sent something for a stream (called while handling its message, so
+    /// `last_seen` is now): its data path is alive.
     pub(super) fn stream_seen(&mut self) {
-        self.stream_seen = Instant::now();
+        self.stream_seen = self.last_seen;
     }
 
     /// On the tunnel's timer: probes the data path when streams wait and nothing of them came.
@@ -38,21 +39,10 @@ impl TunnelActor {
             return;
         };
         let probe = ProxyRequest {
-            stream_id: 0,
             method: "OPTIONS".into(),
-            host: String::new(),
             path: "*".into(),
-            query: None,
-            headers: Vec::new(),
-            body: false,
-            request_id: None,
-            cluster: None,
-            conns: Vec::new(),
-            hops: 0,
-            upgrade: None,
-            kubernetes: None,
             probe: true,
-            traceparent: None,
+            ..ProxyRequest::default()
         };
         let Started { head, body, .. } = start_stream(opened, probe, None, interval, interval);
         self.probing = true;

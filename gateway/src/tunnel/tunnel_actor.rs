@@ -378,7 +378,7 @@ impl Handler<OpenStream> for TunnelActor {
         }
         // The first stream after a quiet spell: the data path has had nothing to do until now.
         if self.streams.is_empty() {
-            self.stream_seen();
+            self.stream_seen = Instant::now();
         }
         let opened = self.streams.open(&self.out, ctx.address().recipient());
         if let Err(OpenError::Closed) = opened {
