@@ -623,7 +623,7 @@ async fn a_half_open_peer_link_is_detected_within_its_heartbeat_timeout() {
         .expect("the request on a dead link fails, it does not hang")
         .unwrap();
     assert!(r.status().is_server_error(), "{}", r.status());
-    let dead = n2.wait_log("peer link dead").await;
+    let dead = n2.wait_log("peer_heartbeat_timeout").await;
     let took = start.elapsed();
     assert!(dead.contains("heartbeat timeout"), "{dead}");
     assert!(

@@ -61,11 +61,11 @@ impl PeerLink {
         self.id
     }
 
-    /// Closes the link: the other node broke the protocol.
-    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: String) {
+    /// Closes the link: the other node broke the protocol, or went silent; `metric` says which.
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: String, metric: &'static str) {
         if self.close_reason.is_none() {
-            self.state.metrics.tunnel_error("peer_protocol");
-            tracing::warn!(peer_node = %self.node_id, link = self.id, %reason, "closing peer link");
+            self.state.metrics.tunnel_error(metric);
+            tracing::warn!(peer_node = %self.node_id, link = self.id, %reason, metric, "closing peer link");
             self.out.close(code, reason.clone());
             self.close_reason = Some(reason);
         }
@@ -75,12 +75,7 @@ impl PeerLink {
     /// Each interval: the link is dead if it was silent too long, else a heartbeat goes out.
     fn beat(&mut self, ctx: &mut Context<Self>, interval: Duration) {
         if let Some(why) = silence(self.last_seen, interval) {
-            self.state.metrics.tunnel_error("peer_heartbeat_timeout");
-            tracing::warn!(peer_node = %self.node_id, link = self.id, %why, "peer link dead");
-            self.out.close(1001, why.clone());
-            self.close_reason = Some(why);
-            ctx.stop();
-            return;
+            return self.close(ctx, 1001, why, "peer_heartbeat_timeout");
         }
         let beat = Control::Heartbeat(Heartbeat {
             sent_at_ms: now_ms(),
@@ -94,7 +89,7 @@ impl PeerLink {
     fn on_outcome(&mut self, ctx: &mut Context<Self>, outcome: Outcome) {
         match outcome {
             Outcome::Fine | Outcome::Late => {}
-            Outcome::Close(why) => self.close(ctx, 1002, why),
+            Outcome::Close(why) => self.close(ctx, 1002, why, "peer_protocol"),
         }
     }
 }
@@ -158,7 +153,9 @@ impl StreamHandler<WsIn> for PeerLink {
                 ));
                 ctx.stop();
             }
-            WsIn::Error(e) => self.close(ctx, 1002, format!("WebSocket error: {e}")),
+            WsIn::Error(e) => {
+                self.close(ctx, 1002, format!("WebSocket error: {e}"), "peer_protocol")
+            }
         }
     }
 }
@@ -172,7 +169,7 @@ impl Handler<OpenStream> for PeerLink {
         }
         let opened = self.streams.open(&self.out, ctx.address().recipient());
         if let Err(OpenError::Closed) = opened {
-            self.close(ctx, 1000, "stream ids exhausted".into());
+            self.close(ctx, 1000, "stream ids exhausted".into(), "ids_exhausted");
         }
         opened
     }

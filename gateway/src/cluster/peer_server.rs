@@ -132,9 +132,14 @@ impl PeerServer {
     }
 
     fn protocol_error(&mut self, ctx: &mut Context<Self>, why: String) {
-        tracing::warn!(peer_node = %self.node, %why, "closing peer link");
-        self.state.metrics.tunnel_error("peer_protocol");
-        self.out.close(1002, why);
+        self.close(ctx, 1002, why, "peer_protocol");
+    }
+
+    /// Closes the link: the other node broke the protocol, or went silent; `metric` says which.
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, why: String, metric: &'static str) {
+        tracing::warn!(peer_node = %self.node, %why, metric, "closing peer link");
+        self.state.metrics.tunnel_error(metric);
+        self.out.close(code, why);
         ctx.stop();
     }
 
@@ -326,10 +331,7 @@ impl Actor for PeerServer {
         if let Some(interval) = self.heartbeat {
             ctx.run_interval(interval, move |act, ctx| {
                 if let Some(why) = silence(act.last_seen, interval) {
-                    act.state.metrics.tunnel_error("peer_heartbeat_timeout");
-                    tracing::warn!(peer_node = %act.node, %why, "peer link dead");
-                    act.out.close(1001, why);
-                    ctx.stop();
+                    act.close(ctx, 1001, why, "peer_heartbeat_timeout");
                 }
             });
         }
