@@ -44,8 +44,8 @@ use tunnel::Hub;
 /// What every worker shares.
 pub struct AppState {
     pub config: Config,
-    /// Open connections on the public listeners (`--max-connections`).
-    pub connections: Arc<overload::Connections>,
+    /// Open connections on the public listeners and the memory check (`overload`).
+    pub load: Arc<overload::Load>,
     pub registry: Arc<Registry>,
     pub hub: Hub,
     pub peers: cluster::PeerPool,
@@ -132,7 +132,7 @@ impl AppState {
             }
         };
         Ok(AppState {
-            connections: overload::Connections::new(config.max_connections),
+            load: overload::Load::new(config.max_connections),
             acme,
             issued: Arc::default(),
             draining: Default::default(),

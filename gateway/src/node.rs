@@ -96,7 +96,7 @@ pub async fn run(
     tasks.push(actix_rt::spawn(acme::run(state.clone().into_inner())));
     if state.config.max_memory_mib > 0 {
         tasks.push(actix_rt::spawn(crate::overload::watch_memory(
-            state.connections.clone(),
+            state.load.clone(),
             state.config.max_memory_mib << 20,
         )));
     }
@@ -288,7 +288,7 @@ fn public_server(
     };
     if let Some((l, acceptor)) = tls {
         let app = app.clone();
-        let conns = state.connections.clone();
+        let conns = state.load.clone();
         builder = builder.listen("tls", l, move || {
             let conns = conns.clone();
             use actix_service::ServiceFactoryExt as _;
@@ -319,7 +319,7 @@ fn public_server(
             .and_then(http)
         })?;
     }
-    let conns = state.connections.clone();
+    let conns = state.load.clone();
     let server = builder
         .listen("public", listener, move || {
             use actix_service::ServiceFactoryExt as _;

@@ -8,9 +8,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The public listeners' open connections, and whether memory is over its limit.
+/// The node's load: open connections on the public listeners, and whether resident memory is
+/// over its limit.
 #[derive(Debug)]
-pub struct Connections {
+pub struct Load {
     open: AtomicUsize,
     max: usize,
     memory_over: std::sync::atomic::AtomicBool,
@@ -19,15 +20,15 @@ pub struct Connections {
 /// One open connection, held in its extensions for as long as it lives.
 #[derive(Debug)]
 pub struct Slot {
-    conns: Arc<Connections>,
+    conns: Arc<Load>,
     /// The connection arrived past the limit: it gets 503s.
     pub over: bool,
 }
 
-impl Connections {
+impl Load {
     /// `max` 0 means no limit.
     pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(Connections {
+        Arc::new(Load {
             open: AtomicUsize::new(0),
             max,
             memory_over: Default::default(),
@@ -62,7 +63,7 @@ pub fn resident_bytes() -> Option<u64> {
 }
 
 /// Checks resident memory against `max_bytes` every second; logs each crossing.
-pub async fn watch_memory(conns: Arc<Connections>, max_bytes: u64) {
+pub async fn watch_memory(conns: Arc<Load>, max_bytes: u64) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -96,7 +97,7 @@ mod tests {
 
     #[test]
     fn slots_past_the_limit_are_over_and_closing_one_frees_a_place() {
-        let c = Connections::new(2);
+        let c = Load::new(2);
         let a = c.take();
         let b = c.take();
         let x = c.take();
@@ -106,7 +107,7 @@ mod tests {
         drop(a);
         assert_eq!(c.open(), 1);
         assert!(!c.take().over);
-        let unlimited = Connections::new(0);
+        let unlimited = Load::new(0);
         let all: Vec<Slot> = (0..100).map(|_| unlimited.take()).collect();
         assert!(all.iter().all(|s| !s.over));
     }

@@ -92,7 +92,7 @@ async fn route(
         let e = ProxyError::Overloaded(state.config.max_connections);
         return fail(&state, &req, "", e);
     }
-    if state.connections.memory_over() {
+    if state.load.memory_over() {
         return fail(&state, &req, "", ProxyError::MemoryOver);
     }
     let host = match check_request(&req, state.config.max_header_bytes) {
@@ -166,8 +166,10 @@ async fn route(
     if let Err(e) = admit(&state, &route.cluster).await {
         return fail(&state, &req, &route.cluster, e);
     }
+    // Kept only for the access log: the call takes the host.
+    let logged_host = state.config.access_log.then(|| host.clone());
     let call = Call {
-        host: host.clone(),
+        host,
         path: target.path,
         cluster: route.cluster.clone(),
         conns: route.conns.clone(),
@@ -177,7 +179,7 @@ async fn route(
         Ok(resp) => resp,
         Err(e) => fail(&state, &req, &route.cluster, e),
     };
-    if state.config.access_log {
+    if let Some(host) = logged_host {
         tracing::info!(
             %host, method = %req.method(), path = req.uri().path(), status = resp.status().as_u16(),
             head_ms = started.elapsed().as_secs_f64() * 1000.0, cluster = %route.cluster,
