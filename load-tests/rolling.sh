@@ -119,11 +119,17 @@ for a in 1 2; do
     --route "app.demo.localhost=http://127.0.0.1:$UP" --route "ws.demo.localhost=http://127.0.0.1:$WSUP" \
     --log-format text >"$work/agent$a.log" 2>&1 & pids+=($!)
 done
+# Both agents registered, and every node serves the routes (directly, not through HAProxy).
 for _ in $(seq 400); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.demo.localhost' "http://127.0.0.1:$LB/")" = 200 ] && break
+  [ "$(grep -l 'tunnel registered' "$work"/agent*.log 2>/dev/null | wc -l)" -ge 2 ] && break
   sleep 0.05
 done
-sleep 2  # both agents registered and every node has seen the routes
+for n in 1 2 3; do
+  for _ in $(seq 400); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.demo.localhost' "http://127.0.0.1:${GW[$n]}/")" = 200 ] && break
+    sleep 0.05
+  done
+done
 
 load() { # seconds -> tg-load's JSON report
   $B/tg-load --addr "127.0.0.1:$LB" --host app.demo.localhost --rate "$RATE" --connections "$CONNECTIONS" \
