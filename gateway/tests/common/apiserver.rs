@@ -600,7 +600,15 @@ async fn exec_ws<S>(
     let (mut sink, mut stream) = ws.split();
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(64);
     let (out_tx, mut out_rx) = mpsc::channel(64);
-    let proc = tokio::spawn(run(cmd, stdin_rx, out_tx, state));
+    // A container runtime takes a moment to start an exec'd process. kubectl 1.32's WebSocket
+    // executor starts reading before it has registered its streams and drops what arrives in
+    // that gap ("Unknown stream id 3, discarding message"): an answer sent at once (`exit 3`
+    // has nothing else to say) would test that client-go race, not the tunnel. No event from
+    // the client marks the end of the gap, so the fake takes a runtime's start-up time.
+    let proc = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        run(cmd, stdin_rx, out_tx, state).await
+    });
     let mut stdin = want.stdin.then_some(stdin_tx);
     loop {
         tokio::select! {
