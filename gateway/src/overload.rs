@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct Load {
     open: AtomicUsize,
     max: usize,
+    /// The last connection taken was past the limit (for logging each crossing once).
+    conns_over: std::sync::atomic::AtomicBool,
     memory_over: std::sync::atomic::AtomicBool,
 }
 
@@ -31,6 +33,7 @@ impl Load {
         Arc::new(Load {
             open: AtomicUsize::new(0),
             max,
+            conns_over: Default::default(),
             memory_over: Default::default(),
         })
     }
@@ -38,9 +41,20 @@ impl Load {
     /// Counts a new connection; dropping the slot counts it out.
     pub fn take(self: &Arc<Self>) -> Slot {
         let n = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let over = self.max > 0 && n > self.max;
+        if self.conns_over.swap(over, Ordering::Relaxed) != over {
+            match over {
+                true => tracing::warn!(
+                    open = n,
+                    max = self.max,
+                    "at --max-connections: new connections get 503"
+                ),
+                false => tracing::info!(open = n, max = self.max, "under --max-connections again"),
+            }
+        }
         Slot {
             conns: self.clone(),
-            over: self.max > 0 && n > self.max,
+            over,
         }
     }
 

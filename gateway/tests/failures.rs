@@ -653,6 +653,8 @@ async fn past_max_connections_new_connections_get_503_with_retry_after() {
         matches!(end, Ok(Ok(_))),
         "the gateway closes the connection"
     );
+    // Said once, at the crossing, not once per refused request.
+    gw.wait_log("at --max-connections").await;
     // The connections it holds are still served.
     assert!(ask(&mut held[0]).await.starts_with("http/1.1 404"));
     // One closes: a new connection is served again.
@@ -671,6 +673,12 @@ async fn past_max_connections_new_connections_get_503_with_retry_after() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let warned = gw
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("at --max-connections") || l.contains("request failed"))
+        .count();
+    assert_eq!(warned, 1, "{:#?}", gw.log_lines());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

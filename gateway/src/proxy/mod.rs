@@ -272,7 +272,9 @@ fn request_target(req: &HttpRequest) -> Result<RequestTarget, ProxyError> {
 
 fn fail(state: &AppState, req: &HttpRequest, cluster: &str, e: ProxyError) -> HttpResponse {
     state.metrics.request(cluster, e.status().as_u16(), None);
-    let level_warn = !matches!(e.who(), crate::error::Who::Client);
+    // A node shedding load says so once per crossing (overload.rs), not once per request.
+    let shed = matches!(e, ProxyError::Overloaded(_) | ProxyError::MemoryOver);
+    let level_warn = !shed && !matches!(e.who(), crate::error::Who::Client);
     if level_warn {
         tracing::warn!(cluster, method = %req.method(), path = req.uri().path(), code = e.code(), error = %e, "request failed");
     } else {
