@@ -54,6 +54,7 @@ cargo build --release --locked -q -p tunnelgate-gateway -p tunnelgate-agent -p t
 B=target/release
 
 UP=$(free_port); HOP=$(free_port); REDIS=$(free_port); RH_CTL=$(free_port); RH=$(free_port)
+PP=$(free_port); PPT=$(free_port); PA=$(free_port); PAT=$(free_port)
 GW1=$(free_port); GW2=$(free_port); P1=$(free_port); P2=$(free_port); GWS=$(free_port); NTLS=$(free_port)
 # HTTPS rows: a test CA and a certificate for the names both TLS paths serve.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=load-test-ca \
@@ -108,6 +109,16 @@ RUST_LOG=warn $B/tunnelgate-agent --gateway "ws://127.0.0.1:$GW1" --connections 
 for _ in $(seq 200); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.demo.localhost' "http://127.0.0.1:$GW2/")" = 200 ] && break
   sleep 0.05
+done
+
+# The byte-pipe prototype of ADR 0010 (tg-pipe): its own HTTP/1.1 front, and actix-web's.
+$B/tg-pipe gateway --listen "127.0.0.1:$PP" --tunnel-listen "127.0.0.1:$PPT" >"$work/pipe.log" 2>&1 & PPG=$!; pids+=($PPG)
+$B/tg-pipe gateway --listen "127.0.0.1:$PA" --tunnel-listen "127.0.0.1:$PAT" --front actix >"$work/pipe-actix.log" 2>&1 & PAG=$!; pids+=($PAG)
+wait_port "$PPT"; wait_port "$PAT"; wait_port "$PP"; wait_port "$PA"
+$B/tg-pipe agent --gateway "ws://127.0.0.1:$PPT" --upstream "127.0.0.1:$UP" >>"$work/pipe.log" 2>&1 & PPA=$!; pids+=($PPA)
+$B/tg-pipe agent --gateway "ws://127.0.0.1:$PAT" --upstream "127.0.0.1:$UP" >>"$work/pipe-actix.log" 2>&1 & PAA=$!; pids+=($PAA)
+for a in "$PP" "$PA"; do
+  for _ in $(seq 100); do curl -sf -o /dev/null -H 'Host: app.demo.localhost' "http://127.0.0.1:$a/" && break; sleep 0.05; done
 done
 
 ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
@@ -172,6 +183,9 @@ for p in "${paths[@]}"; do
   set -- $p; name=$1; addr=$2; host=$3; shift 3
   row "$name" "$addr" "$host" "$*" >> "$work/rows.jsonl"
 done
+# The prototype rows: closed loop and download only (not in the open-loop chart).
+row prototype-pipe "127.0.0.1:$PP" app.demo.localhost "gateway:$PPG agent:$PPA" >> "$work/rows.jsonl"
+row prototype-pipe-actix "127.0.0.1:$PA" app.demo.localhost "gateway:$PAG agent:$PAA" >> "$work/rows.jsonl"
 # HTTPS: keep-alive req/s (with CPU per request), and new TLS connections per second (one
 # request per connection, a full handshake each).
 log "HTTPS: Tunnelgate's TLS listener vs nginx terminating TLS, $DURATION each way"
@@ -282,16 +296,19 @@ lines.append("## Targets (the data-path issue), this run\n")
 lines.append("| target | measured | met |\n|---|---|---|")
 def target(name, value, ok):
     lines.append(f"| {name} | {value} | {'yes' if ok else 'no'} |")
-rl = ratio("tunnelgate-local", "rathole", "rps")
-if rl is not None:
-    target("local tunnel req/s ≥ 0.8× rathole", f"{rl:.2f}×", rl >= 0.8)
-    p = ratio("tunnelgate-local", "rathole", "p99_us")
-    target("local tunnel p99 ≤ 1.3× rathole's", f"{p:.2f}×", p <= 1.3)
-    cpu = ratio("tunnelgate-local", "rathole", "cpu_us_per_req")
+def speed_targets(path, label):
+    rl = ratio(path, "rathole", "rps")
+    if rl is None:
+        return
+    target(f"{label} req/s ≥ 0.8× rathole", f"{rl:.2f}×", rl >= 0.8)
+    p = ratio(path, "rathole", "p99_us")
+    target(f"{label} p99 ≤ 1.3× rathole's", f"{p:.2f}×", p <= 1.3)
+    cpu = ratio(path, "rathole", "cpu_us_per_req")
     if cpu is not None:
-        target("node+agent CPU/request ≤ 1.5× rathole server+client", f"{cpu:.2f}×", cpu <= 1.5)
-    d = ratio("tunnelgate-local", "rathole", "download_mb_s")
-    target("100 MiB download ≥ 2× rathole", f"{d:.2f}×", d >= 2.0)
+        target(f"{label} CPU/request ≤ 1.5× rathole server+client", f"{cpu:.2f}×", cpu <= 1.5)
+    d = ratio(path, "rathole", "download_mb_s")
+    target(f"{label} 100 MiB download ≥ 2× rathole", f"{d:.2f}×", d >= 2.0)
+speed_targets("tunnelgate-local", "local tunnel")
 n = ratio("tunnelgate-local", "nginx-hop", "rps")
 target("stretch: local tunnel req/s ≥ nginx hop", f"{n:.2f}×", n >= 1.0)
 ph = ratio("tunnelgate-peer-hop", "tunnelgate-local", "rps")
@@ -301,6 +318,11 @@ target("gateway peak RSS under load ≤ 64 MiB", f"{gw_rss:.1f} MiB", gw_rss <= 
 for s in sim:
     target(f"{s['tunnels']} idle tunnels ≤ 20 KiB each", f"{s['kib_per_tunnel']:.1f} KiB", s["kib_per_tunnel"] <= 20)
     target(f"{s['tunnels']}-agent reconnect storm settled ≤ 30 s", f"{s['storm_settle_s']:.1f} s", s["storm_settle_s"] <= 30)
+lines.append("\nThe same targets for the byte-pipe prototype of ADR 0010 (`tg-pipe`: no auth, routing "
+             "or credit — the design's floor, not a product):\n")
+lines.append("| target | measured | met |\n|---|---|---|")
+speed_targets("prototype-pipe", "prototype, own front:")
+speed_targets("prototype-pipe-actix", "prototype, actix-web front:")
 lines.append("\n## Simulated agents (one node, in-memory registry)\n")
 lines.append("| tunnels | ramp s | node RSS idle → loaded MiB | KiB per tunnel | storm settled s | attempts | refused/failed | node CPU s (storm) |")
 lines.append("|---|---|---|---|---|---|---|---|")

@@ -30,6 +30,27 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tunnelgate_proto::Frame;
 
+/// Largest DATA payload the agent sends: the product's 64 KiB, or `TG_PIPE_FRAME_KIB` (an
+/// experiment past the protocol's limit; frames are then decoded here, not by `Frame::decode`).
+fn frame_max() -> usize {
+    std::env::var("TG_PIPE_FRAME_KIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(64 * 1024, |k| k * 1024)
+}
+
+/// `Frame::decode`, without its payload limit for DATA (see [`frame_max`]).
+fn decode(b: Bytes) -> Option<Frame> {
+    if b.len() > tunnelgate_proto::frame::HEADER_LEN + 64 * 1024 && b.first() == Some(&0) {
+        let stream = u32::from_be_bytes(b.get(1..5)?.try_into().ok()?);
+        return Some(Frame::Data {
+            stream,
+            data: b.slice(5..),
+        });
+    }
+    Frame::decode(b).ok()
+}
+
 /// What a stream's reader gets: response bytes, then the end.
 enum Piece {
     Bytes(Bytes),
@@ -96,6 +117,10 @@ async fn gateway(
     front: Option<String>,
 ) -> anyhow::Result<()> {
     let tl = TcpListener::bind(&tunnel_listen).await?;
+    // Both addresses are known before anything is served (port 0 works): one line on stdout.
+    let public = std::net::TcpListener::bind(&listen)?;
+    public.set_nonblocking(true)?;
+    println!("listening {} {}", public.local_addr()?, tl.local_addr()?);
     let tunnel: Arc<Mutex<Option<Tunnel>>> = Arc::default();
     let slot = tunnel.clone();
     tokio::spawn(async move {
@@ -115,10 +140,11 @@ async fn gateway(
             if let Ok(mut s) = slot.lock() {
                 *s = Some(t.clone());
             }
+            println!("tunnel up");
             tokio::spawn(async move {
                 while let Some(Ok(msg)) = source.next().await {
                     let Message::Binary(b) = msg else { continue };
-                    let Ok(frame) = Frame::decode(b) else { break };
+                    let Some(frame) = decode(b) else { break };
                     let (id, piece) = match frame {
                         Frame::Data { stream, data } => (stream, Piece::Bytes(data)),
                         Frame::End { stream } => (stream, Piece::End),
@@ -133,10 +159,9 @@ async fn gateway(
         }
     });
     if front.as_deref() == Some("actix") {
-        let listen = listen.clone();
-        return tokio::task::spawn_blocking(move || actix_front(listen, tunnel)).await?;
+        return tokio::task::spawn_blocking(move || actix_front(public, tunnel)).await?;
     }
-    let public = TcpListener::bind(&listen).await?;
+    let public = TcpListener::from_std(public)?;
     loop {
         let (sock, peer) = public.accept().await?;
         let _ = sock.set_nodelay(true);
@@ -315,7 +340,7 @@ async fn agent(gateway: String, upstream: String) -> anyhow::Result<()> {
     let mut streams: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
     while let Some(msg) = source.next().await {
         let Message::Binary(b) = msg? else { continue };
-        let Frame::Data { stream, data } = Frame::decode(b)? else {
+        let Some(Frame::Data { stream, data }) = decode(b) else {
             continue;
         };
         if let Some(tx) = streams.get(&stream) {
@@ -365,6 +390,7 @@ async fn agent_stream(
         anyhow::Ok(())
     };
     let download = async {
+        let max = frame_max();
         let mut buf = BytesMut::with_capacity(16 * 1024);
         // Head: read until complete, learn the framing.
         let mut remaining = loop {
@@ -402,8 +428,8 @@ async fn agent_stream(
             if remaining == 0 {
                 break;
             }
-            buf.reserve(64 * 1024);
-            let cap = remaining.min(64 * 1024);
+            buf.reserve(max);
+            let cap = remaining.min(max as u64);
             if (&mut rd).take(cap).read_buf(&mut buf).await? == 0 {
                 bail!("upstream closed mid-body");
             }
@@ -428,7 +454,10 @@ async fn agent_stream(
 
 /// The same gateway with actix-web parsing and writing the client's side (the product's
 /// front today): what keeping actix-http in the public path costs.
-fn actix_front(listen: String, tunnel: Arc<Mutex<Option<Tunnel>>>) -> anyhow::Result<()> {
+fn actix_front(
+    listen: std::net::TcpListener,
+    tunnel: Arc<Mutex<Option<Tunnel>>>,
+) -> anyhow::Result<()> {
     use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
     async fn handle(
         req: HttpRequest,
@@ -459,6 +488,11 @@ fn actix_front(listen: String, tunnel: Arc<Mutex<Option<Tunnel>>>) -> anyhow::Re
         }
         if !body.is_empty() {
             out.put_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        }
+        if let Some(h) = req.headers().get("host") {
+            out.put_slice(b"x-forwarded-host: ");
+            out.put_slice(h.as_bytes());
+            out.put_slice(b"\r\n");
         }
         if let Some(peer) = req.peer_addr() {
             out.put_slice(format!("x-forwarded-for: {}\r\n", peer.ip()).as_bytes());
@@ -545,7 +579,7 @@ fn actix_front(listen: String, tunnel: Arc<Mutex<Option<Tunnel>>>) -> anyhow::Re
                 .default_service(web::to(handle))
         })
         .workers(2)
-        .bind(&listen)?
+        .listen(listen)?
         .run()
         .await
     })?;
