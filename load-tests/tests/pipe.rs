@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tunnelgate_load::{Plan, run};
@@ -29,12 +29,18 @@ async fn upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
                             && h.get("x-forwarded-host")
                                 .is_some_and(|v| v == "app.demo.localhost")
                             && !h.contains_key("connection");
-                        let body = if req.uri().path() == "/big" {
-                            Bytes::from(vec![b'b'; 1 << 20])
-                        } else {
-                            Bytes::from_static(&[b'x'; 100])
+                        let body = match req.uri().path() {
+                            "/big" => Full::new(Bytes::from(vec![b'b'; 1 << 20])).boxed(),
+                            // No length: hyper sends it chunked.
+                            "/chunked" => StreamBody::new(futures_util::stream::iter(
+                                ["first,", "second"].map(|c| {
+                                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(c)))
+                                }),
+                            ))
+                            .boxed(),
+                            _ => Full::new(Bytes::from_static(&[b'x'; 100])).boxed(),
                         };
-                        let mut r = hyper::Response::new(Full::new(body));
+                        let mut r = hyper::Response::new(body);
                         if !rewritten {
                             *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
                         }
@@ -126,6 +132,26 @@ async fn the_prototype_carries_requests_with_either_front() {
             let mut body = vec![0; 1 << 20];
             sock.read_exact(&mut body).await.unwrap();
             assert!(body.iter().all(|&b| b == b'b'));
+        }
+        // A chunked response passes in its own framing (own front only: the actix-web front
+        // of the prototype passes Content-Length responses alone), and the connection is
+        // reused after it.
+        if front.is_none() {
+            for _ in 0..2 {
+                sock.write_all(b"GET /chunked HTTP/1.1\r\nHost: app.demo.localhost\r\n\r\n")
+                    .await
+                    .unwrap();
+                let want = b"6\r\nfirst,\r\n6\r\nsecond\r\n0\r\n\r\n";
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    head.push(sock.read_u8().await.unwrap());
+                }
+                let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+                assert!(head.contains("transfer-encoding: chunked"), "{head}");
+                let mut body = vec![0; want.len()];
+                sock.read_exact(&mut body).await.unwrap();
+                assert_eq!(body, want);
+            }
         }
         agent.kill().await.unwrap();
         gw.kill().await.unwrap();

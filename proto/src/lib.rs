@@ -7,9 +7,11 @@
 //! - [`window`]: per-stream credit accounting (how much a peer may still send).
 //! - [`routes`]: route specs, host normalisation and Ingress-style path matching.
 //! - [`limits`]: the protocol's sizes and defaults.
+//! - [`h1`]: HTTP/1.1 response framing, for ends that carry a response's bytes as they are.
 
 pub mod control;
 pub mod frame;
+pub mod h1;
 pub mod limits;
 pub mod routes;
 pub mod window;

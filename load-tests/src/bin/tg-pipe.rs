@@ -7,12 +7,14 @@
 //! head, and copies the upstream's response bytes to the client after checking and rebuilding
 //! the response head; the agent writes a stream's bytes to a pooled upstream connection and
 //! sends back what the upstream answers, finding the response's end from its framing
-//! (Content-Length or chunked) to END the stream and pool the connection again. Frames are the
+//! (`tunnelgate_proto::h1`: Content-Length, chunked, 1xx, close-delimited) to END the stream
+//! and pool the connection again. Frames are the
 //! product's (`tunnelgate_proto::Frame`, one per WebSocket message), over tokio-tungstenite
 //! both ends.
 //!
 //! Left out (and said so in the ADR): auth, routes beyond one host, credit (bounded channels
-//! instead), request bodies sent chunked, upgrades, errors beyond closing the connection.
+//! instead), request bodies sent chunked, upgrades, errors beyond closing the connection; the
+//! actix-web front passes Content-Length responses only.
 //!
 //!   tg-pipe gateway --listen 127.0.0.1:8080 --tunnel-listen 127.0.0.1:8081 [--front actix]
 //!   tg-pipe agent --gateway ws://127.0.0.1:8081 --upstream 127.0.0.1:3000
@@ -389,64 +391,96 @@ async fn agent_stream(
         }
         anyhow::Ok(())
     };
+    let head_request = first.starts_with(b"HEAD ");
     let download = async {
+        use tunnelgate_proto::h1::{self, Body};
         let max = frame_max();
         let mut buf = BytesMut::with_capacity(16 * 1024);
-        // Head: read until complete, learn the framing.
-        let mut remaining = loop {
-            if rd.read_buf(&mut buf).await? == 0 {
-                bail!("upstream closed before its head");
-            }
-            let mut hs = [httparse::EMPTY_HEADER; 64];
-            let mut r = httparse::Response::new(&mut hs);
-            if let httparse::Status::Complete(n) = r.parse(&buf)? {
-                let mut len = None;
-                let mut chunked = false;
-                for h in r.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("content-length") {
-                        len = Some(std::str::from_utf8(h.value)?.trim().parse::<u64>()?);
-                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        chunked = true;
+        let send = |data: Bytes| async {
+            out.send(Frame::Data { stream: id, data })
+                .await
+                .map_err(|_| anyhow!("tunnel gone"))
+        };
+        // Heads (interim 1xx ones pass and another follows), then the body by its framing.
+        let body = loop {
+            match h1::response_head(&buf, head_request)? {
+                Some(h) => {
+                    send(buf.split_to(h.len).freeze()).await?;
+                    if !h.interim {
+                        break h.body;
                     }
                 }
-                if chunked {
-                    bail!("chunked responses are not in the prototype");
+                None => {
+                    if rd.read_buf(&mut buf).await? == 0 {
+                        bail!("upstream closed before its head");
+                    }
                 }
-                let len = len.unwrap_or(0);
-                break n as u64 + len;
             }
         };
-        loop {
-            let take = (buf.len() as u64).min(remaining) as usize;
-            if take > 0 {
-                let data = buf.split_to(take).freeze();
-                remaining -= take as u64;
-                out.send(Frame::Data { stream: id, data })
-                    .await
-                    .map_err(|_| anyhow!("tunnel gone"))?;
+        let reusable = match body {
+            Body::None => true,
+            Body::Length(mut remaining) => {
+                loop {
+                    let take = (buf.len() as u64).min(remaining) as usize;
+                    if take > 0 {
+                        remaining -= take as u64;
+                        send(buf.split_to(take).freeze()).await?;
+                    }
+                    if remaining == 0 {
+                        break;
+                    }
+                    buf.reserve(max);
+                    let cap = remaining.min(max as u64);
+                    if (&mut rd).take(cap).read_buf(&mut buf).await? == 0 {
+                        bail!("upstream closed mid-body");
+                    }
+                }
+                true
             }
-            if remaining == 0 {
-                break;
+            Body::Chunked => {
+                let mut chunked = h1::Chunked::default();
+                loop {
+                    let (n, done) = chunked.advance(&buf)?;
+                    if n > 0 {
+                        send(buf.split_to(n).freeze()).await?;
+                    }
+                    if done {
+                        break;
+                    }
+                    buf.reserve(max);
+                    if (&mut rd).take(max as u64).read_buf(&mut buf).await? == 0 {
+                        bail!("upstream closed mid-body");
+                    }
+                }
+                true
             }
-            buf.reserve(max);
-            let cap = remaining.min(max as u64);
-            if (&mut rd).take(cap).read_buf(&mut buf).await? == 0 {
-                bail!("upstream closed mid-body");
+            Body::UntilClose | Body::Switched => {
+                loop {
+                    if !buf.is_empty() {
+                        send(buf.split().freeze()).await?;
+                    }
+                    buf.reserve(max);
+                    if (&mut rd).take(max as u64).read_buf(&mut buf).await? == 0 {
+                        break;
+                    }
+                }
+                false
             }
-        }
+        };
         out.send(Frame::End { stream: id })
             .await
             .map_err(|_| anyhow!("tunnel gone"))?;
-        anyhow::Ok(())
+        anyhow::Ok(reusable)
     };
+    let reusable;
     {
         tokio::pin!(upload);
         tokio::select! {
-            r = download => r?,
+            r = download => reusable = r?,
             r = &mut upload => { r?; bail!("request body ended before the response") }
         }
     }
-    if let Ok(mut p) = pool.lock() {
+    if reusable && let Ok(mut p) = pool.lock() {
         p.push(up);
     }
     Ok(())
