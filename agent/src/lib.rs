@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod config;
 pub mod ingress;
 pub mod kubeapi;
+pub mod pool;
 pub mod rules;
 pub mod telemetry;
 pub mod tunnel;
@@ -83,6 +84,8 @@ pub struct Shared {
     held: std::sync::Mutex<Vec<String>>,
     rules: std::sync::RwLock<Arc<Rules>>,
     pub client: UpstreamClient,
+    /// Idle connections to `http://` upstreams (the byte pipe's).
+    pub pool: Arc<pool::ConnPool>,
     pub status: watch::Sender<Status>,
     /// TLS for `wss://` gateways.
     pub gateway_tls: Arc<rustls::ClientConfig>,
@@ -177,6 +180,7 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let client = upstream::client(config.upstream_connect_timeout);
+    let pool = Arc::new(pool::ConnPool::new(config.upstream_connect_timeout));
     let gateway_tls = Arc::new(upstream::gateway_tls(config.gateway_ca.as_deref())?);
     let (ack_tx, ack_rx) = tokio::sync::mpsc::channel(ACK_QUEUE);
     let kube_api = match config.kubernetes_api {
@@ -200,6 +204,7 @@ pub async fn run(
         rules: Default::default(),
         config,
         client,
+        pool,
         status,
         gateway_tls,
     });

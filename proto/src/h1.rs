@@ -57,6 +57,16 @@ pub struct Head {
 /// Parses the response head at the start of `buf`: `Ok(None)` until it is complete.
 /// `head_request` is whether the request was HEAD (its response never has a body).
 pub fn response_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, FramingError> {
+    response_head_with(buf, head_request, |_, _| {})
+}
+
+/// [`response_head`], showing each header field of a complete head to `field` (name as sent,
+/// raw value) before the framing is decided.
+pub fn response_head_with(
+    buf: &[u8],
+    head_request: bool,
+    mut field: impl FnMut(&str, &[u8]),
+) -> Result<Option<Head>, FramingError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -74,6 +84,7 @@ pub fn response_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, Fra
     let mut length: Option<u64> = None;
     let mut encoding: Option<bool> = None; // Some(chunked is the final coding)
     for h in resp.headers.iter() {
+        field(h.name, h.value);
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
@@ -139,62 +150,85 @@ enum State {
     Done,
 }
 
+/// One step through a chunked body: what the next bytes of the buffer are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// This many bytes of framing (size lines, CRLFs, trailers).
+    Framing(usize),
+    /// This many bytes of the body's data.
+    Data(usize),
+    /// Nothing can be decided without more bytes after these.
+    More,
+    /// The body ended; this many bytes of framing end it.
+    Done(usize),
+}
+
 impl Chunked {
+    /// The next step at the start of `buf`; the caller consumes the bytes a step names and
+    /// steps again on what follows them.
+    pub fn step(&mut self, buf: &[u8]) -> Result<Step, FramingError> {
+        match self.state {
+            State::Done => Ok(Step::Done(0)),
+            State::Size => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((n, 0))) => {
+                    self.state = State::Trailers;
+                    Ok(Step::Framing(n))
+                }
+                Ok(httparse::Status::Complete((n, size))) => {
+                    self.state = State::Data(size);
+                    Ok(Step::Framing(n))
+                }
+                Ok(httparse::Status::Partial) if buf.len() > MAX_LINE => {
+                    Err(FramingError::Chunk("chunk-size line too long"))
+                }
+                Ok(httparse::Status::Partial) => Ok(Step::More),
+                Err(_) => Err(FramingError::Chunk("invalid chunk size")),
+            },
+            State::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let take = (buf.len() as u64).min(left);
+                self.state = match left - take {
+                    0 => State::DataEnd,
+                    n => State::Data(n),
+                };
+                Ok(Step::Data(take as usize))
+            }
+            State::DataEnd => match buf {
+                [b'\r', b'\n', ..] => {
+                    self.state = State::Size;
+                    Ok(Step::Framing(2))
+                }
+                [] | [b'\r'] => Ok(Step::More),
+                _ => Err(FramingError::Chunk("no CRLF after chunk data")),
+            },
+            State::Trailers => {
+                let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    if buf.len() > MAX_LINE {
+                        return Err(FramingError::Chunk("trailer line too long"));
+                    }
+                    return Ok(Step::More);
+                };
+                if eol == 0 {
+                    self.state = State::Done;
+                    return Ok(Step::Done(2));
+                }
+                Ok(Step::Framing(eol + 2))
+            }
+        }
+    }
+
     /// Consumes what it can of `buf`: returns the bytes consumed (the caller forwards them and
     /// keeps the rest for the next call, with more bytes after it) and whether the body ended.
     /// It consumes nothing only when it needs more bytes than `buf` has to decide.
     pub fn advance(&mut self, buf: &[u8]) -> Result<(usize, bool), FramingError> {
         let mut at = 0;
         loop {
-            let rest = buf.get(at..).unwrap_or_default();
-            match self.state {
-                State::Done => return Ok((at, true)),
-                State::Size => match httparse::parse_chunk_size(rest) {
-                    Ok(httparse::Status::Complete((n, 0))) => {
-                        at += n;
-                        self.state = State::Trailers;
-                    }
-                    Ok(httparse::Status::Complete((n, size))) => {
-                        at += n;
-                        self.state = State::Data(size);
-                    }
-                    Ok(httparse::Status::Partial) if rest.len() > MAX_LINE => {
-                        return Err(FramingError::Chunk("chunk-size line too long"));
-                    }
-                    Ok(httparse::Status::Partial) => return Ok((at, false)),
-                    Err(_) => return Err(FramingError::Chunk("invalid chunk size")),
-                },
-                State::Data(left) => {
-                    if rest.is_empty() {
-                        return Ok((at, false));
-                    }
-                    let take = (rest.len() as u64).min(left);
-                    at += take as usize;
-                    self.state = match left - take {
-                        0 => State::DataEnd,
-                        n => State::Data(n),
-                    };
-                }
-                State::DataEnd => match rest {
-                    [b'\r', b'\n', ..] => {
-                        at += 2;
-                        self.state = State::Size;
-                    }
-                    [] | [b'\r'] => return Ok((at, false)),
-                    _ => return Err(FramingError::Chunk("no CRLF after chunk data")),
-                },
-                State::Trailers => {
-                    let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-                        if rest.len() > MAX_LINE {
-                            return Err(FramingError::Chunk("trailer line too long"));
-                        }
-                        return Ok((at, false));
-                    };
-                    at += eol + 2;
-                    if eol == 0 {
-                        self.state = State::Done;
-                    }
-                }
+            match self.step(buf.get(at..).unwrap_or_default())? {
+                Step::Framing(n) | Step::Data(n) => at += n,
+                Step::More => return Ok((at, false)),
+                Step::Done(n) => return Ok((at + n, true)),
             }
         }
     }
@@ -312,6 +346,25 @@ mod tests {
         let mut long = b"0\r\nX: ".to_vec();
         long.extend(vec![b'a'; MAX_LINE + 1]);
         assert_eq!(bad(&long), FramingError::Chunk("trailer line too long"));
+        // Stepping names data apart from framing.
+        let mut c = Chunked::default();
+        let mut buf: &[u8] = b"3\r\nabc\r\n0\r\n\r\n";
+        let mut data = Vec::new();
+        loop {
+            match c.step(buf).unwrap() {
+                Step::Data(n) => {
+                    data.extend_from_slice(&buf[..n]);
+                    buf = &buf[n..];
+                }
+                Step::Framing(n) => buf = &buf[n..],
+                Step::Done(n) => {
+                    assert_eq!(n, buf.len());
+                    break;
+                }
+                Step::More => panic!("all bytes were there"),
+            }
+        }
+        assert_eq!(data, b"abc");
         // Partial: nothing decided yet is consumed.
         assert_eq!(Chunked::default().advance(b"1").unwrap(), (0, false));
     }

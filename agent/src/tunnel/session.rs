@@ -427,6 +427,7 @@ fn on_control(
                 outbox: out.clone(),
                 rules: shared.rules(),
                 client: shared.client.clone(),
+                pool: shared.pool.clone(),
                 kube_api: shared.kube_api.clone(),
                 access_log: shared.config.access_log,
                 metrics: shared.metrics.clone(),

@@ -23,6 +23,8 @@ pub struct StreamTask {
     pub outbox: Outbox,
     pub rules: Arc<Rules>,
     pub client: UpstreamClient,
+    /// Idle connections to `http://` upstreams.
+    pub pool: Arc<crate::pool::ConnPool>,
     /// The cluster's API server, with --kubernetes-api.
     pub kube_api: Option<Arc<crate::kubeapi::KubeApi>>,
     /// Log each upstream call (--access-log).
@@ -31,7 +33,7 @@ pub struct StreamTask {
 }
 
 impl StreamTask {
-    fn fail(&self, kind: ProxyErrorKind, message: String) -> Control {
+    pub(super) fn fail(&self, kind: ProxyErrorKind, message: String) -> Control {
         self.metrics.upstream_error(kind.as_str());
         tracing::warn!(
             stream = self.request.stream_id, host = %self.request.host, path = %self.request.path,
@@ -62,6 +64,17 @@ impl StreamTask {
     async fn serve(mut self) {
         let id = self.request.stream_id;
         let started = std::time::Instant::now();
+        // A plain-HTTP upstream (no origin TLS options, not the Kubernetes API) gets the
+        // request as bytes on a pooled connection (ADR 0010); the others go through hyper.
+        if self.request.kubernetes.is_none() {
+            let rules = self.rules.clone();
+            if let Some(t) = rules.find(&self.request.host, &self.request.path)
+                && t.scheme == "http"
+                && t.client.is_none()
+            {
+                return self.serve_piped(t, started).await;
+            }
+        }
         let (mut req, client) = match self.build_request() {
             Ok(r) => r,
             Err((kind, why)) => {
