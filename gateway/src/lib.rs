@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`config`]: command line and environment, validated.
 //! - [`registry`]: clusters, tokens and routes; who may claim which host.
-//! - [`tunnel`]: the agent endpoint, `TunnelActor` per agent, `StreamActor` per request, hub.
+//! - [`tunnel`]: the agent endpoint, `TunnelActor` per agent, a stream task per request, hub.
 //! - [`cluster`]: peer links to other nodes, the peer endpoint, membership.
 //! - [`ratelimit`]: per-cluster request rate limits, shared by every node through Redis.
 //! - [`proxy`]: the public HTTP handler: checks, routing, header rewriting, streaming.

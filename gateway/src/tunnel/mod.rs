@@ -1,5 +1,5 @@
 //! Agent tunnels on this node: the WebSocket endpoint, one [`TunnelActor`] per agent
-//! connection, one [`StreamActor`] per proxied request, and the [`Hub`] of live tunnels.
+//! connection, one stream task per proxied request, and the [`Hub`] of live tunnels.
 //!
 //! # Tunnel lifecycle
 //! - **Accepted**: the bearer token named a cluster (else 401) that agrees with the cluster the
@@ -30,7 +30,7 @@ mod open;
 mod probe;
 mod register;
 mod routes;
-mod stream_actor;
+mod stream;
 mod tunnel_actor;
 mod ws;
 
@@ -38,9 +38,6 @@ pub use endpoint::accept;
 pub use endpoint::{refuse, throttled};
 pub use hub::{Hub, MoveAway, Revoked, TunnelRef};
 pub use open::{OpenError, OpenStream, Opened, Outcome, StreamGone, StreamShared, Streams};
-pub use stream_actor::{
-    BodySource, ClientGone, Started, StreamActor, StreamParts, payload_body, pipe_body,
-    start_stream,
-};
+pub use stream::{BodySource, Started, StreamParts, payload_body, pipe_body, start_stream};
 pub use tunnel_actor::{TunnelActor, next_link_id};
 pub use ws::{WsIn, from_actix, to_actix};

@@ -57,7 +57,7 @@ pub struct Opened {
     pub gone: Recipient<StreamGone>,
 }
 
-/// State of one stream that both the link's actor and the stream's actor touch.
+/// State of one stream that both the link's actor and the stream's task touch.
 pub struct StreamShared {
     head: Mutex<Option<oneshot::Sender<Result<ProxyResponse, ProxyError>>>>,
     /// Credit for the request body the gateway sends.
@@ -298,7 +298,7 @@ impl Streams {
         Outcome::Fine
     }
 
-    /// The stream's actor is done with it.
+    /// The stream's task is done with it.
     pub fn gone(&mut self, msg: StreamGone, out: &Outbox) {
         if let Some(slot) = self.table.remove(msg.id) {
             self.state.metrics.streams.dec();

@@ -13,7 +13,7 @@ use std::time::Instant;
 use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
 use tunnelgate_proto::control::ProxyRequest;
 
-use super::stream_actor::{Started, start_stream};
+use super::stream::{Started, start_stream};
 use super::tunnel_actor::TunnelActor;
 use crate::error::ProxyError;
 

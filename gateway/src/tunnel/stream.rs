@@ -1,14 +1,12 @@
-//! `StreamActor`: one per proxied request. Sends the request head and pumps the client's body
-//! into the tunnel under the stream's send credit, enforces the response timeout, and tells the
-//! tunnel when the stream is over (with a RESET when it did not finish cleanly).
+//! One stream per proxied request, run as a task (ADR 0010): it sends the request head and pumps
+//! the client's body into the tunnel under the stream's send credit, enforces the response
+//! timeout, and tells the tunnel when the stream is over (with a RESET when it did not finish
+//! cleanly). The stream ends when its opener drops the response body.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient,
-    WrapFuture,
-};
+use actix::Recipient;
 use actix_web::web;
 use futures_util::StreamExt;
 use tunnelgate_mux::Outbox;
@@ -18,11 +16,6 @@ use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
 use super::open::{StreamGone, StreamShared};
 use crate::error::ProxyError;
-
-/// The client's body reader was dropped: the response is complete or the client went away.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ClientGone;
 
 /// A request body: the client's payload, or a peer's DATA frames through a pipe.
 pub type BodySource =
@@ -38,7 +31,7 @@ pub fn pipe_body(r: tunnelgate_mux::PipeReader) -> BodySource {
     Box::pin(r.map(|r| r.map_err(|e| e.0)))
 }
 
-/// What a stream actor needs to run.
+/// What a stream's task needs to run.
 pub struct StreamParts {
     pub id: StreamId,
     pub shared: Arc<StreamShared>,
@@ -56,7 +49,7 @@ pub struct StreamParts {
     pub upgrade: bool,
 }
 
-/// A stream whose actor runs: what the opener still holds.
+/// A stream whose task runs: what the opener still holds.
 pub struct Started {
     pub id: StreamId,
     pub head: tokio::sync::oneshot::Receiver<
@@ -67,7 +60,7 @@ pub struct Started {
     pub outbox: Outbox,
 }
 
-/// Starts the actor of an opened stream for `request` (its stream id is set here). The stream
+/// Starts the task of an opened stream for `request` (its stream id is set here). The stream
 /// ends when the opener drops the response body (for an upgrade, the upstream's bytes).
 pub fn start_stream(
     opened: super::Opened,
@@ -86,7 +79,7 @@ pub fn start_stream(
     } = opened;
     request.stream_id = id;
     let upgrade = request.upgrade.is_some();
-    let actor = StreamActor::new(StreamParts {
+    let parts = StreamParts {
         id,
         shared: shared.clone(),
         outbox: outbox.clone(),
@@ -96,31 +89,18 @@ pub fn start_stream(
         response_timeout,
         body_idle_timeout,
         upgrade,
-    })
-    .start();
-    body.on_drop(move || actor.do_send(ClientGone));
+    };
+    let (client_gone, gone_rx) = tokio::sync::oneshot::channel::<()>();
+    body.on_drop(move || {
+        let _ = client_gone.send(());
+    });
+    actix_rt::spawn(run(parts, gone_rx));
     Started {
         id,
         head,
         body,
         shared,
         outbox,
-    }
-}
-
-pub struct StreamActor {
-    parts: StreamParts,
-    upload_done: bool,
-    reset: Option<ResetCode>,
-}
-
-impl StreamActor {
-    pub fn new(parts: StreamParts) -> Self {
-        StreamActor {
-            parts,
-            upload_done: false,
-            reset: None,
-        }
     }
 }
 
@@ -194,59 +174,55 @@ async fn upload(
         .map_err(|_| UploadError::Tunnel)
 }
 
-impl Actor for StreamActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let p = &mut self.parts;
-        let timeout = p.response_timeout;
-        let pump = upload(
-            p.id,
-            p.outbox.clone(),
-            p.shared.clone(),
-            p.request.clone(),
-            p.payload.take(),
-            p.body_idle_timeout,
-            p.upgrade,
-        );
-        ctx.spawn(pump.into_actor(self).map(|res, act, ctx| match res {
-            Ok(()) => act.upload_done = true,
-            Err(e) => {
-                tracing::debug!(stream = act.parts.id, error = %e, "upload stopped");
-                act.reset = Some(ResetCode::CANCEL);
-                let err = match e {
-                    UploadError::Idle(d) => ProxyError::BodyTimeout(d),
-                    _ => ProxyError::BadRequest("request body ended early".into()),
-                };
-                act.parts.shared.resolve(Err(err));
-                ctx.stop();
-            }
-        }));
-        ctx.run_later(timeout, move |act, ctx| {
-            if act.parts.shared.resolve(Err(ProxyError::Timeout(timeout))) {
-                act.reset = Some(ResetCode::TIMEOUT);
-                ctx.stop();
-            }
-        });
+/// The stream's life: the upload and the response timer run until the opener drops the
+/// response body (or the upload fails, or the head times out); then the tunnel is told.
+async fn run(mut p: StreamParts, client_gone: tokio::sync::oneshot::Receiver<()>) {
+    let timeout = p.response_timeout;
+    let pump = upload(
+        p.id,
+        p.outbox.clone(),
+        p.shared.clone(),
+        std::mem::take(&mut p.request),
+        p.payload.take(),
+        p.body_idle_timeout,
+        p.upgrade,
+    );
+    tokio::pin!(pump);
+    let timer = tokio::time::sleep(timeout);
+    tokio::pin!(timer);
+    tokio::pin!(client_gone);
+    let mut upload_done = false;
+    let mut timer_done = false;
+    let mut reset = None;
+    loop {
+        tokio::select! {
+            res = &mut pump, if !upload_done => match res {
+                Ok(()) => upload_done = true,
+                Err(e) => {
+                    tracing::debug!(stream = p.id, error = %e, "upload stopped");
+                    reset = Some(ResetCode::CANCEL);
+                    let err = match e {
+                        UploadError::Idle(d) => ProxyError::BodyTimeout(d),
+                        _ => ProxyError::BadRequest("request body ended early".into()),
+                    };
+                    p.shared.resolve(Err(err));
+                    break;
+                }
+            },
+            () = &mut timer, if !timer_done => {
+                timer_done = true;
+                if p.shared.resolve(Err(ProxyError::Timeout(timeout))) {
+                    reset = Some(ResetCode::TIMEOUT);
+                    break;
+                }
+            },
+            // Dropped (sent or not): the response is complete or the client went away.
+            _ = &mut client_gone => break,
+        }
     }
-
-    fn stopping(&mut self, _ctx: &mut Context<Self>) -> actix::Running {
-        // Whatever happens, nobody waits for a head that can no longer come.
-        self.parts.shared.resolve(Err(ProxyError::TunnelLost));
-        let clean = self.upload_done && self.parts.shared.remote_done() && !self.parts.upgrade;
-        let reset = self.reset.or((!clean).then_some(ResetCode::CANCEL));
-        self.parts.gone.do_send(StreamGone {
-            id: self.parts.id,
-            reset,
-        });
-        actix::Running::Stop
-    }
-}
-
-impl Handler<ClientGone> for StreamActor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: ClientGone, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
+    // Whatever happened, nobody waits for a head that can no longer come.
+    p.shared.resolve(Err(ProxyError::TunnelLost));
+    let clean = upload_done && p.shared.remote_done() && !p.upgrade;
+    let reset = reset.or((!clean).then_some(ResetCode::CANCEL));
+    p.gone.do_send(StreamGone { id: p.id, reset });
 }
