@@ -37,6 +37,7 @@ fi
 RATHOLE=""
 if [ -z "${SKIP_RATHOLE:-}" ]; then
   if need rathole; then RATHOLE="$(command -v rathole)"
+  elif [ -x "$PWD/target/tools/bin/rathole" ]; then RATHOLE="$PWD/target/tools/bin/rathole"
   else
     # Not --locked: rathole 0.5.0's lockfile pins a `time` that no longer builds on current rustc.
     log "installing rathole from crates.io (once; a few minutes)"
