@@ -7,7 +7,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tunnelgate_proto::control::{ProxyErrorKind, ProxyRequest, ProxyResponse};
 use tunnelgate_proto::h1::{self, Body, Chunked, Step};
@@ -237,7 +237,7 @@ impl StreamTask {
         }
         if switched {
             drop(up);
-            self.upgraded(rd, wr, buf).await;
+            self.splice(rd, wr, buf).await;
             return Ok(None);
         }
         // The body comes down while the rest of the request goes up (full duplex).
@@ -373,9 +373,9 @@ impl StreamTask {
     }
 
     /// A body that ends when the upstream closes; never reused.
-    async fn body_until_close(
+    async fn body_until_close<R: AsyncRead + Unpin>(
         &self,
-        rd: &mut OwnedReadHalf,
+        rd: &mut R,
         mut buf: BytesMut,
     ) -> Result<bool, Option<String>> {
         loop {
@@ -395,9 +395,14 @@ impl StreamTask {
         }
     }
 
-    /// After the upstream's 101: the client's bytes up, the upstream's down (after what came
-    /// with the head), each direction under its stream credit, until both have finished.
-    async fn upgraded(&mut self, mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, early: BytesMut) {
+    /// After the upstream's 101: the client's bytes up (then a half-close), the upstream's down
+    /// (after what came with the head) under the stream's credit, then END; until both have
+    /// finished. A failing upstream side resets the stream.
+    pub(super) async fn splice<R, W>(&mut self, mut rd: R, mut wr: W, early: BytesMut)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let id = self.request.stream_id;
         let upload = self.upload.take();
         let up = async move {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use tracing::Instrument;
 use tunnelgate_mux::{Outbox, PipeReader, SendCredit};
@@ -158,7 +158,6 @@ impl StreamTask {
     /// After the upstream's 101: the head goes back, then the connection's raw bytes both
     /// ways, each direction under its stream credit, until both ends have finished.
     async fn run_upgraded(mut self, resp: http::Response<hyper::body::Incoming>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let id = self.request.stream_id;
         let head = Control::ProxyResponse(ProxyResponse {
             stream_id: id,
@@ -177,54 +176,8 @@ impl StreamTask {
         if self.outbox.send_control(&head).await.is_err() {
             return;
         }
-        let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
-        let upload = self.upload.take();
-        // Gateway → upstream: the client's bytes, then a half-close.
-        let up = async move {
-            if let Some(mut pipe) = upload {
-                while let Some(chunk) = pipe.next().await {
-                    let chunk = chunk.map_err(|e| e.0)?;
-                    wr.write_all(&chunk).await.map_err(|e| e.to_string())?;
-                }
-            }
-            wr.shutdown().await.map_err(|e| e.to_string())
-        };
-        // Upstream → gateway: what it sends, under credit, then END.
-        let (outbox, credit) = (self.outbox.clone(), self.credit.clone());
-        let down = async move {
-            let mut buf = bytes::BytesMut::with_capacity(MAX_FRAME_PAYLOAD);
-            loop {
-                buf.reserve(MAX_FRAME_PAYLOAD);
-                let n = (&mut rd)
-                    .take(MAX_FRAME_PAYLOAD as u64)
-                    .read_buf(&mut buf)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                let data = buf.split().freeze();
-                credit
-                    .acquire(data.len())
-                    .await
-                    .map_err(|_| "stream closed".to_string())?;
-                outbox
-                    .send_frame(&Frame::Data { stream: id, data })
-                    .await
-                    .map_err(|_| "tunnel closed".to_string())?;
-            }
-            outbox
-                .send_frame(&Frame::End { stream: id })
-                .await
-                .map_err(|_| "tunnel closed".to_string())
-        };
-        let (up, down) = futures_util::future::join(up, down).await;
-        if let Err(e) = down {
-            tracing::debug!(stream = id, error = %e, "upgraded connection ended (upstream side)");
-            self.outbox.reset(id, ResetCode::UPSTREAM);
-        } else if let Err(e) = up {
-            tracing::debug!(stream = id, error = %e, "upgraded connection ended (client side)");
-        }
+        let (rd, wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+        self.splice(rd, wr, bytes::BytesMut::new()).await;
     }
 
     /// The upstream request and the client for its target (the target's own, for an origin
