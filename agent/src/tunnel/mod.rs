@@ -16,6 +16,7 @@
 //!   URLs.
 
 mod dial;
+mod head;
 mod pipe;
 pub mod session;
 pub mod stream;

@@ -5,89 +5,18 @@
 //! one decoded), and the connection pooled again when its framing allows. After a 101 the
 //! connection's raw bytes flow both ways. The wire to the gateway is unchanged.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tunnelgate_proto::control::{ProxyErrorKind, ProxyRequest, ProxyResponse};
+use tunnelgate_proto::control::{ProxyErrorKind, ProxyResponse};
 use tunnelgate_proto::h1::{self, Body, Chunked, Step};
 use tunnelgate_proto::limits::MAX_FRAME_PAYLOAD;
 use tunnelgate_proto::{Control, Frame, ResetCode};
 
+use super::head::request_head;
 use super::stream::StreamTask;
 use crate::rules::Target;
-
-/// The request head as the upstream receives it, and whether its body goes chunked.
-pub(super) fn request_head(
-    r: &ProxyRequest,
-    target: &Target,
-    traceparent: Option<&str>,
-) -> Result<(BytesMut, bool), String> {
-    let uri = super::stream::upstream_uri(
-        target.scheme,
-        &target.authority,
-        &r.method,
-        &r.path,
-        r.query.as_deref(),
-    )?;
-    if !r.method.bytes().all(is_token) || r.method.is_empty() {
-        return Err(format!("invalid method {:?}", r.method));
-    }
-    let target_form = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut head = BytesMut::with_capacity(256 + r.headers.len() * 48);
-    head.put_slice(r.method.as_bytes());
-    head.put_u8(b' ');
-    head.put_slice(target_form.as_bytes());
-    head.put_slice(b" HTTP/1.1\r\n");
-    let mut host = false;
-    let mut length = false;
-    let put = |head: &mut BytesMut, name: &str, value: &str| -> Result<(), String> {
-        if name.is_empty() || !name.bytes().all(is_token) {
-            return Err(format!("invalid header name {name:?}"));
-        }
-        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(format!("invalid value of header {name}"));
-        }
-        head.put_slice(name.as_bytes());
-        head.put_slice(b": ");
-        head.put_slice(value.as_bytes());
-        head.put_slice(b"\r\n");
-        Ok(())
-    };
-    for (name, value) in &r.headers {
-        if name.eq_ignore_ascii_case("host") {
-            if target.host_header.is_some() {
-                continue;
-            }
-            host = true;
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = true;
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // The gateway never sends it (hop-by-hop); the agent frames the body itself.
-            continue;
-        }
-        put(&mut head, name, value)?;
-    }
-    match &target.host_header {
-        Some(h) => put(&mut head, "host", h)?,
-        None if !host => put(&mut head, "host", &target.authority)?,
-        None => {}
-    }
-    if let Some(tp) = traceparent {
-        put(&mut head, "traceparent", tp)?;
-    }
-    let chunked = r.body && !length && r.upgrade.is_none();
-    if chunked {
-        put(&mut head, "transfer-encoding", "chunked")?;
-    }
-    head.put_slice(b"\r\n");
-    Ok((head, chunked))
-}
-
-/// A token character of RFC 9110 (header names, methods).
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
 
 /// How one exchange went wrong.
 enum Failed {
