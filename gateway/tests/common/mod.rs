@@ -154,6 +154,28 @@ impl Gateway {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "kill -STOP");
+        // The stop reaches each thread when it next runs: wait until every one of them is
+        // stopped, so that nothing this process still had in hand gets answered after this.
+        let stopped = || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks.filter_map(Result::ok).all(|t| {
+                        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                            stat.rsplit_once(')')
+                                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                        })
+                    })
+                })
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + HANG;
+        while !stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} never stopped"
+            );
+            std::thread::yield_now();
+        }
         Frozen(pid)
     }
 
