@@ -1,6 +1,7 @@
 //! The agent's logs, traces and metrics: [`init`] (the `tunnelgate-telemetry` crate), and [`Metrics`] served as Prometheus text on
 //! `--metrics-listen` (`GET /metrics`; `GET /healthz` answers 200 while the process runs):
-//! tunnels held, streams open, upstream errors by kind, reconnects, routes, build info.
+//! tunnels held, streams open, upstream errors by kind, new and pooled upstream connections,
+//! reconnects, routes, build info.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -33,6 +34,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HowLabels {
+    how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -46,6 +52,9 @@ pub struct Metrics {
     pub streams: Gauge,
     /// `agent_upstream_errors_total{kind}`: requests that failed at the upstream.
     upstream_errors: Family<KindLabels, Counter>,
+    /// `agent_upstream_connections_total{how}`: requests to plain-HTTP upstreams by the
+    /// connection they went on, `new` or `pooled` (many `new`: the upstream closes idle ones).
+    upstream_connections: Family<HowLabels, Counter>,
     /// `agent_reconnects_total`: tunnels lost and dialled again.
     pub reconnects: Counter,
     /// `agent_routes`: routes this agent publishes.
@@ -73,6 +82,12 @@ impl Default for Metrics {
             "Requests that failed at the upstream, by kind",
             upstream_errors.clone(),
         );
+        let upstream_connections = Family::<HowLabels, Counter>::default();
+        registry.register(
+            "agent_upstream_connections",
+            "Requests to plain-HTTP upstreams by the connection they used: new or pooled",
+            upstream_connections.clone(),
+        );
         let reconnects = Counter::default();
         registry.register(
             "agent_reconnects",
@@ -97,6 +112,7 @@ impl Default for Metrics {
             tunnels,
             streams,
             upstream_errors,
+            upstream_connections,
             reconnects,
             routes,
         }
@@ -108,6 +124,14 @@ impl Metrics {
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// Counts one request to a plain-HTTP upstream on a `reused` (pooled) or new connection.
+    pub fn upstream_connection(&self, reused: bool) {
+        let how = if reused { "pooled" } else { "new" };
+        self.upstream_connections
+            .get_or_create(&HowLabels { how })
             .inc();
     }
 

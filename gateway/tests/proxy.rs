@@ -296,6 +296,15 @@ async fn the_agent_serves_its_metrics() {
             .status(),
         200
     );
+    // The second request to the same upstream goes on the first one's connection.
+    assert_eq!(
+        c.get(gw.url("app.demo.localhost", "/hello"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(
         c.get(gw.url("gone.demo.localhost", "/hello"))
             .send()
@@ -317,6 +326,8 @@ async fn the_agent_serves_its_metrics() {
         "agent_routes 2",
         "agent_streams 0",
         r#"agent_upstream_errors_total{kind="upstream_refused"} 1"#,
+        r#"agent_upstream_connections_total{how="new"} 1"#,
+        r#"agent_upstream_connections_total{how="pooled"} 1"#,
         "agent_reconnects_total 0",
         "agent_build_info{version=",
     ] {

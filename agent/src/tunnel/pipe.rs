@@ -54,7 +54,10 @@ impl StreamTask {
                     false => pool.checkout(address).await,
                 };
                 let (conn, reused) = match got {
-                    Ok(c) => c,
+                    Ok(c) => {
+                        self.metrics.upstream_connection(c.1);
+                        c
+                    }
                     Err(e) => {
                         let msg = self.fail(ProxyErrorKind::UpstreamRefused, e.to_string());
                         let _ = self.outbox.send_control(&msg).await;
