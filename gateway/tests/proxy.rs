@@ -288,31 +288,15 @@ async fn the_agent_serves_its_metrics() {
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let addr = v["fields"]["addr"].as_str().unwrap().to_string();
     let c = client();
-    assert_eq!(
-        c.get(gw.url("app.demo.localhost", "/hello"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    // The second request to the same upstream goes on the first one's connection.
-    assert_eq!(
-        c.get(gw.url("app.demo.localhost", "/hello"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(gw.url("gone.demo.localhost", "/hello"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        502
-    );
+    // The second request to `app` goes on the first one's connection.
+    for (host, status) in [
+        ("app.demo.localhost", 200),
+        ("app.demo.localhost", 200),
+        ("gone.demo.localhost", 502),
+    ] {
+        let r = c.get(gw.url(host, "/hello")).send().await.unwrap();
+        assert_eq!(r.status(), status, "{host}");
+    }
     let text = c
         .get(format!("http://{addr}/metrics"))
         .send()
