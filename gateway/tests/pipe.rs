@@ -59,6 +59,7 @@ impl Drop for Scripted {
 async fn serve(mut sock: TcpStream) {
     let mut buf = Vec::new();
     let mut drop_next = false;
+    let mut after_http10 = false;
     loop {
         let end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -74,6 +75,13 @@ async fn serve(mut sock: TcpStream) {
         buf.drain(..end);
         if drop_next {
             // As an upstream whose idle timeout fired just as the request came.
+            return;
+        }
+        if after_http10 {
+            // An HTTP/1.0 answer without keep-alive ends the exchange: nobody may send more.
+            let _ = sock
+                .write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 6\r\n\r\nreused")
+                .await;
             return;
         }
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
@@ -92,6 +100,11 @@ async fn serve(mut sock: TcpStream) {
                 b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                 true,
             ),
+            "/http10" => {
+                // Left open (as a slow closer would), so that reuse would be seen.
+                after_http10 = true;
+                (b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nhttp", true)
+            }
             "/drop-next" => {
                 drop_next = true;
                 (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsoon", true)
@@ -150,6 +163,11 @@ async fn connections_are_reused_when_the_framing_allows() {
     // 103 Early Hints is absorbed; the final answer comes through on the same connection.
     assert_eq!(get(&gw, "/hints").await, (200, "ok".into()));
     assert_eq!(up.accepted(), 3);
+
+    // An HTTP/1.0 answer without `Connection: keep-alive` is the connection's last.
+    assert_eq!(get(&gw, "/http10").await, (200, "http".into()));
+    assert_eq!(get(&gw, "/keep").await, (200, "keep".into()));
+    assert_eq!(up.accepted(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,10 @@ pub struct Head {
     pub body: Body,
     /// A 1xx other than 101: another head follows.
     pub interim: bool,
+    /// The upstream keeps the connection open after this response (RFC 9112 §9.3): HTTP/1.1
+    /// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`. A body that
+    /// ends at EOF ends the connection whatever this says.
+    pub keep_alive: bool,
 }
 
 /// Parses the response head at the start of `buf`: `Ok(None)` until it is complete.
@@ -83,8 +87,15 @@ pub fn response_head_with(
     let status = resp.code.unwrap_or(0);
     let mut length: Option<u64> = None;
     let mut encoding: Option<bool> = None; // Some(chunked is the final coding)
+    let (mut close, mut keep) = (false, false);
     for h in resp.headers.iter() {
         field(h.name, h.value);
+        if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
@@ -122,11 +133,13 @@ pub fn response_head_with(
             (None, None) => Body::UntilClose,
         }
     };
+    let keep_alive = !close && (resp.version == Some(1) || keep);
     Ok(Some(Head {
         status,
         len,
         body,
         interim,
+        keep_alive,
     }))
 }
 
@@ -275,6 +288,14 @@ mod tests {
             head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n").body,
             Body::Length(3)
         );
+    }
+
+    #[test]
+    fn heads_say_whether_the_connection_stays_open() {
+        assert!(head("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(!head("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close\r\n\r\n").keep_alive);
+        assert!(!head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n").keep_alive);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! one decoded), and the connection pooled again when its framing allows. After a 101 the
 //! connection's raw bytes flow both ways. The wire to the gateway is unchanged.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -54,16 +54,14 @@ impl StreamTask {
                     false => pool.checkout(address).await,
                 };
                 let (conn, reused) = match got {
-                    Ok(c) => {
-                        self.metrics.upstream_connection(c.1);
-                        c
-                    }
+                    Ok(c) => c,
                     Err(e) => {
                         let msg = self.fail(ProxyErrorKind::UpstreamRefused, e.to_string());
                         let _ = self.outbox.send_control(&msg).await;
                         return;
                     }
                 };
+                self.metrics.upstream_connection(reused);
                 match self.exchange(conn, head.clone(), chunked, started).await {
                     Ok(Some(conn)) => return pool.checkin(address, conn),
                     Ok(None) | Err(Failed::Done) => return,
@@ -145,9 +143,6 @@ impl StreamTask {
                 },
             }
         };
-        let close = fields.iter().any(|(n, v)| {
-            n == "connection" && v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
-        });
         if self.access_log {
             let r = &self.request;
             tracing::info!(
@@ -196,7 +191,7 @@ impl StreamTask {
                     let _ = self.outbox.send_frame(&Frame::End { stream: id }).await;
                 }
                 // The whole request must have gone up for the connection to be reused.
-                let whole = reusable && !close && uploaded.is_ok();
+                let whole = reusable && resp.keep_alive && uploaded.is_ok();
                 Ok(whole.then(|| rd.reunite(wr).ok()).flatten())
             }
             Err(why) => {
@@ -216,24 +211,6 @@ impl StreamTask {
         Failed::Done
     }
 
-    /// Sends body bytes to the gateway under the stream's credit. `Err(None)`: the stream is
-    /// gone (nothing to report).
-    async fn data(&self, mut data: Bytes) -> Result<(), Option<String>> {
-        let stream = self.request.stream_id;
-        while !data.is_empty() {
-            let piece = data.split_to(data.len().min(MAX_FRAME_PAYLOAD));
-            self.credit.acquire(piece.len()).await.map_err(|_| None)?;
-            self.outbox
-                .send_frame(&Frame::Data {
-                    stream,
-                    data: piece,
-                })
-                .await
-                .map_err(|_| None)?;
-        }
-        Ok(())
-    }
-
     /// A body of `n` bytes; `Ok(true)`: the connection may be reused.
     async fn body_of_length(
         &self,
@@ -251,12 +228,8 @@ impl StreamTask {
                 // Bytes past the response that nobody asked for: the connection is not reused.
                 return Ok(buf.is_empty());
             }
-            buf.reserve(MAX_FRAME_PAYLOAD);
-            let cap = n.min(MAX_FRAME_PAYLOAD as u64);
-            match rd.take(cap).read_buf(&mut buf).await {
-                Ok(0) => return Err(Some("the upstream closed the connection mid-body".into())),
-                Ok(_) => {}
-                Err(e) => return Err(Some(e.to_string())),
+            if !read_more(rd, &mut buf, n).await? {
+                return Err(Some(MID_BODY.into()));
             }
         }
     }
@@ -291,15 +264,8 @@ impl StreamTask {
             if !data.is_empty() {
                 self.data(data.split().freeze()).await?;
             }
-            buf.reserve(MAX_FRAME_PAYLOAD);
-            match (&mut *rd)
-                .take(MAX_FRAME_PAYLOAD as u64)
-                .read_buf(&mut buf)
-                .await
-            {
-                Ok(0) => return Err(Some("the upstream closed the connection mid-body".into())),
-                Ok(_) => {}
-                Err(e) => return Err(Some(e.to_string())),
+            if !read_more(rd, &mut buf, u64::MAX).await? {
+                return Err(Some(MID_BODY.into()));
             }
         }
     }
@@ -314,15 +280,8 @@ impl StreamTask {
             if !buf.is_empty() {
                 self.data(buf.split().freeze()).await?;
             }
-            buf.reserve(MAX_FRAME_PAYLOAD);
-            match (&mut *rd)
-                .take(MAX_FRAME_PAYLOAD as u64)
-                .read_buf(&mut buf)
-                .await
-            {
-                Ok(0) => return Ok(false),
-                Ok(_) => {}
-                Err(e) => return Err(Some(e.to_string())),
+            if !read_more(rd, &mut buf, u64::MAX).await? {
+                return Ok(false);
             }
         }
     }
@@ -365,6 +324,24 @@ impl StreamTask {
     }
 }
 
+/// What a body cut short by the upstream is called.
+const MID_BODY: &str = "the upstream closed the connection mid-body";
+
+/// Reads at most a frame's worth (and at most `left` bytes) more into `buf`; `Ok(false)` at
+/// the upstream's EOF.
+async fn read_more<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    left: u64,
+) -> Result<bool, Option<String>> {
+    buf.reserve(MAX_FRAME_PAYLOAD);
+    let cap = left.min(MAX_FRAME_PAYLOAD as u64);
+    match rd.take(cap).read_buf(buf).await {
+        Ok(n) => Ok(n > 0),
+        Err(e) => Err(Some(e.to_string())),
+    }
+}
+
 /// Sends the request body from `upload` (chunked when `chunked`), then nothing more.
 async fn send_body(
     upload: &mut Option<tunnelgate_mux::PipeReader>,
@@ -379,16 +356,15 @@ async fn send_body(
         if chunk.is_empty() {
             continue;
         }
-        if chunked {
-            let size = format!("{:x}\r\n", chunk.len());
-            wr.write_all(size.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            wr.write_all(&chunk).await.map_err(|e| e.to_string())?;
-            wr.write_all(b"\r\n").await.map_err(|e| e.to_string())?;
+        let written = if chunked {
+            // Size line, data and CRLF in one vectored write, the data not copied.
+            let size = Bytes::from(format!("{:x}\r\n", chunk.len()));
+            let mut framed = size.chain(chunk).chain(&b"\r\n"[..]);
+            wr.write_all_buf(&mut framed).await
         } else {
-            wr.write_all(&chunk).await.map_err(|e| e.to_string())?;
-        }
+            wr.write_all(&chunk).await
+        };
+        written.map_err(|e| e.to_string())?;
     }
     if chunked {
         wr.write_all(b"0\r\n\r\n")

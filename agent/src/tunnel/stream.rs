@@ -127,7 +127,7 @@ impl StreamTask {
             return;
         }
         while let Some(frame) = body.frame().await {
-            let mut data = match frame {
+            let data = match frame {
                 Ok(f) => match f.into_data() {
                     Ok(d) => d,
                     Err(_trailers) => continue,
@@ -138,21 +138,27 @@ impl StreamTask {
                     return;
                 }
             };
-            while !data.is_empty() {
-                let piece = data.split_to(data.len().min(MAX_FRAME_PAYLOAD));
-                if self.credit.acquire(piece.len()).await.is_err() {
-                    return;
-                }
-                let f = Frame::Data {
-                    stream: id,
-                    data: piece,
-                };
-                if self.outbox.send_frame(&f).await.is_err() {
-                    return;
-                }
+            if self.data(data).await.is_err() {
+                return;
             }
         }
         let _ = self.outbox.send_frame(&Frame::End { stream: id }).await;
+    }
+
+    /// Sends body bytes to the gateway in frames under the stream's credit. `Err(None)`: the
+    /// stream or the tunnel is gone (nothing to report).
+    pub(super) async fn data(&self, mut data: Bytes) -> Result<(), Option<String>> {
+        let stream = self.request.stream_id;
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(MAX_FRAME_PAYLOAD));
+            self.credit.acquire(piece.len()).await.map_err(|_| None)?;
+            let frame = Frame::Data {
+                stream,
+                data: piece,
+            };
+            self.outbox.send_frame(&frame).await.map_err(|_| None)?;
+        }
+        Ok(())
     }
 
     /// After the upstream's 101: the head goes back, then the connection's raw bytes both
