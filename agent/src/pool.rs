@@ -66,7 +66,13 @@ impl ConnPool {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let list = idle.entry(address.to_string()).or_default();
+        // (Looked up before inserting: no new key, and no allocation, per request.)
+        if !idle.contains_key(address) {
+            idle.insert(address.to_string(), VecDeque::new());
+        }
+        let Some(list) = idle.get_mut(address) else {
+            return;
+        };
         while list
             .front()
             .is_some_and(|(_, since)| since.elapsed() >= IDLE_TIMEOUT)

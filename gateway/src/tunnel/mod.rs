@@ -38,6 +38,6 @@ pub use endpoint::accept;
 pub use endpoint::{refuse, throttled};
 pub use hub::{Hub, MoveAway, Revoked, TunnelRef};
 pub use open::{OpenError, OpenStream, Opened, Outcome, StreamGone, StreamShared, Streams};
-pub use stream::{BodySource, Started, StreamParts, payload_body, pipe_body, start_stream};
+pub use stream::{BodySource, Started, payload_body, pipe_body, start_stream};
 pub use tunnel_actor::{TunnelActor, next_link_id};
 pub use ws::{WsIn, from_actix, to_actix};

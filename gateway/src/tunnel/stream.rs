@@ -31,24 +31,6 @@ pub fn pipe_body(r: tunnelgate_mux::PipeReader) -> BodySource {
     Box::pin(r.map(|r| r.map_err(|e| e.0)))
 }
 
-/// What a stream's task needs to run.
-pub struct StreamParts {
-    pub id: StreamId,
-    pub shared: Arc<StreamShared>,
-    pub outbox: Outbox,
-    pub gone: Recipient<StreamGone>,
-    pub request: ProxyRequest,
-    /// The request body, when it has one.
-    pub payload: Option<BodySource>,
-    pub response_timeout: Duration,
-    /// Longest pause between two chunks of the request body.
-    pub body_idle_timeout: Duration,
-    /// An upgraded connection: the agent is always told when it ends (RESET), since the
-    /// stream outlives the response head; its bytes have no idle timeout (a WebSocket may be
-    /// quiet for hours).
-    pub upgrade: bool,
-}
-
 /// A stream whose task runs: what the opener still holds.
 pub struct Started {
     pub id: StreamId,
@@ -78,23 +60,30 @@ pub fn start_stream(
         gone,
     } = opened;
     request.stream_id = id;
+    // An upgraded connection: the agent is always told when it ends (RESET), since the stream
+    // outlives the response head; its bytes have no idle timeout (a WebSocket may be quiet for
+    // hours).
     let upgrade = request.upgrade.is_some();
-    let parts = StreamParts {
+    let pump = upload(
         id,
-        shared: shared.clone(),
-        outbox: outbox.clone(),
-        gone,
+        outbox.clone(),
+        shared.clone(),
         request,
         payload,
-        response_timeout,
         body_idle_timeout,
         upgrade,
-    };
+    );
     let (client_gone, gone_rx) = tokio::sync::oneshot::channel::<()>();
     body.on_drop(move || {
         let _ = client_gone.send(());
     });
-    actix_rt::spawn(run(parts, gone_rx));
+    let end = End {
+        id,
+        shared: shared.clone(),
+        gone,
+        upgrade,
+    };
+    actix_rt::spawn(run(pump, response_timeout, gone_rx, end));
     Started {
         id,
         head,
@@ -174,19 +163,22 @@ async fn upload(
         .map_err(|_| UploadError::Tunnel)
 }
 
+/// What the end of a stream needs: whom to tell, and whether it finished cleanly.
+struct End {
+    id: StreamId,
+    shared: Arc<StreamShared>,
+    gone: Recipient<StreamGone>,
+    upgrade: bool,
+}
+
 /// The stream's life: the upload and the response timer run until the opener drops the
 /// response body (or the upload fails, or the head times out); then the tunnel is told.
-async fn run(mut p: StreamParts, client_gone: tokio::sync::oneshot::Receiver<()>) {
-    let timeout = p.response_timeout;
-    let pump = upload(
-        p.id,
-        p.outbox.clone(),
-        p.shared.clone(),
-        std::mem::take(&mut p.request),
-        p.payload.take(),
-        p.body_idle_timeout,
-        p.upgrade,
-    );
+async fn run(
+    pump: impl std::future::Future<Output = Result<(), UploadError>>,
+    timeout: Duration,
+    client_gone: tokio::sync::oneshot::Receiver<()>,
+    p: End,
+) {
     tokio::pin!(pump);
     let timer = tokio::time::sleep(timeout);
     tokio::pin!(timer);
