@@ -299,12 +299,13 @@ fn public_server(
                 .on_connect_ext(move |io: &Io, ext: &mut actix_http::Extensions| {
                     let sni = io.get_ref().get_ref().1.server_name().map(str::to_string);
                     ext.insert(tls::Tls { sni });
-                    ext.insert(conns.take());
+                    ext.insert(io.crowded());
                 })
                 .finish(app());
             let acceptor = acceptor.clone();
             actix_service::fn_service(move |io: actix_web::rt::net::TcpStream| {
                 let acceptor = acceptor.clone();
+                let slot = conns.take();
                 async move {
                     let (tls, peer) = accept_tls(&acceptor, io, "public").await?;
                     // HTTP/2 when the client chose it by ALPN; its requests are routed and
@@ -313,34 +314,49 @@ fn public_server(
                         Some(b"h2") => actix_http::Protocol::Http2,
                         _ => actix_http::Protocol::Http1,
                     };
-                    Ok((proxy::front::FirstHead::new(tls), protocol, peer))
+                    Ok((proxy::front::FirstHead::new(tls, slot), protocol, peer))
                 }
             })
             .and_then(http)
         })?;
     }
     let conns = state.load.clone();
+    let front_state = state.clone();
     let server = builder
         .listen("public", listener, move || {
-            use actix_service::ServiceFactoryExt as _;
+            use actix_service::{Service as _, ServiceFactory as _};
             type Io = proxy::front::FirstHead<actix_web::rt::net::TcpStream>;
-            let conns = conns.clone();
             let http = actix_http::HttpService::build()
-                .on_connect_ext(move |_: &Io, ext: &mut actix_http::Extensions| {
-                    ext.insert(conns.take());
+                .on_connect_ext(move |io: &Io, ext: &mut actix_http::Extensions| {
+                    ext.insert(io.crowded());
                 })
                 .finish(app());
-            actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {
-                // Tunnels and requests are many small writes: no Nagle delay.
-                let _ = io.set_nodelay(true);
-                let peer = io.peer_addr().ok();
-                Ok::<_, actix_http::error::DispatchError>((
-                    proxy::front::FirstHead::new(io),
-                    actix_http::Protocol::Http1,
-                    peer,
-                ))
+            let (conns, state) = (conns.clone(), front_state.clone());
+            // Plain HTTP/1.1: the gateway's own loop (`proxy::conn`) serves tenants' requests
+            // and hands the rest of a connection to actix-http when it meets one it does not.
+            actix_service::fn_factory(move || {
+                let ready = http.new_service(());
+                let (conns, state) = (conns.clone(), state.clone());
+                async move {
+                    let http = std::rc::Rc::new(ready.await?);
+                    Ok::<_, ()>(actix_service::fn_service(
+                        move |io: actix_web::rt::net::TcpStream| {
+                            let (http, slot, state) = (http.clone(), conns.take(), state.clone());
+                            async move {
+                                // Tunnels and requests are many small writes: no Nagle delay.
+                                let _ = io.set_nodelay(true);
+                                let peer = io.peer_addr().ok();
+                                match proxy::conn::serve(io, slot, state).await {
+                                    proxy::conn::Served::Done => Ok(()),
+                                    proxy::conn::Served::HandOff(rest) => {
+                                        http.call((rest, actix_http::Protocol::Http1, peer)).await
+                                    }
+                                }
+                            }
+                        },
+                    ))
+                }
             })
-            .and_then(http)
         })?
         .run();
     Ok((server, reload))

@@ -27,6 +27,11 @@ pub struct Slot {
     pub over: bool,
 }
 
+/// The connection-level mark actix-http requests read: whether their connection came past
+/// the limit (its [`Slot`] lives with the connection itself).
+#[derive(Debug, Clone, Copy)]
+pub struct Crowded(pub bool);
+
 impl Load {
     /// `max` 0 means no limit.
     pub fn new(max: usize) -> Arc<Self> {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use tunnelgate_proto::control::{KubeIdentity, ProxyRequest};
 
 use super::headers::{self, keep_response_header, response_connection_tokens};
@@ -18,7 +18,7 @@ use crate::tunnel::{OpenError, OpenStream, Started, start_stream};
 
 /// One request on its way to a tunnel, directly or over a peer link.
 pub(super) struct Target<'a> {
-    pub(super) req: &'a HttpRequest,
+    pub(super) req: &'a super::Incoming<'a>,
     pub(super) state: &'a web::Data<AppState>,
     pub(super) host: &'a str,
     /// The normalised path (or `*`) the upstream receives.
@@ -53,13 +53,13 @@ impl Target<'_> {
         };
         let request = ProxyRequest {
             stream_id: 0,
-            method: req.method().as_str().to_string(),
+            method: req.method.as_str().to_string(),
             host: self.host.to_string(),
             path: self.path.to_string(),
-            query: req.uri().query().map(str::to_string),
+            query: req.uri.query().map(str::to_string),
             headers: self.headers.clone(),
             body: self.with_body,
-            request_id: super::id_of(req),
+            request_id: (!req.id.is_empty()).then(|| req.id.clone()),
             cluster: via_peer.then(|| cluster.to_string()),
             conns: if via_peer {
                 self.conns.to_vec()
@@ -115,7 +115,7 @@ impl Target<'_> {
         let resp = response_head(status, &head.headers, &self.own_names())?;
         // The gateway owns framing: no body ever follows a HEAD answer, 204 or 304, whatever
         // the agent sends (RFC 9112 §6.3); the stream's body is dropped, which resets it.
-        let bodiless = req.method() == Method::HEAD
+        let bodiless = req.method == Method::HEAD
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let ResponseHead {
@@ -124,7 +124,7 @@ impl Target<'_> {
         } = resp;
         if bodiless {
             drop(body);
-            if let (Some(n), true) = (content_length, req.method() == Method::HEAD) {
+            if let (Some(n), true) = (content_length, req.method == Method::HEAD) {
                 // The size a GET would have, over a body of unknown size that has no bytes:
                 // nothing can follow the head, also when actix loses track of the request
                 // being HEAD (it does when a request is pipelined behind it, and would then

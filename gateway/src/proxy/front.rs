@@ -74,10 +74,12 @@ pub fn rewrite_head(head: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A connection whose first request head may be rewritten by [`rewrite_head`].
+/// A connection whose first request head may be rewritten by [`rewrite_head`], with its
+/// place under the node's connection limit.
 pub struct FirstHead<T> {
     io: T,
     state: State,
+    slot: crate::overload::Slot,
 }
 
 enum State {
@@ -90,11 +92,23 @@ enum State {
 }
 
 impl<T> FirstHead<T> {
-    pub fn new(io: T) -> Self {
+    pub fn new(io: T, slot: crate::overload::Slot) -> Self {
+        Self::resume(io, slot, Vec::new())
+    }
+
+    /// A connection of which `read` was already read (by `proxy::conn`): a request head's
+    /// beginning, or all of it.
+    pub fn resume(io: T, slot: crate::overload::Slot, read: Vec<u8>) -> Self {
         FirstHead {
             io,
-            state: State::Head(Vec::new()),
+            state: settle(read, false),
+            slot,
         }
+    }
+
+    /// Whether the connection came past the node's connection limit.
+    pub fn crowded(&self) -> crate::overload::Crowded {
+        crate::overload::Crowded(self.slot.over)
     }
 
     /// The connection underneath (a TLS one, for its SNI).
@@ -107,6 +121,22 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
+/// What to do with the bytes of the first head read so far (`eof`: and no more come).
+fn settle(bytes: Vec<u8>, eof: bool) -> State {
+    match head_end(&bytes) {
+        // Rewritten, or the bytes as read (no copy).
+        Some(end) => match bytes.get(..end).and_then(rewrite_head) {
+            Some(mut head) => {
+                head.extend_from_slice(bytes.get(end..).unwrap_or_default());
+                State::Replay(head, 0)
+            }
+            None => State::Replay(bytes, 0),
+        },
+        None if eof || bytes.len() >= MAX_HEAD => State::Replay(bytes, 0),
+        None => State::Head(bytes),
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for FirstHead<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -117,6 +147,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for FirstHead<T> {
         loop {
             match &mut this.state {
                 State::Through => return Pin::new(&mut this.io).poll_read(cx, out),
+                State::Replay(buf, at) if *at == buf.len() => this.state = State::Through,
                 State::Replay(buf, at) => {
                     let rest = buf.get(*at..).unwrap_or_default();
                     let n = out.remaining().min(rest.len());
@@ -137,21 +168,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for FirstHead<T> {
                             let got = rb.filled();
                             let eof = got.is_empty();
                             buf.extend_from_slice(got);
-                            let bytes = std::mem::take(buf);
-                            let next = match head_end(&bytes) {
-                                // Rewritten, or the bytes as read (no copy).
-                                Some(end) => match bytes.get(..end).and_then(rewrite_head) {
-                                    Some(mut head) => {
-                                        head.extend_from_slice(
-                                            bytes.get(end..).unwrap_or_default(),
-                                        );
-                                        State::Replay(head, 0)
-                                    }
-                                    None => State::Replay(bytes, 0),
-                                },
-                                None if eof || bytes.len() >= MAX_HEAD => State::Replay(bytes, 0),
-                                None => State::Head(bytes),
-                            };
+                            let next = settle(std::mem::take(buf), eof);
                             this.state = next;
                             if eof && matches!(&this.state, State::Replay(b, _) if b.is_empty()) {
                                 return Poll::Ready(Ok(()));
@@ -235,7 +252,7 @@ mod tests {
             .await
             .unwrap();
         drop(a);
-        let mut f = FirstHead::new(b);
+        let mut f = FirstHead::new(b, crate::overload::Load::new(0).take());
         let mut all = Vec::new();
         f.read_to_end(&mut all).await.unwrap();
         let text = String::from_utf8(all).unwrap();

@@ -7,11 +7,11 @@
 
 use std::net::IpAddr;
 
-use actix_web::HttpRequest;
 use actix_web::http::header::{self, HeaderMap, HeaderName};
 use tunnelgate_proto::control::HeaderList;
 use tunnelgate_proto::routes::normalize_host;
 
+use super::Incoming;
 use crate::error::ProxyError;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies strip.
@@ -73,8 +73,8 @@ const WS_HANDSHAKE: &[&str] = &[
 ];
 
 /// The framing and `Host` checks; returns the normalised host.
-pub fn check_request(req: &HttpRequest, max_header_bytes: usize) -> Result<String, ProxyError> {
-    let h = req.headers();
+pub fn check_request(req: &Incoming, max_header_bytes: usize) -> Result<String, ProxyError> {
+    let h = req.headers;
     let bad = |s: &'static str| Err(ProxyError::BadRequest(s.into()));
     if h.contains_key(header::CONTENT_LENGTH) && h.contains_key(header::TRANSFER_ENCODING) {
         return bad("request has both Content-Length and Transfer-Encoding");
@@ -84,9 +84,9 @@ pub fn check_request(req: &HttpRequest, max_header_bytes: usize) -> Result<Strin
     }
     let mut hosts = h.get_all(header::HOST);
     let host = match (hosts.next(), hosts.next()) {
-        (None, _) => match req.uri().authority() {
+        (None, _) => match req.uri.authority() {
             // HTTP/2 carries the host in :authority.
-            Some(a) if req.version() >= actix_web::http::Version::HTTP_2 => a.as_str().to_string(),
+            Some(a) if req.version >= actix_web::http::Version::HTTP_2 => a.as_str().to_string(),
             _ => return bad("request has no Host header"),
         },
         (Some(_), Some(_)) => return bad("request has more than one Host header"),
@@ -97,7 +97,7 @@ pub fn check_request(req: &HttpRequest, max_header_bytes: usize) -> Result<Strin
     };
     let host = normalize_host(&host)
         .map_err(|e| ProxyError::BadRequest(format!("invalid Host header: {e}").into()))?;
-    if let Some(authority) = req.uri().authority() {
+    if let Some(authority) = req.uri.authority() {
         let target = normalize_host(authority.as_str()).unwrap_or_default();
         if target != host {
             return bad("request target and Host header name different hosts");
@@ -113,11 +113,11 @@ pub fn check_request(req: &HttpRequest, max_header_bytes: usize) -> Result<Strin
 /// The `Upgrade` an HTTP/1.1 request asks for (`Connection: upgrade` and an `Upgrade` header),
 /// for any protocol but h2c (HTTP/2 is negotiated at the edge, not tunnelled): WebSocket,
 /// SPDY/3.1 (kubectl's exec and port-forward fallback), and the rest.
-pub fn upgrade_request(req: &HttpRequest) -> Option<String> {
-    if req.version() != actix_web::http::Version::HTTP_11 {
+pub fn upgrade_request(req: &Incoming) -> Option<String> {
+    if req.version != actix_web::http::Version::HTTP_11 {
         return None;
     }
-    let h = req.headers();
+    let h = req.headers;
     let asks = h
         .get_all(header::CONNECTION)
         .filter_map(|v| v.to_str().ok())
@@ -367,7 +367,10 @@ mod tests {
             .insert_header(("x-forwarded-host", "bank.other.localhost"))
             .insert_header(("forwarded", "host=bank.other.localhost"))
             .to_http_request();
-        assert_eq!(check_request(&req, 8192).unwrap(), "app.demo.localhost");
+        assert_eq!(
+            check_request(&Incoming::of(&req), 8192).unwrap(),
+            "app.demo.localhost"
+        );
     }
 
     #[test]
@@ -378,12 +381,12 @@ mod tests {
             .insert_header(("transfer-encoding", "chunked"))
             .to_http_request();
         assert!(matches!(
-            check_request(&both, 8192),
+            check_request(&Incoming::of(&both), 8192),
             Err(ProxyError::BadRequest(_))
         ));
         let nohost = TestRequest::default().to_http_request();
         assert!(matches!(
-            check_request(&nohost, 8192),
+            check_request(&Incoming::of(&nohost), 8192),
             Err(ProxyError::BadRequest(_))
         ));
         let big = TestRequest::default()
@@ -391,7 +394,7 @@ mod tests {
             .insert_header(("x-big", "y".repeat(100)))
             .to_http_request();
         assert!(matches!(
-            check_request(&big, 64),
+            check_request(&Incoming::of(&big), 64),
             Err(ProxyError::HeadersTooLarge(64))
         ));
     }

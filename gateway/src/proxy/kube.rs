@@ -190,8 +190,9 @@ pub async fn serve(
         Err(resp) => *resp,
         Ok(grant) => {
             audit.identity = Some(grant.identity.clone());
-            match request_target(&req) {
-                Err(e) => fail(&state, &req, &cluster, e),
+            let inc = super::Incoming::of(&req);
+            match request_target(&inc) {
+                Err(e) => fail(&state, &inc, &cluster, e),
                 Ok(RequestTarget { path, .. }) => {
                     let call = super::Call {
                         host,
@@ -201,10 +202,18 @@ pub async fn serve(
                         kubernetes: Some(grant.identity),
                     };
                     match super::admit(&state, &cluster).await {
-                        Err(e) => fail(&state, &req, &cluster, e),
-                        Ok(()) => match super::proxy(&req, payload, &state, call, started).await {
+                        Err(e) => fail(&state, &inc, &cluster, e),
+                        Ok(()) => match super::proxy(
+                            &inc,
+                            crate::tunnel::payload_body(payload),
+                            &state,
+                            call,
+                            started,
+                        )
+                        .await
+                        {
                             Ok(r) => r,
-                            Err(e) => fail(&state, &req, &cluster, e),
+                            Err(e) => fail(&state, &inc, &cluster, e),
                         },
                     }
                 }

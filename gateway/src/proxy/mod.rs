@@ -1,23 +1,25 @@
 //! The public HTTP entry: every request that is not the gateway's own lands here, is checked,
 //! routed on its `Host`, and streamed through the owning cluster's tunnel.
 
+pub mod conn;
 mod forward;
 pub mod front;
 pub mod headers;
 pub mod idle;
 pub mod kube;
+mod write;
 
 use std::time::Instant;
 
-use actix_web::http::Method;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, Uri, Version};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use tracing::Instrument;
 use tunnelgate_proto::control::KubeIdentity;
 
 use crate::AppState;
 use crate::error::ProxyError;
-use crate::tunnel::payload_body;
+use crate::tunnel::{BodySource, payload_body};
 use forward::Target;
 use headers::{check_request, has_body, upstream_request_headers};
 
@@ -30,8 +32,8 @@ pub struct RequestId(pub String);
 
 /// The client's `X-Request-Id` when it is a sane token (visible ASCII, at most 128 bytes),
 /// else a new one (128 random bits, hex).
-fn request_id(req: &HttpRequest) -> String {
-    req.headers()
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
@@ -39,9 +41,61 @@ fn request_id(req: &HttpRequest) -> String {
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
 }
 
-/// The id [`dispatch`] gave `req`.
-pub fn id_of(req: &HttpRequest) -> Option<String> {
-    req.extensions().get::<RequestId>().map(|r| r.0.clone())
+/// What the proxy reads of a client's request, whichever front parsed it: actix-http
+/// ([`Incoming::of`]) or the gateway's own HTTP/1.1 loop (`proxy::conn`).
+pub struct Incoming<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub version: Version,
+    pub headers: &'a HeaderMap,
+    pub peer: Option<std::net::SocketAddr>,
+    /// Set when the connection is HTTPS (with the SNI the client sent).
+    pub tls: Option<&'a crate::tls::Tls>,
+    /// The request's id (see [`request_id`]).
+    pub id: String,
+}
+
+impl<'a> Incoming<'a> {
+    /// An actix-web request (its id set by [`dispatch`]).
+    pub fn of(req: &'a HttpRequest) -> Self {
+        Incoming {
+            method: req.method(),
+            uri: req.uri(),
+            version: req.version(),
+            headers: req.headers(),
+            peer: req.peer_addr(),
+            tls: req.conn_data::<crate::tls::Tls>(),
+            id: req
+                .extensions()
+                .get::<RequestId>()
+                .map(|r| r.0.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The span a request is served in: its id, and the client's trace as its parent when the
+/// client sent a `traceparent`.
+pub fn request_span(id: &str, headers: &HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = "gateway request",
+        otel.kind = "server",
+        request_id = %id
+    );
+    let client_trace = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    tunnelgate_telemetry::continue_trace(&span, client_trace);
+    span
+}
+
+/// The response carries the request's id back, unless the upstream set its own.
+pub fn tag_response(resp: &mut HttpResponse, id: &str) {
+    if !resp.headers().contains_key(REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_str(id)
+    {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID), v);
+    }
 }
 
 /// Routes every request (see [`route`]) inside a span carrying its request id, which every log
@@ -51,27 +105,11 @@ pub async fn dispatch(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let id = request_id(&req);
+    let id = request_id(req.headers());
+    let span = request_span(&id, req.headers());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!(
-        "request",
-        otel.name = "gateway request",
-        otel.kind = "server",
-        request_id = %id
-    );
-    // A client that traces its calls makes the gateway's span a child of its own.
-    let client_trace = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok());
-    tunnelgate_telemetry::continue_trace(&span, client_trace);
     let mut resp = route(req, payload, state).instrument(span).await;
-    if !resp.headers().contains_key(REQUEST_ID)
-        && let Ok(v) = HeaderValue::from_str(&id)
-    {
-        resp.headers_mut()
-            .insert(HeaderName::from_static(REQUEST_ID), v);
-    }
+    tag_response(&mut resp, &id);
     resp
 }
 
@@ -84,31 +122,32 @@ async fn route(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let started = Instant::now();
+    let inc = Incoming::of(&req);
     // Past the node's connection limit: no work at all for this connection.
     if req
-        .conn_data::<crate::overload::Slot>()
-        .is_some_and(|s| s.over)
+        .conn_data::<crate::overload::Crowded>()
+        .is_some_and(|c| c.0)
     {
         let e = ProxyError::Overloaded(state.config.max_connections);
-        return fail(&state, &req, "", e);
+        return fail(&state, &inc, "", e);
     }
     if state.load.memory_over() {
-        return fail(&state, &req, "", ProxyError::MemoryOver);
+        return fail(&state, &inc, "", ProxyError::MemoryOver);
     }
-    let host = match check_request(&req, state.config.max_header_bytes) {
+    let host = match check_request(&inc, state.config.max_header_bytes) {
         Ok(h) => h,
-        Err(e) => return fail(&state, &req, "", e),
+        Err(e) => return fail(&state, &inc, "", e),
     };
     // Over TLS the SNI and the Host must not name different clusters: no domain fronting
     // from one tenant's certificate name to another tenant.
-    if let Some(crate::tls::Tls { sni: Some(sni) }) = req.conn_data::<crate::tls::Tls>() {
+    if let Some(crate::tls::Tls { sni: Some(sni) }) = inc.tls {
         let sni = sni.to_ascii_lowercase();
         let (a, b) = (
             state.registry.cluster_of(&sni),
             state.registry.cluster_of(&host),
         );
         if a.is_some() && b.is_some() && a != b {
-            return fail(&state, &req, "", ProxyError::Misdirected(host));
+            return fail(&state, &inc, "", ProxyError::Misdirected(host));
         }
     }
     // The gateway's own names are never a tenant's: they serve the agent endpoint (and a
@@ -117,13 +156,13 @@ async fn route(
         return match req.uri().path() {
             "/v1/tunnel" => crate::tunnel::accept(req, payload, state).await,
             "/healthz" => crate::admin::healthz().await,
-            _ => fail(&state, &req, "", ProxyError::NoRoute(host)),
+            _ => fail(&state, &inc, "", ProxyError::NoRoute(host)),
         };
     }
     // ACME HTTP-01: answered by whichever node the CA reaches (the answer is shared); a token
     // the gateway did not set goes on to the tenant (its own ACME client, e.g. cert-manager).
     if state.acme.is_some()
-        && req.conn_data::<crate::tls::Tls>().is_none()
+        && inc.tls.is_none()
         && let Some(token) = req
             .uri()
             .path()
@@ -133,7 +172,7 @@ async fn route(
         return HttpResponse::Ok().content_type("text/plain").body(answer);
     }
     if state.config.redirect_http
-        && req.conn_data::<crate::tls::Tls>().is_none()
+        && inc.tls.is_none()
         && !req.uri().path().starts_with("/.well-known/acme-challenge/")
     {
         return redirect_to_https(&req, &host, state.config.https_port);
@@ -142,29 +181,53 @@ async fn route(
         let cluster = cluster.to_string();
         return kube::serve(req, payload, state, host, cluster, started).await;
     }
-    let target = match request_target(&req) {
+    tenant(&inc, payload_body(payload), &state, host, started).await
+}
+
+/// Whether a request for `host` goes straight to [`tenant`]: not one of the gateway's own
+/// names or its clusters' Kubernetes APIs, and no ACME answer or HTTPS redirect in the way
+/// (what [`route`] checks before it, for a request already through [`check_request`]).
+pub fn is_tenant_host(state: &AppState, host: &str, path: &str) -> bool {
+    let acme_answer = state.acme.is_some() && path.starts_with("/.well-known/acme-challenge/");
+    let elsewhere = state.config.is_gateway_name(host)
+        || acme_answer
+        || state.config.redirect_http
+        || kube::api_cluster(host, &state.config.domain).is_some();
+    !elsewhere
+}
+
+/// A tenant's request: its target checked, its route looked up, the cluster's rate limit,
+/// then the tunnel (404, or 503 when the host's cluster has no live tunnel).
+pub async fn tenant(
+    inc: &Incoming<'_>,
+    payload: BodySource,
+    state: &web::Data<AppState>,
+    host: String,
+    started: Instant,
+) -> HttpResponse {
+    let target = match request_target(inc) {
         Ok(t) => t,
-        Err(e) => return fail(&state, &req, "", e),
+        Err(e) => return fail(state, inc, "", e),
     };
     let route = match state.registry.lookup(&host, &target.route_path).await {
         Ok(r) => r,
         Err(e) => {
             return fail(
-                &state,
-                &req,
+                state,
+                inc,
                 "",
                 ProxyError::RegistryUnavailable(e.to_string()),
             );
         }
     };
     let Some(route) = route else {
-        return match offline_cluster(&state, &host).await {
-            Some(c) => fail(&state, &req, &c, ProxyError::ClusterOffline(c.clone())),
-            None => fail(&state, &req, "", ProxyError::NoRoute(host)),
+        return match offline_cluster(state, &host).await {
+            Some(c) => fail(state, inc, &c, ProxyError::ClusterOffline(c.clone())),
+            None => fail(state, inc, "", ProxyError::NoRoute(host)),
         };
     };
-    if let Err(e) = admit(&state, &route.cluster).await {
-        return fail(&state, &req, &route.cluster, e);
+    if let Err(e) = admit(state, &route.cluster).await {
+        return fail(state, inc, &route.cluster, e);
     }
     // Kept only for the access log: the call takes the host.
     let logged_host = state.config.access_log.then(|| host.clone());
@@ -175,13 +238,13 @@ async fn route(
         conns: route.conns.clone(),
         kubernetes: None,
     };
-    let resp = match proxy(&req, payload, &state, call, started).await {
+    let resp = match proxy(inc, payload, state, call, started).await {
         Ok(resp) => resp,
-        Err(e) => fail(&state, &req, &route.cluster, e),
+        Err(e) => fail(state, inc, &route.cluster, e),
     };
     if let Some(host) = logged_host {
         tracing::info!(
-            %host, method = %req.method(), path = req.uri().path(), status = resp.status().as_u16(),
+            %host, method = %inc.method, path = inc.uri.path(), status = resp.status().as_u16(),
             head_ms = started.elapsed().as_secs_f64() * 1000.0, cluster = %route.cluster,
             node = state.config.node_id(), "request"
         );
@@ -246,13 +309,13 @@ struct RequestTarget {
 /// Checks the method and request target: CONNECT is refused (no tunnels to arbitrary
 /// addresses), the asterisk form only for OPTIONS, and every other path is normalised
 /// (`tunnelgate_proto::routes::normalize_path`) so that what is matched is what is forwarded.
-fn request_target(req: &HttpRequest) -> Result<RequestTarget, ProxyError> {
-    if req.method() == Method::CONNECT {
+fn request_target(req: &Incoming) -> Result<RequestTarget, ProxyError> {
+    if req.method == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed("CONNECT"));
     }
-    let raw = req.uri().path();
+    let raw = req.uri.path();
     if raw == "*" {
-        if req.method() != Method::OPTIONS {
+        if req.method != Method::OPTIONS {
             return Err(ProxyError::BadRequest(
                 "the asterisk request target is only for OPTIONS".into(),
             ));
@@ -270,15 +333,15 @@ fn request_target(req: &HttpRequest) -> Result<RequestTarget, ProxyError> {
     })
 }
 
-fn fail(state: &AppState, req: &HttpRequest, cluster: &str, e: ProxyError) -> HttpResponse {
+fn fail(state: &AppState, req: &Incoming, cluster: &str, e: ProxyError) -> HttpResponse {
     state.metrics.request(cluster, e.status().as_u16(), None);
     // A node shedding load says so once per crossing (overload.rs), not once per request.
     let shed = matches!(e, ProxyError::Overloaded(_) | ProxyError::MemoryOver);
     let level_warn = !shed && !matches!(e.who(), crate::error::Who::Client);
     if level_warn {
-        tracing::warn!(cluster, method = %req.method(), path = req.uri().path(), code = e.code(), error = %e, "request failed");
+        tracing::warn!(cluster, method = %req.method, path = req.uri.path(), code = e.code(), error = %e, "request failed");
     } else {
-        tracing::debug!(cluster, method = %req.method(), path = req.uri().path(), code = e.code(), error = %e, "request refused");
+        tracing::debug!(cluster, method = %req.method, path = req.uri.path(), code = e.code(), error = %e, "request refused");
     }
     e.to_response()
 }
@@ -301,40 +364,40 @@ struct Call {
 }
 
 async fn proxy(
-    req: &HttpRequest,
-    payload: web::Payload,
+    req: &Incoming<'_>,
+    payload: BodySource,
     state: &web::Data<AppState>,
     call: Call,
     started: Instant,
 ) -> Result<HttpResponse, ProxyError> {
     let cluster = &call.cluster;
     let upgrade = headers::upgrade_request(req);
-    let proto = match req.conn_data::<crate::tls::Tls>() {
+    let proto = match req.tls {
         Some(_) => "https",
         None => "http",
     };
     let mut headers = upstream_request_headers(
-        req.headers(),
-        req.peer_addr().map(|a| a.ip()),
+        req.headers,
+        req.peer.map(|a| a.ip()),
         upgrade.as_deref(),
         proto,
     )?;
     // The upstream sees the request's id (the client's, or the one made for it).
-    if let Some(id) = id_of(req) {
+    if !req.id.is_empty() {
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(REQUEST_ID));
-        headers.push((REQUEST_ID.into(), id));
+        headers.push((REQUEST_ID.into(), req.id.clone()));
     }
     // HTTP/2 carries the host in :authority: the upstream gets it as Host all the same.
     if !headers.iter().any(|(n, _)| n == "host")
-        && let Some(a) = req.uri().authority()
+        && let Some(a) = req.uri.authority()
     {
         headers.push(("host".into(), a.as_str().to_string()));
         headers.push(("x-forwarded-host".into(), a.as_str().to_string()));
     }
     // An upgrade's "body" is the connection's bytes after the 101 (actix reads an upgrade
     // request's payload raw, until the client closes).
-    let with_body = has_body(req.headers()) || upgrade.is_some();
-    let mut body = with_body.then(|| payload_body(payload));
+    let with_body = has_body(req.headers) || upgrade.is_some();
+    let mut body = with_body.then_some(payload);
     let target = Target {
         req,
         state,

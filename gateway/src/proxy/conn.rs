@@ -1,0 +1,360 @@
+//! The public listener's plain HTTP/1.1 connections, served by the gateway's own loop (ADR
+//! 0010) instead of actix-http: request heads parsed with `httparse`, each tenant request
+//! given to [`super::tenant`] with its body read from the socket as the stream takes it, the
+//! response written by `proxy::write`, then the next request on the same connection.
+//!
+//! The first request this loop does not serve itself takes the rest of the connection to
+//! actix-http, its head and all (`proxy::front::FirstHead`), which serves or refuses it as
+//! before: the gateway's own names (the agent endpoint, `/healthz`), the clusters' Kubernetes
+//! APIs, ACME answers and HTTPS redirects, upgrades, `Expect`, chunked uploads, HTTP/1.0,
+//! anything `httparse` or the request checks refuse, and a node over its limits.
+
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, Uri, Version};
+use actix_web::web;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::front::FirstHead;
+use super::write::{Written, write_response};
+use super::{Incoming, request_id, request_span, tag_response};
+use crate::AppState;
+use crate::overload::Slot;
+use crate::tunnel::BodySource;
+
+/// Longest request head this loop reads; a longer one goes to actix-http, which refuses it.
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers a request may have here (actix-http allows 96).
+const MAX_HEADERS: usize = 96;
+/// Time for a whole request head, and for the next one to begin on a kept connection
+/// (actix-http's defaults: `client_request_timeout` and `keep_alive`, 5 s each).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes read from the socket at a time for a request body.
+const READ_CHUNK: usize = 64 * 1024;
+/// An unread rest of a request body up to this size is read and dropped after the response,
+/// keeping the connection; a longer one closes it.
+const DISCARD_MAX: u64 = 256 * 1024;
+
+/// What became of a connection.
+pub enum Served {
+    /// Closed here.
+    Done,
+    /// The rest of the connection, from the head of a request this loop does not serve.
+    HandOff(FirstHead<TcpStream>),
+}
+
+/// A request head this loop serves.
+struct Request {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    /// The body's length (Content-Length; 0 without one).
+    length: u64,
+    /// The client asked for `Connection: close`.
+    close: bool,
+}
+
+/// What the bytes read so far hold.
+enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// A request this loop serves, and the length of its head.
+    Ours(Request, usize),
+    /// A request for actix-http (see the module's documentation).
+    Other,
+}
+
+fn parse(buf: &[u8]) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let end = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
+        _ => return Parsed::Other,
+    };
+    match head_of(&req) {
+        Some(r) => Parsed::Ours(r, end),
+        None => Parsed::Other,
+    }
+}
+
+/// The request when this loop serves it.
+fn head_of(req: &httparse::Request<'_, '_>) -> Option<Request> {
+    if req.version != Some(1) {
+        return None;
+    }
+    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
+    if method == Method::CONNECT {
+        return None;
+    }
+    let uri = Uri::try_from(req.path?).ok()?;
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut length = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        match name.as_str() {
+            "transfer-encoding" | "upgrade" | "expect" => return None,
+            "content-length" => {
+                let text = value.to_str().ok()?;
+                let ok = !text.is_empty()
+                    && text.len() <= 18
+                    && text.bytes().all(|b| b.is_ascii_digit());
+                if length.is_some() || !ok {
+                    return None;
+                }
+                length = text.parse::<u64>().ok();
+            }
+            "connection" => {
+                for token in value.to_str().ok()?.split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("upgrade") {
+                        return None;
+                    }
+                    close |= token.eq_ignore_ascii_case("close");
+                }
+            }
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    Some(Request {
+        method,
+        uri,
+        headers,
+        length: length.unwrap_or(0),
+        close,
+    })
+}
+
+/// Serves `io` until it closes, or hands it to actix-http.
+pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) -> Served {
+    let peer = io.peer_addr().ok();
+    let mut buf = BytesMut::new();
+    loop {
+        if slot.over || state.load.memory_over() {
+            return Served::HandOff(FirstHead::resume(io, slot, buf.to_vec()));
+        }
+        let (req, head_len) = match read_head(&mut io, &mut buf).await {
+            Head::Ready(r, n) => (r, n),
+            Head::Other => return Served::HandOff(FirstHead::resume(io, slot, buf.to_vec())),
+            Head::Gone => return Served::Done,
+            Head::Late => {
+                let late = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = io.write_all(late).await;
+                return Served::Done;
+            }
+        };
+        let id = request_id(&req.headers);
+        let inc = Incoming {
+            method: &req.method,
+            uri: &req.uri,
+            version: Version::HTTP_11,
+            headers: &req.headers,
+            peer,
+            tls: None,
+            id,
+        };
+        let host = match super::headers::check_request(&inc, state.config.max_header_bytes) {
+            Ok(h) if super::is_tenant_host(&state, &h, req.uri.path()) => h,
+            // actix-http answers it (or refuses it) from the same head.
+            _ => return Served::HandOff(FirstHead::resume(io, slot, buf.to_vec())),
+        };
+        let _ = buf.split_to(head_len);
+        let started = Instant::now();
+        let mut left = req.length;
+        let (written, pumped) = {
+            let (mut rd, mut wr) = io.split();
+            let (tx, body) = body_channel(left);
+            let is_head = req.method == Method::HEAD;
+            let respond = async {
+                let span = request_span(&inc.id, inc.headers);
+                let mut resp = super::tenant(&inc, body, &state, host, started)
+                    .instrument(span)
+                    .await;
+                tag_response(&mut resp, &inc.id);
+                write_response(&mut wr, resp, is_head, req.close).await
+            };
+            let pump = async {
+                match tx {
+                    Some(tx) => pump(&mut rd, &mut buf, &mut left, tx).await,
+                    None => Ok(()),
+                }
+            };
+            tokio::pin!(respond, pump);
+            let mut pumped = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    w = &mut respond => break (w, pumped),
+                    r = &mut pump, if pumped.is_none() => pumped = Some(r.is_ok()),
+                }
+            }
+        };
+        let keep = match written {
+            Ok(Written::Whole) if pumped != Some(false) => {
+                left == 0 || (left <= DISCARD_MAX && discard(&mut io, &mut buf, &mut left).await)
+            }
+            _ => false,
+        };
+        if keep {
+            continue;
+        }
+        let _ = io.shutdown().await;
+        return Served::Done;
+    }
+}
+
+/// How waiting for a request head ended.
+enum Head {
+    Ready(Request, usize),
+    Other,
+    /// The client closed (or failed) before a head began.
+    Gone,
+    /// A head begun and not finished in time.
+    Late,
+}
+
+async fn read_head(io: &mut TcpStream, buf: &mut BytesMut) -> Head {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    loop {
+        if !buf.is_empty() {
+            match parse(buf) {
+                Parsed::Ours(r, n) => return Head::Ready(r, n),
+                Parsed::Other => return Head::Other,
+                Parsed::Partial => {}
+            }
+        }
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return Head::Gone,
+            // Half a head and an end: actix-http refuses it.
+            Ok(Ok(0)) => return Head::Other,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Head::Gone,
+            Err(_) if buf.is_empty() => return Head::Gone,
+            Err(_) => return Head::Late,
+        }
+    }
+}
+
+type BodyItem = Result<Bytes, String>;
+
+/// The channel a request body goes through: the loop reads the socket only as fast as the
+/// stream takes the body (one chunk in flight).
+fn body_channel(length: u64) -> (Option<mpsc::Sender<BodyItem>>, BodySource) {
+    if length == 0 {
+        return (None, Box::pin(futures_util::stream::empty()));
+    }
+    let (tx, rx) = mpsc::channel::<BodyItem>(1);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (Some(tx), Box::pin(body))
+}
+
+/// Reads `left` bytes of body (what is in `buf` first) into `tx`. Stops early, Ok, when the
+/// stream no longer takes the body; an error when the client ends or fails mid-body (the
+/// stream is told, and resets).
+async fn pump(
+    rd: &mut tokio::net::tcp::ReadHalf<'_>,
+    buf: &mut BytesMut,
+    left: &mut u64,
+    tx: mpsc::Sender<BodyItem>,
+) -> std::io::Result<()> {
+    while *left > 0 {
+        if buf.is_empty() {
+            buf.reserve(READ_CHUNK);
+            let n = match rd.read_buf(buf).await {
+                Ok(0) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                other => other,
+            };
+            if let Err(e) = n {
+                let _ = tx
+                    .send(Err(format!("the client's body ended early: {e}")))
+                    .await;
+                return Err(e);
+            }
+        }
+        let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+        let chunk = buf.split_to(take).freeze();
+        *left -= take as u64;
+        if tx.send(Ok(chunk)).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Reads and drops the rest of a body the stream did not take (a response that came before
+/// it), within the head timeout; false when that fails (the connection is closed).
+async fn discard(io: &mut TcpStream, buf: &mut BytesMut, left: &mut u64) -> bool {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    while *left > 0 {
+        if buf.is_empty() {
+            buf.reserve(READ_CHUNK);
+            match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return false,
+            }
+        }
+        let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+        let _ = buf.split_to(take);
+        *left -= take as u64;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ours(head: &[u8]) -> Option<Request> {
+        match parse(head) {
+            Parsed::Ours(r, n) => {
+                assert_eq!(n, head.len());
+                Some(r)
+            }
+            Parsed::Partial => panic!("partial"),
+            Parsed::Other => None,
+        }
+    }
+
+    #[test]
+    fn plain_requests_are_served_here() {
+        let r = ours(b"POST /a?b=1 HTTP/1.1\r\nHost: app.demo.localhost\r\nContent-Length: 12\r\nConnection: keep-alive, close\r\n\r\n").unwrap();
+        assert_eq!(r.method, Method::POST);
+        assert_eq!(r.uri.path(), "/a");
+        assert_eq!(r.length, 12);
+        assert!(r.close);
+        assert_eq!(r.headers.get("host").unwrap(), "app.demo.localhost");
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn everything_else_goes_to_actix() {
+        for head in [
+            &b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"[..],
+            b"GET /v HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(ours(head).is_none(), "{}", String::from_utf8_lossy(head));
+        }
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(MAX_HEAD));
+        assert!(matches!(parse(long.as_bytes()), Parsed::Other));
+    }
+}
