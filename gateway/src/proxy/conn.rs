@@ -36,6 +36,8 @@ const MAX_HEADERS: usize = 96;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes read from the socket at a time for a request body.
 const READ_CHUNK: usize = 64 * 1024;
+/// Buffer capacity an idle connection may keep between requests.
+const IDLE_BUFFER: usize = 8 * 1024;
 /// An unread rest of a request body up to this size is read and dropped after the response,
 /// keeping the connection; a longer one closes it.
 const DISCARD_MAX: u64 = 256 * 1024;
@@ -65,8 +67,8 @@ enum Parsed {
     Partial,
     /// A request this loop serves, and the length of its head.
     Ours(Request, usize),
-    /// A request for actix-http (see the module's documentation).
-    Other,
+    /// A request for actix-http (see the module's documentation), and why.
+    Other(&'static str),
 }
 
 fn parse(buf: &[u8]) -> Parsed {
@@ -75,46 +77,54 @@ fn parse(buf: &[u8]) -> Parsed {
     let end = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
-        _ => return Parsed::Other,
+        Ok(httparse::Status::Partial) => return Parsed::Other("head_too_large"),
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Other("too_many_headers"),
+        Err(_) => return Parsed::Other("unparsable"),
     };
     match head_of(&req) {
-        Some(r) => Parsed::Ours(r, end),
-        None => Parsed::Other,
+        Ok(r) => Parsed::Ours(r, end),
+        Err(why) => Parsed::Other(why),
     }
 }
 
-/// The request when this loop serves it.
-fn head_of(req: &httparse::Request<'_, '_>) -> Option<Request> {
+/// The request when this loop serves it, else why not.
+fn head_of(req: &httparse::Request<'_, '_>) -> Result<Request, &'static str> {
     if req.version != Some(1) {
-        return None;
+        return Err("http_1_0");
     }
-    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
-    if method == Method::CONNECT {
-        return None;
-    }
-    let uri = Uri::try_from(req.path?).ok()?;
+    let method = req
+        .method
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+    let method = method.filter(|m| m != Method::CONNECT).ok_or("method")?;
+    let uri = req
+        .path
+        .and_then(|p| Uri::try_from(p).ok())
+        .ok_or("target")?;
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     let mut length = None;
     let mut close = false;
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "header")?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| "header")?;
         match name.as_str() {
-            "transfer-encoding" | "upgrade" | "expect" => return None,
+            "transfer-encoding" => return Err("transfer_encoding"),
+            "upgrade" => return Err("upgrade"),
+            "expect" => return Err("expect"),
             "content-length" => {
-                let text = value.to_str().ok()?;
+                let text = value.to_str().unwrap_or_default();
                 let ok = !text.is_empty()
                     && text.len() <= 18
                     && text.bytes().all(|b| b.is_ascii_digit());
                 if length.is_some() || !ok {
-                    return None;
+                    return Err("content_length");
                 }
                 length = text.parse::<u64>().ok();
             }
             "connection" => {
-                for token in value.to_str().ok()?.split(',').map(str::trim) {
+                let tokens = value.to_str().map_err(|_| "header")?;
+                for token in tokens.split(',').map(str::trim) {
                     if token.eq_ignore_ascii_case("upgrade") {
-                        return None;
+                        return Err("upgrade");
                     }
                     close |= token.eq_ignore_ascii_case("close");
                 }
@@ -123,7 +133,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Option<Request> {
         }
         headers.append(name, value);
     }
-    Some(Request {
+    Ok(Request {
         method,
         uri,
         headers,
@@ -137,12 +147,20 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
     let peer = io.peer_addr().ok();
     let mut buf = BytesMut::new();
     loop {
+        // An idle kept connection holds no body-sized buffer.
+        if buf.is_empty() && buf.capacity() > IDLE_BUFFER {
+            buf = BytesMut::new();
+        }
+        let hand_off = |why: &'static str, io, slot, buf: &BytesMut| {
+            state.metrics.front_handoff(why);
+            Served::HandOff(FirstHead::resume(io, slot, buf.to_vec()))
+        };
         if slot.over || state.load.memory_over() {
-            return Served::HandOff(FirstHead::resume(io, slot, buf.to_vec()));
+            return hand_off("overload", io, slot, &buf);
         }
         let (req, head_len) = match read_head(&mut io, &mut buf).await {
             Head::Ready(r, n) => (r, n),
-            Head::Other => return Served::HandOff(FirstHead::resume(io, slot, buf.to_vec())),
+            Head::Other(why) => return hand_off(why, io, slot, &buf),
             Head::Gone => return Served::Done,
             Head::Late => {
                 let late = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
@@ -160,10 +178,11 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
             tls: None,
             id,
         };
+        // actix-http answers the others (or refuses them) from the same head.
         let host = match super::headers::check_request(&inc, state.config.max_header_bytes) {
             Ok(h) if super::is_tenant_host(&state, &h, req.uri.path()) => h,
-            // actix-http answers it (or refuses it) from the same head.
-            _ => return Served::HandOff(FirstHead::resume(io, slot, buf.to_vec())),
+            Ok(_) => return hand_off("not_a_tenant", io, slot, &buf),
+            Err(_) => return hand_off("refused", io, slot, &buf),
         };
         let _ = buf.split_to(head_len);
         let started = Instant::now();
@@ -213,7 +232,7 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
 /// How waiting for a request head ended.
 enum Head {
     Ready(Request, usize),
-    Other,
+    Other(&'static str),
     /// The client closed (or failed) before a head began.
     Gone,
     /// A head begun and not finished in time.
@@ -226,7 +245,7 @@ async fn read_head(io: &mut TcpStream, buf: &mut BytesMut) -> Head {
         if !buf.is_empty() {
             match parse(buf) {
                 Parsed::Ours(r, n) => return Head::Ready(r, n),
-                Parsed::Other => return Head::Other,
+                Parsed::Other(why) => return Head::Other(why),
                 Parsed::Partial => {}
             }
         }
@@ -234,7 +253,7 @@ async fn read_head(io: &mut TcpStream, buf: &mut BytesMut) -> Head {
         match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return Head::Gone,
             // Half a head and an end: actix-http refuses it.
-            Ok(Ok(0)) => return Head::Other,
+            Ok(Ok(0)) => return Head::Other("incomplete"),
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return Head::Gone,
             Err(_) if buf.is_empty() => return Head::Gone,
@@ -321,7 +340,7 @@ mod tests {
                 Some(r)
             }
             Parsed::Partial => panic!("partial"),
-            Parsed::Other => None,
+            Parsed::Other(_) => None,
         }
     }
 
@@ -355,6 +374,9 @@ mod tests {
             assert!(ours(head).is_none(), "{}", String::from_utf8_lossy(head));
         }
         let long = format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(MAX_HEAD));
-        assert!(matches!(parse(long.as_bytes()), Parsed::Other));
+        assert!(matches!(
+            parse(long.as_bytes()),
+            Parsed::Other("head_too_large")
+        ));
     }
 }

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub backend_calls: Family<OpLabels, Counter>,
     /// `gateway_forwarded_requests_total{outcome}`: requests sent over a peer link.
     pub forwarded: Family<ReasonLabels, Counter>,
+    /// `gateway_front_handoffs_total{reason}`: connections the own HTTP/1.1 front gave to
+    /// actix-http, by the request that made it (`proxy::conn`).
+    pub front_handoffs: Family<ReasonLabels, Counter>,
     /// `gateway_tunnel_probes_total{reason}`: data-path probes, `answered` or `unanswered`.
     pub probes: Family<ReasonLabels, Counter>,
     /// `gateway_tunnels_moved_total`: agents asked to move a tunnel to spread them over nodes.
@@ -161,6 +164,12 @@ impl Default for Metrics {
             "Requests forwarded to the node owning the cluster's tunnel, by outcome",
             forwarded.clone(),
         );
+        let front_handoffs = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gateway_front_handoffs",
+            "Public connections the gateway's own HTTP/1.1 front handed to actix-http, by reason",
+            front_handoffs.clone(),
+        );
         let probes = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "gateway_tunnel_probes",
@@ -223,6 +232,7 @@ impl Default for Metrics {
             agent_routes,
             backend_calls,
             forwarded,
+            front_handoffs,
             probes,
             moved,
             registry,
@@ -278,6 +288,13 @@ impl Metrics {
     /// Counts a forwarding outcome (`forwarded`, `not_here`, `peer_unreachable`).
     pub fn forward_outcome(&self, reason: &'static str) {
         self.forwarded.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a connection handed from the own front to actix-http.
+    pub fn front_handoff(&self, reason: &'static str) {
+        self.front_handoffs
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts agents asked to move for spreading.
