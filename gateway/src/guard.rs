@@ -22,8 +22,8 @@ const BLOCKED_SOURCES: usize = 65_536;
 const SWEEP_AT: usize = 10_000;
 
 /// The token of an `Authorization: Bearer …` header, trimmed; `None` when absent or empty.
-pub fn bearer_token(req: &actix_web::HttpRequest) -> Option<&str> {
-    req.headers()
+pub fn bearer_token(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))

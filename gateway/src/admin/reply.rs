@@ -42,7 +42,7 @@ pub fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), Box<HttpResp
         crate::guard::set_retry_after(&mut r, wait);
         return Err(Box::new(r));
     }
-    let presented = crate::guard::bearer_token(req).unwrap_or("");
+    let presented = crate::guard::bearer_token(req.headers()).unwrap_or("");
     let ok = !presented.is_empty()
         && state
             .config

@@ -43,7 +43,7 @@ pub async fn accept(
     let Some(secret) = state.config.peer_secret.as_ref() else {
         return refuse(StatusCode::NOT_FOUND, "this node takes no peer links");
     };
-    let presented = crate::guard::bearer_token(&req).unwrap_or("");
+    let presented = crate::guard::bearer_token(req.headers()).unwrap_or("");
     let ip = req.peer_addr().map(|p| p.ip());
     if let Err(wait) = state.auth_guard.check(ip) {
         state.metrics.auth_failure("throttled");

@@ -8,9 +8,8 @@ use std::time::Duration;
 use actix::{Actor, AsyncContext, Recipient};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
-use tunnelgate_mux::{Outgoing, outbox, write_loop};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tunnelgate_mux::{outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
 use super::peer_link::PeerLink;
@@ -18,7 +17,7 @@ use super::{HEARTBEAT_HEADER, NODE_HEADER};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::registry::Owner;
-use crate::tunnel::{OpenStream, WsIn};
+use crate::tunnel::{OpenStream, from_tungstenite, to_tungstenite};
 
 /// Time to open a peer link before the owner counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,27 +28,6 @@ pub struct PeerPool {
     /// One dial per peer at a time: requests that miss a link while it is being dialled wait
     /// for that dial instead of each opening (and leaking) a link of their own.
     dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-fn to_tungstenite(m: Outgoing) -> Message {
-    match m {
-        Outgoing::Text(s) => Message::Text(s.into()),
-        Outgoing::Binary(b) => Message::Binary(b),
-        Outgoing::Close { code, reason } => Message::Close(Some(CloseFrame {
-            code: code.into(),
-            reason: reason.into(),
-        })),
-    }
-}
-
-fn from_tungstenite(m: Result<Message, tungstenite::Error>) -> WsIn {
-    match m {
-        Ok(Message::Text(t)) => WsIn::Text(t.to_string()),
-        Ok(Message::Binary(b)) => WsIn::Binary(b),
-        Ok(Message::Close(c)) => WsIn::Close(c.map(|c| c.reason.to_string())),
-        Ok(_) => WsIn::Other,
-        Err(e) => WsIn::Error(e.to_string()),
-    }
 }
 
 impl PeerPool {

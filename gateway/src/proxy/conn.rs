@@ -59,6 +59,8 @@ struct Request {
     length: u64,
     /// The client asked for `Connection: close`.
     close: bool,
+    /// A WebSocket upgrade (served here only for `/v1/tunnel` on the gateway's own names).
+    websocket: bool,
 }
 
 /// What the bytes read so far hold.
@@ -103,12 +105,14 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Request, &'static str> {
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     let mut length = None;
     let mut close = false;
+    let (mut upgrade, mut asks_upgrade) = (None, false);
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "header")?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| "header")?;
         match name.as_str() {
             "transfer-encoding" => return Err("transfer_encoding"),
-            "upgrade" => return Err("upgrade"),
+            "upgrade" if upgrade.is_some() => return Err("upgrade"),
+            "upgrade" => upgrade = Some(value.clone()),
             "expect" => return Err("expect"),
             "content-length" => {
                 let text = value.to_str().unwrap_or_default();
@@ -123,9 +127,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Request, &'static str> {
             "connection" => {
                 let tokens = value.to_str().map_err(|_| "header")?;
                 for token in tokens.split(',').map(str::trim) {
-                    if token.eq_ignore_ascii_case("upgrade") {
-                        return Err("upgrade");
-                    }
+                    asks_upgrade |= token.eq_ignore_ascii_case("upgrade");
                     close |= token.eq_ignore_ascii_case("close");
                 }
             }
@@ -133,12 +135,18 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Request, &'static str> {
         }
         headers.append(name, value);
     }
+    let websocket = match (upgrade, asks_upgrade) {
+        (None, false) => false,
+        (Some(u), true) if u.as_bytes().eq_ignore_ascii_case(b"websocket") => true,
+        _ => return Err("upgrade"),
+    };
     Ok(Request {
         method,
         uri,
         headers,
         length: length.unwrap_or(0),
         close,
+        websocket,
     })
 }
 
@@ -180,10 +188,26 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
         };
         // actix-http answers the others (or refuses them) from the same head.
         let host = match super::headers::check_request(&inc, state.config.max_header_bytes) {
-            Ok(h) if super::is_tenant_host(&state, &h, req.uri.path()) => h,
-            Ok(_) => return hand_off("not_a_tenant", io, slot, &buf),
+            Ok(h) => h,
             Err(_) => return hand_off("refused", io, slot, &buf),
         };
+        if req.websocket {
+            if state.config.is_gateway_name(&host) && req.uri.path() == "/v1/tunnel" {
+                // The agent's tunnel lives on with the socket (and its slot).
+                let rest = buf.get(head_len..).unwrap_or_default().to_vec();
+                let (method, headers) = (&req.method, &req.headers);
+                let accepted =
+                    crate::tunnel::accept_raw(io, slot, rest, method, headers, &state).await;
+                if let Err((mut io, refusal)) = accepted {
+                    let _ = write_response(&mut io, refusal, false, true).await;
+                }
+                return Served::Done;
+            }
+            return hand_off("upgrade", io, slot, &buf);
+        }
+        if !super::is_tenant_host(&state, &host, req.uri.path()) {
+            return hand_off("not_a_tenant", io, slot, &buf);
+        }
         let _ = buf.split_to(head_len);
         let started = Instant::now();
         let mut left = req.length;
@@ -362,7 +386,8 @@ mod tests {
     fn everything_else_goes_to_actix() {
         for head in [
             &b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"[..],
-            b"GET /v HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n",
+            b"GET /v HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",

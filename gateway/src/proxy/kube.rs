@@ -257,7 +257,7 @@ fn authorize(
             "too many failed authentications; retry later",
         )));
     }
-    let grant = crate::guard::bearer_token(req)
+    let grant = crate::guard::bearer_token(req.headers())
         .and_then(|t| state.registry.authenticate_access(t))
         .filter(|g| g.cluster == cluster);
     match grant {

@@ -10,7 +10,7 @@ use tunnelgate_mux::{outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
 use super::tunnel_actor::TunnelActor;
-use super::ws::{from_actix, to_actix};
+use super::ws::{from_actix, from_tungstenite, to_actix, to_tungstenite};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 
@@ -34,12 +34,14 @@ pub fn throttled(wait_secs: u64) -> HttpResponse {
     r
 }
 
-/// Authenticates and upgrades an agent connection.
-pub async fn accept(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+/// The checks before an agent's upgrade, whichever front read its request: the node is not
+/// draining, the source is not throttled, the bearer token names a cluster (and the one the
+/// agent claims), the cluster's connect rate. The cluster and token id, or the refusal.
+fn admit(
+    state: &AppState,
+    peer: Option<std::net::SocketAddr>,
+    headers: &actix_web::http::header::HeaderMap,
+) -> Result<(String, String), HttpResponse> {
     use actix_web::http::StatusCode;
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         let mut r = refuse(
@@ -47,17 +49,14 @@ pub async fn accept(
             "this gateway node is shutting down; connect to another",
         );
         crate::guard::set_retry_after(&mut r, 1);
-        return r;
+        return Err(r);
     }
-    let peer = req.peer_addr();
     let ip = peer.map(|p| p.ip());
     if let Err(wait) = state.auth_guard.check(ip) {
         state.metrics.auth_failure("throttled");
-        return throttled(wait);
+        return Err(throttled(wait));
     }
-    let Some(token) = crate::guard::bearer_token(&req) else {
-        state.metrics.auth_failure("missing_token");
-        tracing::warn!(?peer, "agent refused: no bearer token");
+    let failed = || {
         if let Err(wait) = state.auth_guard.failed(ip) {
             tracing::warn!(
                 ?peer,
@@ -65,32 +64,30 @@ pub async fn accept(
                 "too many failed authentications: source refused for a while"
             );
         }
-        return refuse(StatusCode::UNAUTHORIZED, "missing bearer token");
+    };
+    let Some(token) = crate::guard::bearer_token(headers) else {
+        state.metrics.auth_failure("missing_token");
+        tracing::warn!(?peer, "agent refused: no bearer token");
+        failed();
+        return Err(refuse(StatusCode::UNAUTHORIZED, "missing bearer token"));
     };
     let Some((cluster, token_id)) = state.registry.authenticate(token) else {
         state.metrics.auth_failure("bad_token");
         tracing::warn!(?peer, "agent refused: unknown token");
-        if let Err(wait) = state.auth_guard.failed(ip) {
-            tracing::warn!(
-                ?peer,
-                seconds = wait,
-                "too many failed authentications: source refused for a while"
-            );
-        }
-        return refuse(StatusCode::UNAUTHORIZED, "invalid agent token");
+        failed();
+        return Err(refuse(StatusCode::UNAUTHORIZED, "invalid agent token"));
     };
-    if let Some(claimed) = req
-        .headers()
+    if let Some(claimed) = headers
         .get(CLUSTER_HEADER)
         .filter(|c| c.as_bytes() != cluster.as_bytes())
     {
         state.metrics.auth_failure("cluster_mismatch");
         let claimed = String::from_utf8_lossy(claimed.as_bytes()).into_owned();
         tracing::warn!(?peer, %cluster, %claimed, "agent refused: token belongs to another cluster");
-        return refuse(
+        return Err(refuse(
             StatusCode::FORBIDDEN,
             &format!("this token does not belong to cluster {claimed:?}"),
-        );
+        ));
     }
     if let Err(why) = state
         .limits
@@ -104,8 +101,23 @@ pub async fn accept(
             actix_web::http::header::RETRY_AFTER,
             actix_web::http::header::HeaderValue::from_static("1"),
         );
-        return r;
+        return Err(r);
     }
+    Ok((cluster, token_id))
+}
+
+/// Authenticates and upgrades an agent connection that reached actix-http (over HTTPS).
+pub async fn accept(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    let peer = req.peer_addr();
+    let (cluster, token_id) = match admit(&state, peer, req.headers()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
     let (mut response, session, stream) = match actix_ws::handle(&req, payload) {
         Ok(parts) => parts,
         Err(e) => {
@@ -136,4 +148,76 @@ pub async fn accept(
         TunnelActor::new(cluster, peer, out, state).with_token(token_id)
     });
     response
+}
+
+/// Read buffer of a tunnel's WebSocket on the own front: what an idle tunnel holds; a larger
+/// frame grows it while it is read.
+const TUNNEL_READ_BUFFER: usize = 4 * 1024;
+
+/// Authenticates and upgrades an agent connection on the gateway's own front (plain HTTP,
+/// `proxy::conn`): the handshake answered here, then tungstenite over the socket (with what
+/// was read past the head). `slot` is held for as long as the tunnel's writer runs. Returns
+/// the refusal to write when the agent is not admitted.
+pub async fn accept_raw(
+    mut io: tokio::net::TcpStream,
+    slot: crate::overload::Slot,
+    read: Vec<u8>,
+    method: &actix_web::http::Method,
+    headers: &actix_web::http::header::HeaderMap,
+    state: &web::Data<AppState>,
+) -> Result<(), (tokio::net::TcpStream, HttpResponse)> {
+    use actix_web::http::StatusCode;
+    use tokio::io::AsyncWriteExt;
+    let peer = io.peer_addr().ok();
+    let (cluster, token_id) = match admit(state, peer, headers) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return Err((io, refusal)),
+    };
+    let key = headers
+        .get("sec-websocket-key")
+        .filter(|_| method == actix_web::http::Method::GET)
+        .filter(|_| {
+            headers
+                .get("sec-websocket-version")
+                .is_some_and(|v| v.as_bytes() == b"13")
+        });
+    let Some(key) = key else {
+        state.metrics.auth_failure("bad_upgrade");
+        let why = "WebSocket upgrade required: a GET with Sec-WebSocket-Key and version 13";
+        return Err((io, refuse(StatusCode::BAD_REQUEST, why)));
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n{}: {}\r\n\r\n",
+        crate::cluster::NODE_HEADER,
+        state.config.node_id()
+    );
+    if io.write_all(head.as_bytes()).await.is_err() {
+        return Ok(());
+    }
+    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(TUNNEL_READ_BUFFER)
+        .write_buffer_size(64 * 1024)
+        .max_message_size(Some(MAX_WS_MESSAGE + 16))
+        .max_frame_size(Some(MAX_WS_MESSAGE + 16));
+    let ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+        io,
+        read,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        Some(cfg),
+    )
+    .await;
+    let (sink, stream) = ws.split();
+    let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
+    // The connection counts against the node's limit while its writer lives.
+    actix_rt::spawn(async move {
+        write_loop(rx, sink, to_tungstenite).await;
+        drop(slot);
+    });
+    let state = Arc::clone(&state.clone().into_inner());
+    TunnelActor::create(move |ctx| {
+        ctx.add_stream(stream.map(from_tungstenite));
+        TunnelActor::new(cluster, peer, out, state).with_token(token_id)
+    });
+    Ok(())
 }
