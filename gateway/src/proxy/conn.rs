@@ -198,7 +198,8 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
                 let (method, headers) = (&req.method, &req.headers);
                 let accepted =
                     crate::tunnel::accept_raw(io, slot, rest, method, headers, &state).await;
-                if let Err((mut io, refusal)) = accepted {
+                if let Err(refused) = accepted {
+                    let (mut io, refusal) = *refused;
                     let _ = write_response(&mut io, refusal, false, true).await;
                 }
                 return Served::Done;

@@ -41,7 +41,7 @@ fn admit(
     state: &AppState,
     peer: Option<std::net::SocketAddr>,
     headers: &actix_web::http::header::HeaderMap,
-) -> Result<(String, String), HttpResponse> {
+) -> Result<(String, String), Box<HttpResponse>> {
     use actix_web::http::StatusCode;
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         let mut r = refuse(
@@ -49,12 +49,12 @@ fn admit(
             "this gateway node is shutting down; connect to another",
         );
         crate::guard::set_retry_after(&mut r, 1);
-        return Err(r);
+        return Err(Box::new(r));
     }
     let ip = peer.map(|p| p.ip());
     if let Err(wait) = state.auth_guard.check(ip) {
         state.metrics.auth_failure("throttled");
-        return Err(throttled(wait));
+        return Err(Box::new(throttled(wait)));
     }
     let failed = || {
         if let Err(wait) = state.auth_guard.failed(ip) {
@@ -69,13 +69,19 @@ fn admit(
         state.metrics.auth_failure("missing_token");
         tracing::warn!(?peer, "agent refused: no bearer token");
         failed();
-        return Err(refuse(StatusCode::UNAUTHORIZED, "missing bearer token"));
+        return Err(Box::new(refuse(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token",
+        )));
     };
     let Some((cluster, token_id)) = state.registry.authenticate(token) else {
         state.metrics.auth_failure("bad_token");
         tracing::warn!(?peer, "agent refused: unknown token");
         failed();
-        return Err(refuse(StatusCode::UNAUTHORIZED, "invalid agent token"));
+        return Err(Box::new(refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid agent token",
+        )));
     };
     if let Some(claimed) = headers
         .get(CLUSTER_HEADER)
@@ -84,10 +90,10 @@ fn admit(
         state.metrics.auth_failure("cluster_mismatch");
         let claimed = String::from_utf8_lossy(claimed.as_bytes()).into_owned();
         tracing::warn!(?peer, %cluster, %claimed, "agent refused: token belongs to another cluster");
-        return Err(refuse(
+        return Err(Box::new(refuse(
             StatusCode::FORBIDDEN,
             &format!("this token does not belong to cluster {claimed:?}"),
-        ));
+        )));
     }
     if let Err(why) = state
         .limits
@@ -101,7 +107,7 @@ fn admit(
             actix_web::http::header::RETRY_AFTER,
             actix_web::http::header::HeaderValue::from_static("1"),
         );
-        return Err(r);
+        return Err(Box::new(r));
     }
     Ok((cluster, token_id))
 }
@@ -116,7 +122,7 @@ pub async fn accept(
     let peer = req.peer_addr();
     let (cluster, token_id) = match admit(&state, peer, req.headers()) {
         Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let (mut response, session, stream) = match actix_ws::handle(&req, payload) {
         Ok(parts) => parts,
@@ -165,13 +171,13 @@ pub async fn accept_raw(
     method: &actix_web::http::Method,
     headers: &actix_web::http::header::HeaderMap,
     state: &web::Data<AppState>,
-) -> Result<(), (tokio::net::TcpStream, HttpResponse)> {
+) -> Result<(), Box<(tokio::net::TcpStream, HttpResponse)>> {
     use actix_web::http::StatusCode;
     use tokio::io::AsyncWriteExt;
     let peer = io.peer_addr().ok();
     let (cluster, token_id) = match admit(state, peer, headers) {
         Ok(admitted) => admitted,
-        Err(refusal) => return Err((io, refusal)),
+        Err(refusal) => return Err(Box::new((io, *refusal))),
     };
     let key = headers
         .get("sec-websocket-key")
@@ -184,7 +190,7 @@ pub async fn accept_raw(
     let Some(key) = key else {
         state.metrics.auth_failure("bad_upgrade");
         let why = "WebSocket upgrade required: a GET with Sec-WebSocket-Key and version 13";
-        return Err((io, refuse(StatusCode::BAD_REQUEST, why)));
+        return Err(Box::new((io, refuse(StatusCode::BAD_REQUEST, why))));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let head = format!(

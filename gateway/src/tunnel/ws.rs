@@ -70,17 +70,6 @@ fn within_close_limit(mut reason: String) -> String {
     reason
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn close_reasons_fit_a_close_frame() {
-        let long = "ü".repeat(100);
-        let cut = super::within_close_limit(long);
-        assert!(cut.len() <= 123 && cut.len() >= 121, "{}", cut.len());
-        assert_eq!(super::within_close_limit("short".into()), "short");
-    }
-}
-
 /// Incoming tungstenite messages as a link's actor reads them.
 pub fn from_tungstenite(m: Result<tungstenite::Message, tungstenite::Error>) -> WsIn {
     match m {
@@ -89,5 +78,16 @@ pub fn from_tungstenite(m: Result<tungstenite::Message, tungstenite::Error>) -> 
         Ok(tungstenite::Message::Close(c)) => WsIn::Close(c.map(|c| c.reason.to_string())),
         Ok(_) => WsIn::Other,
         Err(e) => WsIn::Error(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = "ü".repeat(100);
+        let cut = super::within_close_limit(long);
+        assert!(cut.len() <= 123 && cut.len() >= 121, "{}", cut.len());
+        assert_eq!(super::within_close_limit("short".into()), "short");
     }
 }
