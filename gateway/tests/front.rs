@@ -189,6 +189,13 @@ async fn one_connection_carries_pipelined_requests_head_and_bodies() {
     let e = c.response(false).await;
     assert_eq!((e.status(), e.body.as_slice()), (200, &b"abcde"[..]));
     assert_eq!(e.header("x-request-id"), Some("abc-123"));
+    // `Expect: 100-continue` (curl's large uploads): a 100 first, then the answer.
+    c.send(b"PUT /echo HTTP/1.1\r\nHost: app.demo.localhost\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        .await;
+    assert_eq!(c.line().await, "HTTP/1.1 100 Continue");
+    assert_eq!(c.line().await, "");
+    c.send(b"xyz").await;
+    assert_eq!(c.response(false).await.body, b"xyz");
     // Errors are answered on the same connection too.
     c.send(&get("nothing.demo.localhost", "/")).await;
     assert_eq!(c.response(false).await.status(), 404);

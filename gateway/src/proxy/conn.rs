@@ -6,8 +6,9 @@
 //! The first request this loop does not serve itself takes the rest of the connection to
 //! actix-http, its head and all (`proxy::front::FirstHead`), which serves or refuses it as
 //! before: the gateway's own names (the agent endpoint, `/healthz`), the clusters' Kubernetes
-//! APIs, ACME answers and HTTPS redirects, upgrades, `Expect`, chunked uploads, HTTP/1.0,
-//! anything `httparse` or the request checks refuse, and a node over its limits.
+//! APIs, ACME answers and HTTPS redirects, upgrades but the agents' tunnels, an `Expect` other
+//! than `100-continue`, chunked uploads, HTTP/1.0, anything `httparse` or the request checks
+//! refuse, and a node over its limits.
 
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,8 @@ struct Request {
     close: bool,
     /// A WebSocket upgrade (served here only for `/v1/tunnel` on the gateway's own names).
     websocket: bool,
+    /// `Expect: 100-continue`: the client waits for a 100 before it sends the body.
+    continue_first: bool,
 }
 
 /// What the bytes read so far hold.
@@ -106,6 +109,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Request, &'static str> {
     let mut length = None;
     let mut close = false;
     let (mut upgrade, mut asks_upgrade) = (None, false);
+    let mut continue_first = false;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "header")?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| "header")?;
@@ -113,6 +117,9 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Request, &'static str> {
             "transfer-encoding" => return Err("transfer_encoding"),
             "upgrade" if upgrade.is_some() => return Err("upgrade"),
             "upgrade" => upgrade = Some(value.clone()),
+            "expect" if value.as_bytes().eq_ignore_ascii_case(b"100-continue") => {
+                continue_first = true;
+            }
             "expect" => return Err("expect"),
             "content-length" => {
                 let text = value.to_str().unwrap_or_default();
@@ -147,6 +154,7 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Request, &'static str> {
         length: length.unwrap_or(0),
         close,
         websocket,
+        continue_first,
     })
 }
 
@@ -211,6 +219,17 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
         }
         let _ = buf.split_to(head_len);
         let started = Instant::now();
+        // As actix-http does: the client is asked for its body at once (a route that answers
+        // first leaves it unread, read past or the connection closed, as any unread body).
+        if req.continue_first
+            && req.length > 0
+            && io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return Served::Done;
+        }
         let mut left = req.length;
         let (written, pumped) = {
             let (mut rd, mut wr) = io.split();
@@ -392,7 +411,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: something-else\r\nContent-Length: 3\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
             b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
