@@ -56,7 +56,10 @@ fn admit(
         state.metrics.auth_failure("throttled");
         return Err(Box::new(throttled(wait)));
     }
-    let failed = || {
+    // A missing or unknown token: counted, logged, and the source's failures throttled.
+    let unauthorized = |reason: &'static str, logged: &'static str, why: &'static str| {
+        state.metrics.auth_failure(reason);
+        tracing::warn!(?peer, "agent refused: {logged}");
         if let Err(wait) = state.auth_guard.failed(ip) {
             tracing::warn!(
                 ?peer,
@@ -64,24 +67,21 @@ fn admit(
                 "too many failed authentications: source refused for a while"
             );
         }
+        Box::new(refuse(StatusCode::UNAUTHORIZED, why))
     };
     let Some(token) = crate::guard::bearer_token(headers) else {
-        state.metrics.auth_failure("missing_token");
-        tracing::warn!(?peer, "agent refused: no bearer token");
-        failed();
-        return Err(Box::new(refuse(
-            StatusCode::UNAUTHORIZED,
+        return Err(unauthorized(
+            "missing_token",
+            "no bearer token",
             "missing bearer token",
-        )));
+        ));
     };
     let Some((cluster, token_id)) = state.registry.authenticate(token) else {
-        state.metrics.auth_failure("bad_token");
-        tracing::warn!(?peer, "agent refused: unknown token");
-        failed();
-        return Err(Box::new(refuse(
-            StatusCode::UNAUTHORIZED,
+        return Err(unauthorized(
+            "bad_token",
+            "unknown token",
             "invalid agent token",
-        )));
+        ));
     };
     if let Some(claimed) = headers
         .get(CLUSTER_HEADER)
