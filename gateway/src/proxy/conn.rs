@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::front::FirstHead;
-use super::write::{Written, write_response};
+use super::write::write_response;
 use super::{Incoming, request_id, request_span, tag_response};
 use crate::AppState;
 use crate::overload::Slot;
@@ -260,7 +260,7 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
             }
         };
         let keep = match written {
-            Ok(Written::Whole) if pumped != Some(false) => {
+            Ok(()) if !req.close && pumped != Some(false) => {
                 left == 0 || (left <= DISCARD_MAX && discard(&mut io, &mut buf, &mut left).await)
             }
             _ => false,

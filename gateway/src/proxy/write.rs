@@ -1,7 +1,8 @@
 //! A response the proxy built, written as HTTP/1.1 bytes by the gateway's own front
 //! (`proxy::conn`): the status line and headers, the framing the body's size asks for
 //! (`Content-Length`, or chunked when the size is unknown), no body after HEAD, 1xx, 204 or
-//! 304, and the head with the first body bytes in one write when they are at hand.
+//! 304, and the head with the first body bytes in one write when they are at hand (small
+//! chunks gathered, larger ones written from where they are, never copied).
 
 use std::io;
 use std::pin::Pin;
@@ -13,28 +14,22 @@ use actix_web::http::StatusCode;
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-/// Body bytes gathered before a write: small chunks share a write, a large one goes alone.
+/// Bytes gathered before a write: head, framing and small chunks.
 const GATHER: usize = 64 * 1024;
-
-/// How a written response left the connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Written {
-    /// Complete; the connection may carry the next request.
-    Whole,
-    /// Complete, and it said `Connection: close`.
-    Closing,
-}
+/// A chunk up to this size is copied into the gathered bytes; a larger one is written from its
+/// own buffer, with what was gathered in the same (vectored) write.
+const SMALL_CHUNK: usize = 4 * 1024;
 
 /// Writes `resp` to `out`. `head_request` says the request was HEAD (the framing headers a
-/// GET would get, no body); `close` adds `Connection: close`. A body that fails or ends
-/// short of its length is an error: the caller cuts the connection, so the client sees a
-/// broken transfer, never a clean end.
+/// GET would get, no body); `close` adds `Connection: close` (the caller closes after). A
+/// body that fails or ends short of its length is an error: the caller cuts the connection,
+/// so the client sees a broken transfer, never a clean end.
 pub async fn write_response<W: AsyncWrite + Unpin>(
     out: &mut W,
     resp: HttpResponse,
     head_request: bool,
     close: bool,
-) -> io::Result<Written> {
+) -> io::Result<()> {
     let (resp, body) = resp.into_parts();
     let status = resp.status();
     let size = body.size();
@@ -93,16 +88,10 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
         buf.extend_from_slice(b"connection: close\r\n");
     }
     buf.extend_from_slice(b"\r\n");
-    let done = if close {
-        Written::Closing
-    } else {
-        Written::Whole
-    };
     if bodiless {
         // Dropping the body ends the stream behind it (a RESET to the agent if it had more).
         drop(body);
-        out.write_all(&buf).await?;
-        return Ok(done);
+        return out.write_all(&buf).await;
     }
     let expected = match size {
         BodySize::Sized(n) => Some(n),
@@ -136,16 +125,15 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
             return Err(io::Error::other("the body is longer than its length"));
         }
         if chunked {
-            buf.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            use std::io::Write as _;
+            write!(buf, "{:x}\r\n", chunk.len())?;
         }
-        if buf.len() + chunk.len() <= GATHER {
+        if chunk.len() <= SMALL_CHUNK && buf.len() + chunk.len() <= GATHER {
             buf.extend_from_slice(&chunk);
         } else {
-            if !buf.is_empty() {
-                out.write_all(&buf).await?;
-                buf.clear();
-            }
-            out.write_all(&chunk).await?;
+            let mut both = bytes::Buf::chain(&buf[..], &chunk[..]);
+            out.write_all_buf(&mut both).await?;
+            buf.clear();
         }
         if chunked {
             buf.extend_from_slice(b"\r\n");
@@ -160,7 +148,7 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     if !buf.is_empty() {
         out.write_all(&buf).await?;
     }
-    Ok(done)
+    Ok(())
 }
 
 /// The body's next item if it has one without waiting.
@@ -199,25 +187,24 @@ fn http_date() -> [u8; 29] {
 mod tests {
     use super::*;
 
-    async fn written(resp: HttpResponse, head: bool, close: bool) -> (String, Written) {
+    async fn written(resp: HttpResponse, head: bool, close: bool) -> String {
         let mut out = Vec::new();
-        let w = write_response(&mut out, resp, head, close).await.unwrap();
-        (String::from_utf8(out).unwrap(), w)
+        write_response(&mut out, resp, head, close).await.unwrap();
+        String::from_utf8(out).unwrap()
     }
 
     #[tokio::test]
     async fn sized_bodies_have_a_length_and_streams_are_chunked() {
-        let (t, w) = written(HttpResponse::Ok().body("hello"), false, false).await;
+        let t = written(HttpResponse::Ok().body("hello"), false, false).await;
         assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
         assert!(t.contains("\r\ncontent-length: 5\r\n"), "{t}");
         assert!(t.contains("\r\ndate: "), "{t}");
         assert!(t.ends_with("\r\n\r\nhello"), "{t}");
-        assert_eq!(w, Written::Whole);
         let chunks = futures_util::stream::iter(vec![
             Ok::<_, std::io::Error>(Bytes::from_static(b"ab")),
             Ok(Bytes::from_static(b"cde")),
         ]);
-        let (t, _) = written(
+        let t = written(
             HttpResponse::Ok().body(actix_web::body::BodyStream::new(chunks)),
             false,
             true,
@@ -232,14 +219,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn large_chunks_are_framed_like_small_ones() {
+        let big = Bytes::from(vec![b'x'; 10_000]);
+        let chunks = futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(b"ab")),
+            Ok(big.clone()),
+            Ok(Bytes::from_static(b"c")),
+        ]);
+        let t = written(
+            HttpResponse::Ok().body(actix_web::body::BodyStream::new(chunks)),
+            false,
+            false,
+        )
+        .await;
+        let want = format!(
+            "\r\n\r\n2\r\nab\r\n2710\r\n{}\r\n1\r\nc\r\n0\r\n\r\n",
+            "x".repeat(10_000)
+        );
+        assert!(t.ends_with(&want), "{}", &t[..200]);
+        let sized = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(big)]);
+        let t = written(
+            HttpResponse::Ok().body(actix_web::body::SizedStream::new(10_000, sized)),
+            false,
+            false,
+        )
+        .await;
+        assert!(t.contains("\r\ncontent-length: 10000\r\n"), "{}", &t[..200]);
+        assert!(t.ends_with(&format!("\r\n\r\n{}", "x".repeat(10_000))));
+    }
+
+    #[tokio::test]
     async fn no_body_after_head_204_or_304() {
-        let (t, _) = written(HttpResponse::Ok().body("hello"), true, false).await;
+        let t = written(HttpResponse::Ok().body("hello"), true, false).await;
         assert!(t.contains("\r\ncontent-length: 5\r\n"), "{t}");
         assert!(t.ends_with("\r\n\r\n"), "{t}");
-        let (t, _) = written(HttpResponse::NoContent().finish(), false, false).await;
+        let t = written(HttpResponse::NoContent().finish(), false, false).await;
         assert!(!t.contains("content-length"), "{t}");
         assert!(t.ends_with("\r\n\r\n"), "{t}");
-        let (t, _) = written(HttpResponse::NotModified().finish(), false, false).await;
+        let t = written(HttpResponse::NotModified().finish(), false, false).await;
         assert!(!t.contains("content-length"), "{t}");
     }
 
