@@ -7,6 +7,10 @@ use tokio::sync::watch;
 use tunnelgate_agent::config::Config;
 use tunnelgate_agent::{Status, run, telemetry};
 
+/// jemalloc, not glibc malloc: a fifth less CPU per request (ADR 0011).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let config = match Config::parse().validate() {
         Ok(c) => c,

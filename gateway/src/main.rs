@@ -6,6 +6,10 @@ use clap::Parser;
 use tunnelgate_gateway::config::Config;
 use tunnelgate_gateway::{Listeners, drain, run, telemetry};
 
+/// jemalloc, not glibc malloc: a fifth less CPU per request (ADR 0011).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let config = match Config::parse().validate() {
         Ok(c) => c,
