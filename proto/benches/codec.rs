@@ -60,6 +60,52 @@ fn codec(c: &mut Criterion) {
     c.bench_function("control/decode_proxy_request", |b| {
         b.iter(|| Control::from_json(black_box(&json)).unwrap())
     });
+    heads(c);
+}
+
+/// The same request and response heads as JSON control messages (protocol 2) and as the
+/// HTTP/1.1 bytes the upstream sends and receives (what a protocol carrying heads as bytes
+/// would cost instead): the basis of ADR 0012's estimate.
+fn heads(c: &mut Criterion) {
+    let resp = Control::ProxyResponse(control::ProxyResponse {
+        stream_id: 9,
+        status: 200,
+        headers: vec![
+            ("server".into(), "nginx/1.22.1".into()),
+            ("date".into(), "Sat, 05 Dec 2026 22:00:00 GMT".into()),
+            ("content-type".into(), "text/plain".into()),
+            ("content-length".into(), "100".into()),
+            ("connection".into(), "keep-alive".into()),
+        ],
+        body: true,
+    });
+    let json = resp.to_json();
+    c.bench_function("control/encode_proxy_response", |b| {
+        b.iter(|| black_box(&resp).to_json())
+    });
+    c.bench_function("control/decode_proxy_response", |b| {
+        b.iter(|| Control::from_json(black_box(&json)).unwrap())
+    });
+    let wire =
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 05 Dec 2026 22:00:00 GMT\r\n\
+Content-Type: text/plain\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n";
+    c.bench_function("h1/parse_response_head", |b| {
+        b.iter(|| {
+            tunnelgate_proto::h1::response_head(black_box(wire), false)
+                .unwrap()
+                .unwrap()
+        })
+    });
+    let request = b"GET /index.html HTTP/1.1\r\nHost: app.demo.localhost\r\nAccept: */*\r\n\
+User-Agent: curl/8.0\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\
+X-Forwarded-Host: app.demo.localhost\r\n\r\n";
+    c.bench_function("h1/parse_request_head", |b| {
+        b.iter(|| {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Request::new(&mut headers);
+            black_box(r.parse(black_box(request)).unwrap().is_complete())
+        })
+    });
 }
 
 criterion_group!(benches, codec);
