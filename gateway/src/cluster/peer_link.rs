@@ -46,7 +46,11 @@ impl PeerLink {
         let id = next_link_id();
         PeerLink {
             id,
-            streams: Streams::new(state.clone(), node_id.clone(), id),
+            streams: {
+                let s = Streams::new(state.clone(), node_id.clone(), id);
+                s.set_accepting(true);
+                s
+            },
             node_id,
             out,
             state,
@@ -168,7 +172,7 @@ impl Handler<OpenStream> for PeerLink {
             return Err(OpenError::Closed);
         }
         let opened = self.streams.open(&self.out, ctx.address().recipient());
-        if let Err(OpenError::Closed) = opened {
+        if self.streams.exhausted() {
             self.close(ctx, 1000, "stream ids exhausted".into(), "ids_exhausted");
         }
         opened

@@ -30,8 +30,7 @@ use super::{HEARTBEAT_HEADER, NODE_HEADER, peer_heartbeat, same_secret, silence}
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::tunnel::{
-    OpenError, OpenStream, Started, WsIn, from_actix, pipe_body, refuse, start_stream, throttled,
-    to_actix,
+    OpenError, Started, WsIn, from_actix, pipe_body, refuse, start_stream, throttled, to_actix,
 };
 
 /// Authenticates a node and upgrades its peer link.
@@ -228,7 +227,7 @@ impl PeerServer {
 /// Serves one forwarded stream from a local tunnel.
 async fn bridge(
     state: Arc<AppState>,
-    tunnel: actix::Recipient<OpenStream>,
+    tunnel: crate::tunnel::Opener,
     req: ProxyRequest,
     upload: Option<tunnelgate_mux::PipeReader>,
     credit: Arc<SendCredit>,
@@ -243,9 +242,9 @@ async fn bridge(
         });
         out.try_send(Outgoing::Text(msg.to_json()));
     };
-    let opened = match tunnel.send(OpenStream {}).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(OpenError::Busy)) => {
+    let opened = match tunnel.open().await {
+        Ok(o) => o,
+        Err(OpenError::Busy) => {
             return fail(ProxyErrorKind::Refused, "tunnel at its stream limit".into());
         }
         _ => return fail(ProxyErrorKind::NotHere, "tunnel closed".into()),

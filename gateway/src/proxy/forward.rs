@@ -14,7 +14,7 @@ use super::headers::{self, keep_response_header, response_connection_tokens};
 use super::idle;
 use crate::AppState;
 use crate::error::ProxyError;
-use crate::tunnel::{OpenError, OpenStream, Started, start_stream};
+use crate::tunnel::{OpenError, Opener, Started, start_stream};
 
 /// One request on its way to a tunnel, directly or over a peer link.
 pub(super) struct Target<'a> {
@@ -40,16 +40,16 @@ impl Target<'_> {
     /// a tunnel that refuses the stream (NotHere) leaves it for the next one.
     pub(super) async fn forward(
         &self,
-        open: actix::Recipient<OpenStream>,
+        open: Opener,
         via_peer: bool,
         payload: &mut Option<crate::tunnel::BodySource>,
     ) -> Result<HttpResponse, ProxyError> {
         let (req, state, cluster) = (self.req, self.state, self.cluster);
-        let opened = match open.send(OpenStream {}).await {
-            Ok(Ok(o)) => o,
-            Ok(Err(OpenError::Busy)) => return Err(ProxyError::TunnelBusy),
+        let opened = match open.open().await {
+            Ok(o) => o,
+            Err(OpenError::Busy) => return Err(ProxyError::TunnelBusy),
             // Draining or closing: nothing was sent, another tunnel may take it.
-            Ok(Err(OpenError::Closed)) | Err(_) => return Err(ProxyError::NotHere),
+            Err(OpenError::Closed) => return Err(ProxyError::NotHere),
         };
         let request = ProxyRequest {
             stream_id: 0,

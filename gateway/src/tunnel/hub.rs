@@ -7,7 +7,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use actix::{Message, Recipient};
 
-use super::open::OpenStream;
+use super::open::Opener;
 
 /// The token a tunnel authenticated with was revoked, or its cluster deleted.
 #[derive(Message)]
@@ -37,7 +37,8 @@ pub struct TunnelRef {
     pub conn: String,
     /// The id of the token its agent authenticated with.
     pub token_id: String,
-    pub open: Recipient<OpenStream>,
+    /// Opens a stream on it.
+    pub open: Opener,
     /// Closes the tunnel (its token was revoked, or its cluster deleted).
     pub revoke: Recipient<Revoked>,
     /// Asks its agent to move the tunnel to another node (this one is draining, or holds more

@@ -1,8 +1,9 @@
-//! The opening end of streams, shared by the two actors that open them: agent tunnels
-//! ([`super::TunnelActor`]) and peer links ([`crate::cluster::PeerLink`]). [`OpenStream`] and
-//! what it answers ([`Opened`]), and [`Streams`], the opener's table: it applies
-//! `tunnelgate_mux::StreamTable`'s rule to every frame and turns the peer's `proxy_response` /
-//! `proxy_error` into each stream's head.
+//! The opening end of streams, shared by agent tunnels ([`super::TunnelActor`]) and peer links
+//! ([`crate::cluster::PeerLink`]). [`Streams`] is the opener's table, a handle shared by the
+//! link's actor, which applies `tunnelgate_mux::StreamTable`'s rule to every frame and turns the
+//! peer's `proxy_response` / `proxy_error` into each stream's head, and by the requests that
+//! open streams: on an agent tunnel in place, under the table's lock ([`Opener::Direct`]; no
+//! actor round trip per request), on a peer link through its actor ([`OpenStream`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -130,8 +131,20 @@ pub enum Outcome {
     Close(String),
 }
 
-/// The streams one link opened, and what they share: the window, the stream limit, metrics.
-pub struct Streams {
+/// The streams one link opened, shared by the link's actor (every frame from the other end)
+/// and, for agent tunnels, the requests opening streams on it directly ([`Opener`]).
+#[derive(Clone)]
+pub struct Streams(Arc<Mutex<Inner>>);
+
+/// The table behind [`Streams`], and what its streams share: the window, the stream limit,
+/// metrics.
+pub struct Inner {
+    /// Whether new streams may open (the link registered and is not draining or closing).
+    accepting: bool,
+    /// When a stream last opened on an empty table (the tunnel's probe timer reads it).
+    first_after_quiet: std::time::Instant,
+    /// The stream ids ran out (the link's owner closes it).
+    exhausted: bool,
     table: StreamTable<Slot>,
     window: u32,
     max: usize,
@@ -142,9 +155,120 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// A table with the node's window and per-tunnel stream limit.
+    /// A table with the node's window and per-tunnel stream limit, not yet accepting streams.
     pub fn new(state: Arc<AppState>, label: String, link: u64) -> Self {
-        Streams {
+        Streams(Arc::new(Mutex::new(Inner::new(state, label, link))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // No code panics while holding the lock; recover the table rather than spread a panic.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// New streams may open from now on (true) or not any more (false).
+    pub fn set_accepting(&self, yes: bool) {
+        self.lock().accepting = yes;
+    }
+
+    /// True once the stream ids ran out: the link must go.
+    pub fn exhausted(&self) -> bool {
+        self.lock().exhausted
+    }
+
+    /// When a stream last opened on an empty table.
+    pub fn first_after_quiet(&self) -> std::time::Instant {
+        self.lock().first_after_quiet
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().table.is_empty()
+    }
+
+    /// True while a stream has not queued its `proxy_request` yet.
+    pub fn heads_pending(&self) -> bool {
+        self.lock().heads_pending()
+    }
+
+    /// Opens the next stream when the link accepts streams. `Err(Closed)` when ids are
+    /// exhausted: the link must go.
+    pub fn open(&self, out: &Outbox, gone: Recipient<StreamGone>) -> Result<Opened, OpenError> {
+        let mut inner = self.lock();
+        if !inner.accepting || out.is_closed() {
+            return Err(OpenError::Closed);
+        }
+        if inner.table.is_empty() {
+            inner.first_after_quiet = std::time::Instant::now();
+        }
+        inner.open(out, gone)
+    }
+
+    /// Opens a stream whether or not the link accepts new ones (the tunnel's own probe).
+    pub fn open_always(
+        &self,
+        out: &Outbox,
+        gone: Recipient<StreamGone>,
+    ) -> Result<Opened, OpenError> {
+        self.lock().open(out, gone)
+    }
+
+    pub fn on_message(&self, msg: Bytes, out: &Outbox) -> Outcome {
+        self.lock().on_message(msg, out)
+    }
+
+    pub fn on_response(&self, r: ProxyResponse, out: &Outbox) -> Outcome {
+        self.lock().on_response(r, out)
+    }
+
+    pub fn on_error(&self, e: tunnelgate_proto::control::ProxyError) -> Outcome {
+        self.lock().on_error(e)
+    }
+
+    pub fn gone(&self, msg: StreamGone, out: &Outbox) {
+        self.lock().gone(msg, out)
+    }
+
+    /// The link is gone: no stream opens any more, and every open one fails.
+    pub fn fail_all(&self, head: impl Fn() -> ProxyError, why: &str) {
+        let mut inner = self.lock();
+        inner.accepting = false;
+        inner.fail_all(head, why)
+    }
+}
+
+/// How a request opens a stream on a link: straight in an agent tunnel's table, or by asking
+/// a peer link's actor.
+#[derive(Clone)]
+pub enum Opener {
+    Direct {
+        streams: Streams,
+        out: Outbox,
+        gone: Recipient<StreamGone>,
+    },
+    Actor(Recipient<OpenStream>),
+}
+
+impl Opener {
+    pub async fn open(&self) -> Result<Opened, OpenError> {
+        match self {
+            Opener::Direct { streams, out, gone } => streams.open(out, gone.clone()),
+            Opener::Actor(r) => r
+                .send(OpenStream {})
+                .await
+                .unwrap_or(Err(OpenError::Closed)),
+        }
+    }
+}
+
+impl Inner {
+    fn new(state: Arc<AppState>, label: String, link: u64) -> Self {
+        Inner {
+            accepting: false,
+            exhausted: false,
+            first_after_quiet: std::time::Instant::now(),
             table: StreamTable::new(Side::Opener),
             window: state.config.stream_window,
             max: state.config.max_streams_per_tunnel as usize,
@@ -154,46 +278,37 @@ impl Streams {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.table.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
-    }
-
-    /// True while a stream has not queued its `proxy_request` yet.
-    pub fn heads_pending(&self) -> bool {
+    fn heads_pending(&self) -> bool {
         self.table
             .values()
             .any(|s| !s.shared.head_sent.load(Ordering::Acquire))
     }
 
-    /// Opens the next stream. `Err(Closed)` when ids are exhausted: the link must go.
-    pub fn open(&mut self, out: &Outbox, gone: Recipient<StreamGone>) -> Result<Opened, OpenError> {
+    fn open(&mut self, out: &Outbox, gone: Recipient<StreamGone>) -> Result<Opened, OpenError> {
         if self.table.len() >= self.max {
             return Err(OpenError::Busy);
         }
         let window = self.window;
         let mut parts = None;
-        let id = self
-            .table
-            .open(|id| {
-                let (head_tx, head) = oneshot::channel();
-                let (writer, body) = pipe(id, window, out.board());
-                let shared = Arc::new(StreamShared {
-                    head: Mutex::new(Some(head_tx)),
-                    credit: SendCredit::new(window),
-                    remote_done: AtomicBool::new(false),
-                    head_sent: AtomicBool::new(false),
-                });
-                parts = Some((head, body, shared.clone()));
-                Slot {
-                    shared,
-                    body: writer,
-                }
-            })
-            .ok_or(OpenError::Closed)?;
+        let Some(id) = self.table.open(|id| {
+            let (head_tx, head) = oneshot::channel();
+            let (writer, body) = pipe(id, window, out.board());
+            let shared = Arc::new(StreamShared {
+                head: Mutex::new(Some(head_tx)),
+                credit: SendCredit::new(window),
+                remote_done: AtomicBool::new(false),
+                head_sent: AtomicBool::new(false),
+            });
+            parts = Some((head, body, shared.clone()));
+            Slot {
+                shared,
+                body: writer,
+            }
+        }) else {
+            self.exhausted = true;
+            self.accepting = false;
+            return Err(OpenError::Closed);
+        };
         let (head, body, shared) = parts.ok_or(OpenError::Closed)?;
         self.state.metrics.streams.inc();
         Ok(Opened {
@@ -207,7 +322,7 @@ impl Streams {
     }
 
     /// A binary message from the other end: one frame, under the stream rule.
-    pub fn on_message(&mut self, msg: Bytes, out: &Outbox) -> Outcome {
+    fn on_message(&mut self, msg: Bytes, out: &Outbox) -> Outcome {
         match self.table.on_message(msg) {
             Action::Applied => Outcome::Fine,
             Action::PeerEnded(id) => {
@@ -264,7 +379,7 @@ impl Streams {
     }
 
     /// The other end's `proxy_response`: the stream's head.
-    pub fn on_response(&mut self, r: ProxyResponse, out: &Outbox) -> Outcome {
+    fn on_response(&mut self, r: ProxyResponse, out: &Outbox) -> Outcome {
         let id = r.stream_id;
         if let Err(o) = self.named(id, "proxy_response") {
             return o;
@@ -287,7 +402,7 @@ impl Streams {
     }
 
     /// The other end's `proxy_error`: the stream failed before or instead of a head.
-    pub fn on_error(&mut self, e: tunnelgate_proto::control::ProxyError) -> Outcome {
+    fn on_error(&mut self, e: tunnelgate_proto::control::ProxyError) -> Outcome {
         if let Err(o) = self.named(e.stream_id, "proxy_error") {
             return o;
         }
@@ -299,7 +414,7 @@ impl Streams {
     }
 
     /// The stream's task is done with it.
-    pub fn gone(&mut self, msg: StreamGone, out: &Outbox) {
+    fn gone(&mut self, msg: StreamGone, out: &Outbox) {
         if let Some(slot) = self.table.remove(msg.id) {
             self.state.metrics.streams.dec();
             if let Some(code) = msg.reset {
@@ -311,10 +426,14 @@ impl Streams {
     }
 
     /// The link is gone: every stream fails (a head still awaited with `head`).
-    pub fn fail_all(&mut self, head: impl Fn() -> ProxyError, why: &str) {
+    fn fail_all(&mut self, head: impl Fn() -> ProxyError, why: &str) {
         for (_, slot) in self.table.drain() {
             self.state.metrics.streams.dec();
             slot.fail(head(), why);
         }
     }
 }
+
+#[cfg(test)]
+#[path = "open_tests.rs"]
+mod tests;

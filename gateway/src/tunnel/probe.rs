@@ -31,11 +31,18 @@ impl TunnelActor {
             || self.probing
             || self.close_reason.is_some()
             || self.streams.is_empty()
-            || self.stream_seen.elapsed() < interval
+            || self
+                .stream_seen
+                .max(self.streams.first_after_quiet())
+                .elapsed()
+                < interval
         {
             return;
         }
-        let Ok(opened) = self.streams.open(&self.out, ctx.address().recipient()) else {
+        let Ok(opened) = self
+            .streams
+            .open_always(&self.out, ctx.address().recipient())
+        else {
             return;
         };
         let probe = ProxyRequest {

@@ -91,6 +91,7 @@ impl TunnelActor {
         self.state.metrics.tunnel_error(metric);
         tracing::warn!(cluster = %self.cluster, peer = ?self.peer, %reason, "register refused");
         self.registered = false;
+        self.streams.set_accepting(false);
         self.close_reason = Some(reason);
         self.close_queued = true;
         ctx.stop();
@@ -113,13 +114,18 @@ impl TunnelActor {
         };
         self.out
             .try_send(Outgoing::Text(Control::RegisterSuccess(ok).to_json()));
+        self.streams.set_accepting(true);
         self.state.hub.add(
             &self.cluster,
             TunnelRef {
                 id: self.id,
                 conn: self.conn_id.clone(),
                 token_id: self.token_id.clone(),
-                open: ctx.address().recipient(),
+                open: super::Opener::Direct {
+                    streams: self.streams.clone(),
+                    out: self.out.clone(),
+                    gone: ctx.address().recipient(),
+                },
                 revoke: ctx.address().recipient(),
                 move_away: ctx.address().recipient(),
                 since: std::time::Instant::now(),

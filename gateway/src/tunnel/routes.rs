@@ -140,6 +140,7 @@ impl TunnelActor {
         );
         if !self.draining {
             self.draining = true;
+            self.streams.set_accepting(false);
             self.leave_hub();
         }
         ctx.run_later(self.state.config.drain_timeout, |act, ctx| {

@@ -14,7 +14,7 @@ use tunnelgate_proto::Control;
 
 use super::hub::{MoveAway, Revoked};
 use super::limits::{ControlLimits, Kind};
-use super::open::{OpenError, OpenStream, Opened, Outcome, StreamGone, Streams};
+use super::open::{Outcome, StreamGone, Streams};
 use super::ws::WsIn;
 use crate::AppState;
 use crate::cluster::lease::Lease;
@@ -131,6 +131,7 @@ impl TunnelActor {
             self.state.metrics.tunnel_error(metric);
             tracing::warn!(cluster = %self.cluster, tunnel = self.id, peer = ?self.peer, %reason, "closing tunnel");
             self.out.close(code, reason.clone());
+            self.streams.set_accepting(false);
             self.close_reason = Some(reason);
         }
         ctx.stop();
@@ -257,6 +258,9 @@ impl TunnelActor {
             return;
         }
         self.draining = true;
+        // Under the table's lock: a stream opened after this is refused (and goes elsewhere),
+        // so `heads_pending` covers every stream the agent may still see.
+        self.streams.set_accepting(false);
         tracing::info!(
             cluster = %self.cluster, tunnel = self.id, streams = self.streams.len(), reason,
             "agent draining: no new streams on this tunnel"
@@ -288,6 +292,13 @@ impl Actor for TunnelActor {
                     1008,
                     "no register message in time".into(),
                     "register_timeout",
+                );
+            } else if act.streams.exhausted() {
+                act.close(
+                    ctx,
+                    1000,
+                    "stream ids exhausted; reconnect".into(),
+                    "ids_exhausted",
                 );
             } else if act.last_seen.elapsed() <= interval * 3 {
                 act.keep_lease(ctx);
@@ -355,6 +366,7 @@ impl StreamHandler<WsIn> for TunnelActor {
             WsIn::Text(t) => self.on_control(ctx, &t),
             WsIn::Other => {}
             WsIn::Close(reason) => {
+                self.streams.set_accepting(false);
                 self.close_reason = Some(format!(
                     "the other end closed the tunnel: {}",
                     reason.unwrap_or_default()
@@ -365,31 +377,6 @@ impl StreamHandler<WsIn> for TunnelActor {
                 self.close(ctx, 1002, format!("WebSocket error: {e}"), "websocket");
             }
         }
-    }
-}
-
-impl Handler<OpenStream> for TunnelActor {
-    type Result = Result<Opened, OpenError>;
-
-    fn handle(&mut self, _msg: OpenStream, ctx: &mut Context<Self>) -> Self::Result {
-        if !self.registered || self.draining || self.close_reason.is_some() || self.out.is_closed()
-        {
-            return Err(OpenError::Closed);
-        }
-        // The first stream after a quiet spell: the data path has had nothing to do until now.
-        if self.streams.is_empty() {
-            self.stream_seen = Instant::now();
-        }
-        let opened = self.streams.open(&self.out, ctx.address().recipient());
-        if let Err(OpenError::Closed) = opened {
-            self.close(
-                ctx,
-                1000,
-                "stream ids exhausted; reconnect".into(),
-                "ids_exhausted",
-            );
-        }
-        opened
     }
 }
 
