@@ -171,7 +171,10 @@ impl Handler<OpenStream> for PeerLink {
         if self.close_reason.is_some() || self.out.is_closed() {
             return Err(OpenError::Closed);
         }
-        let opened = self.streams.open(&self.out, ctx.address().recipient());
+        let opened = self.streams.open(
+            &self.out,
+            crate::tunnel::Gone::Actor(ctx.address().recipient()),
+        );
         if self.streams.exhausted() {
             self.close(ctx, 1000, "stream ids exhausted".into(), "ids_exhausted");
         }

@@ -55,7 +55,39 @@ pub struct Opened {
     pub body: PipeReader,
     pub shared: Arc<StreamShared>,
     pub outbox: Outbox,
-    pub gone: Recipient<StreamGone>,
+    pub gone: Gone,
+}
+
+/// How a stream's end reaches its table: in place on an agent tunnel (its actor is told only
+/// when it waits for the table to empty), through a peer link's actor otherwise.
+#[derive(Clone)]
+pub enum Gone {
+    Direct {
+        streams: Streams,
+        out: Outbox,
+        /// The tunnel actor, told when the table it watches became empty.
+        watcher: Recipient<StreamGone>,
+    },
+    Actor(Recipient<StreamGone>),
+}
+
+impl Gone {
+    /// Removes the stream from its table (with a RESET to the other end when `msg` has one).
+    pub fn send(self, msg: StreamGone) {
+        match self {
+            Gone::Direct {
+                streams,
+                out,
+                watcher,
+            } => {
+                let id = msg.id;
+                if streams.gone_and_watched_empty(msg, &out) {
+                    watcher.do_send(StreamGone { id, reset: None });
+                }
+            }
+            Gone::Actor(r) => r.do_send(msg),
+        }
+    }
 }
 
 /// State of one stream that both the link's actor and the stream's task touch.
@@ -145,6 +177,8 @@ pub struct Inner {
     first_after_quiet: std::time::Instant,
     /// The stream ids ran out (the link's owner closes it).
     exhausted: bool,
+    /// The tunnel actor waits for the table to empty (it lost its lease).
+    watch_empty: bool,
     table: StreamTable<Slot>,
     window: u32,
     max: usize,
@@ -195,7 +229,7 @@ impl Streams {
 
     /// Opens the next stream when the link accepts streams. `Err(Closed)` when ids are
     /// exhausted: the link must go.
-    pub fn open(&self, out: &Outbox, gone: Recipient<StreamGone>) -> Result<Opened, OpenError> {
+    pub fn open(&self, out: &Outbox, gone: Gone) -> Result<Opened, OpenError> {
         let mut inner = self.lock();
         if !inner.accepting || out.is_closed() {
             return Err(OpenError::Closed);
@@ -207,11 +241,7 @@ impl Streams {
     }
 
     /// Opens a stream whether or not the link accepts new ones (the tunnel's own probe).
-    pub fn open_always(
-        &self,
-        out: &Outbox,
-        gone: Recipient<StreamGone>,
-    ) -> Result<Opened, OpenError> {
+    pub fn open_always(&self, out: &Outbox, gone: Gone) -> Result<Opened, OpenError> {
         self.lock().open(out, gone)
     }
 
@@ -229,6 +259,21 @@ impl Streams {
 
     pub fn gone(&self, msg: StreamGone, out: &Outbox) {
         self.lock().gone(msg, out)
+    }
+
+    /// From now on, [`Gone::Direct`] tells the tunnel actor when the table becomes empty;
+    /// true when it already is (then nobody will).
+    pub fn watch_empty(&self) -> bool {
+        let mut inner = self.lock();
+        inner.watch_empty = true;
+        inner.table.is_empty()
+    }
+
+    /// Ends a stream; true when that left the table empty and its actor watches for that.
+    fn gone_and_watched_empty(&self, msg: StreamGone, out: &Outbox) -> bool {
+        let mut inner = self.lock();
+        inner.gone(msg, out);
+        inner.watch_empty && inner.table.is_empty()
     }
 
     /// The link is gone: no stream opens any more, and every open one fails.
@@ -254,7 +299,14 @@ pub enum Opener {
 impl Opener {
     pub async fn open(&self) -> Result<Opened, OpenError> {
         match self {
-            Opener::Direct { streams, out, gone } => streams.open(out, gone.clone()),
+            Opener::Direct { streams, out, gone } => streams.open(
+                out,
+                Gone::Direct {
+                    streams: streams.clone(),
+                    out: out.clone(),
+                    watcher: gone.clone(),
+                },
+            ),
             Opener::Actor(r) => r
                 .send(OpenStream {})
                 .await
@@ -268,6 +320,7 @@ impl Inner {
         Inner {
             accepting: false,
             exhausted: false,
+            watch_empty: false,
             first_after_quiet: std::time::Instant::now(),
             table: StreamTable::new(Side::Opener),
             window: state.config.stream_window,
@@ -284,7 +337,7 @@ impl Inner {
             .any(|s| !s.shared.head_sent.load(Ordering::Acquire))
     }
 
-    fn open(&mut self, out: &Outbox, gone: Recipient<StreamGone>) -> Result<Opened, OpenError> {
+    fn open(&mut self, out: &Outbox, gone: Gone) -> Result<Opened, OpenError> {
         if self.table.len() >= self.max {
             return Err(OpenError::Busy);
         }

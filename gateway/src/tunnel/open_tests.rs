@@ -52,3 +52,46 @@ async fn streams_open_only_while_the_link_accepts_them() {
     // Failed for good: accepting again is not implied.
     assert!(matches!(opener.open().await, Err(OpenError::Closed)));
 }
+
+/// A stream's end reaches its table without the tunnel actor, which is told only when it
+/// watches for the table to empty (a fenced tunnel closing once its last stream ends).
+#[actix_web::test]
+async fn streams_end_in_place_and_a_watching_actor_hears_of_the_last() {
+    struct Told(tokio::sync::mpsc::Sender<StreamId>);
+    impl Actor for Told {
+        type Context = Context<Self>;
+    }
+    impl Handler<StreamGone> for Told {
+        type Result = ();
+        fn handle(&mut self, m: StreamGone, _: &mut Context<Self>) {
+            let _ = self.0.try_send(m.id);
+        }
+    }
+    let (told_tx, mut told) = tokio::sync::mpsc::channel(4);
+    let (out, _rx) = tunnelgate_mux::outbox(16);
+    let streams = streams();
+    streams.set_accepting(true);
+    let opener = Opener::Direct {
+        streams: streams.clone(),
+        out,
+        gone: Told(told_tx).start().recipient(),
+    };
+    let (a, b) = (opener.open().await.unwrap(), opener.open().await.unwrap());
+    a.gone.send(StreamGone {
+        id: a.id,
+        reset: None,
+    });
+    assert_eq!(streams.len(), 1, "ended in the table itself");
+    assert!(!streams.watch_empty(), "one stream is still open");
+    b.gone.send(StreamGone {
+        id: b.id,
+        reset: None,
+    });
+    assert!(streams.is_empty());
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), told.recv()).await;
+    assert_eq!(
+        first.unwrap(),
+        Some(b.id),
+        "told of the last stream, not the one before"
+    );
+}

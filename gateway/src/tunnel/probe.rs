@@ -39,10 +39,10 @@ impl TunnelActor {
         {
             return;
         }
-        let Ok(opened) = self
-            .streams
-            .open_always(&self.out, ctx.address().recipient())
-        else {
+        let Ok(opened) = self.streams.open_always(
+            &self.out,
+            super::open::Gone::Actor(ctx.address().recipient()),
+        ) else {
             return;
         };
         let probe = ProxyRequest {

@@ -134,13 +134,18 @@ impl TunnelActor {
             return;
         }
         self.fenced = true;
+        self.streams.set_accepting(false);
+        // Streams end in their table without the actor: it must hear when the last one does
+        // (or see now that the last one just did).
+        if self.streams.watch_empty() {
+            return self.close(ctx, 1008, WHY.into(), "fenced");
+        }
         tracing::info!(
             cluster = %self.cluster, tunnel = self.id, streams = self.streams.len(),
             "lease lost: no new streams here; closing once those in flight finish"
         );
         if !self.draining {
             self.draining = true;
-            self.streams.set_accepting(false);
             self.leave_hub();
         }
         ctx.run_later(self.state.config.drain_timeout, |act, ctx| {

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Recipient;
 use actix_web::web;
 use futures_util::StreamExt;
 use tunnelgate_mux::Outbox;
@@ -167,7 +166,7 @@ async fn upload(
 struct End {
     id: StreamId,
     shared: Arc<StreamShared>,
-    gone: Recipient<StreamGone>,
+    gone: super::open::Gone,
     upgrade: bool,
 }
 
@@ -216,5 +215,5 @@ async fn run(
     p.shared.resolve(Err(ProxyError::TunnelLost));
     let clean = upload_done && p.shared.remote_done() && !p.upgrade;
     let reset = reset.or((!clean).then_some(ResetCode::CANCEL));
-    p.gone.do_send(StreamGone { id: p.id, reset });
+    p.gone.send(StreamGone { id: p.id, reset });
 }
