@@ -18,9 +18,7 @@ use super::silence;
 use crate::AppState;
 use crate::error::ProxyError;
 use crate::registry::now_ms;
-use crate::tunnel::{
-    OpenError, OpenStream, Opened, Outcome, StreamGone, Streams, WsIn, next_link_id,
-};
+use crate::tunnel::{Outcome, StreamGone, Streams, WsIn, next_link_id};
 
 /// The dialling end of a link to `node_id`.
 pub struct PeerLink {
@@ -60,6 +58,15 @@ impl PeerLink {
         }
     }
 
+    /// How requests open streams on this link (in place, in its table).
+    pub fn opener(&self, addr: &actix::Addr<Self>) -> crate::tunnel::Opener {
+        crate::tunnel::Opener {
+            streams: self.streams.clone(),
+            out: self.out.clone(),
+            gone: addr.clone().recipient(),
+        }
+    }
+
     /// This link's id on this node.
     pub fn id(&self) -> u64 {
         self.id
@@ -71,6 +78,7 @@ impl PeerLink {
             self.state.metrics.tunnel_error(metric);
             tracing::warn!(peer_node = %self.node_id, link = self.id, %reason, metric, "closing peer link");
             self.out.close(code, reason.clone());
+            self.streams.set_accepting(false);
             self.close_reason = Some(reason);
         }
         ctx.stop();
@@ -164,28 +172,13 @@ impl StreamHandler<WsIn> for PeerLink {
     }
 }
 
-impl Handler<OpenStream> for PeerLink {
-    type Result = Result<Opened, OpenError>;
-
-    fn handle(&mut self, _msg: OpenStream, ctx: &mut Context<Self>) -> Self::Result {
-        if self.close_reason.is_some() || self.out.is_closed() {
-            return Err(OpenError::Closed);
-        }
-        let opened = self.streams.open(
-            &self.out,
-            crate::tunnel::Gone::Actor(ctx.address().recipient()),
-        );
-        if self.streams.exhausted() {
-            self.close(ctx, 1000, "stream ids exhausted".into(), "ids_exhausted");
-        }
-        opened
-    }
-}
-
 impl Handler<StreamGone> for PeerLink {
     type Result = ();
 
-    fn handle(&mut self, msg: StreamGone, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: StreamGone, ctx: &mut Context<Self>) {
         self.streams.gone(msg, &self.out);
+        if self.streams.exhausted() {
+            self.close(ctx, 1000, "stream ids exhausted".into(), "ids_exhausted");
+        }
     }
 }

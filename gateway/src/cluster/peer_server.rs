@@ -242,7 +242,7 @@ async fn bridge(
         });
         out.try_send(Outgoing::Text(msg.to_json()));
     };
-    let opened = match tunnel.open().await {
+    let opened = match tunnel.open() {
         Ok(o) => o,
         Err(OpenError::Busy) => {
             return fail(ProxyErrorKind::Refused, "tunnel at its stream limit".into());

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix::{Actor, AsyncContext, Recipient};
+use actix::{Actor, AsyncContext};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -17,14 +17,14 @@ use super::{HEARTBEAT_HEADER, NODE_HEADER};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::registry::Owner;
-use crate::tunnel::{OpenStream, from_tungstenite, to_tungstenite};
+use crate::tunnel::{Opener, from_tungstenite, to_tungstenite};
 
 /// Time to open a peer link before the owner counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 pub struct PeerPool {
-    links: Mutex<HashMap<String, (u64, Recipient<OpenStream>)>>,
+    links: Mutex<HashMap<String, (u64, Opener)>>,
     /// One dial per peer at a time: requests that miss a link while it is being dialled wait
     /// for that dial instead of each opening (and leaking) a link of their own.
     dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -32,21 +32,17 @@ pub struct PeerPool {
 
 impl PeerPool {
     /// The link to `node` if it is up.
-    fn live_link(&self, node: &str) -> Option<Recipient<OpenStream>> {
+    fn live_link(&self, node: &str) -> Option<Opener> {
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(node)
             .map(|(_, r)| r.clone())
-            .filter(|r| r.connected())
+            .filter(Opener::is_live)
     }
 
     /// The link to `owner`, dialling it if there is none.
-    pub async fn link(
-        &self,
-        state: &Arc<AppState>,
-        owner: &Owner,
-    ) -> Result<Recipient<OpenStream>, String> {
+    pub async fn link(&self, state: &Arc<AppState>, owner: &Owner) -> Result<Opener, String> {
         if let Some(r) = self.live_link(&owner.node_id) {
             return Ok(r);
         }
@@ -119,11 +115,13 @@ impl PeerPool {
             .then_some(interval);
         let actor = PeerLink::new(owner.node_id.clone(), out, state.clone(), heartbeat);
         let id = actor.id();
-        let addr = PeerLink::create(move |ctx| {
+        let mut opener = None;
+        PeerLink::create(|ctx| {
             ctx.add_stream(stream.map(from_tungstenite));
+            opener = Some(actor.opener(&ctx.address()));
             actor
         });
-        let r = addr.recipient::<OpenStream>();
+        let r = opener.ok_or("peer link did not start")?;
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())

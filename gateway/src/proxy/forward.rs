@@ -45,7 +45,7 @@ impl Target<'_> {
         payload: &mut Option<crate::tunnel::BodySource>,
     ) -> Result<HttpResponse, ProxyError> {
         let (req, state, cluster) = (self.req, self.state, self.cluster);
-        let opened = match open.open().await {
+        let opened = match open.open() {
             Ok(o) => o,
             Err(OpenError::Busy) => return Err(ProxyError::TunnelBusy),
             // Draining or closing: nothing was sent, another tunnel may take it.

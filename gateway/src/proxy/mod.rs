@@ -480,11 +480,7 @@ async fn proxy(
                 otel.kind = "client",
                 peer_node = %owner.node_id
             );
-            match target
-                .forward(crate::tunnel::Opener::Actor(link), true, &mut body)
-                .instrument(hop)
-                .await
-            {
+            match target.forward(link, true, &mut body).instrument(hop).await {
                 Err(ProxyError::NotHere) => {
                     tracing::info!(%cluster, peer_node = %owner.node_id, "owner no longer holds the tunnel");
                     state.metrics.forward_outcome("not_here");

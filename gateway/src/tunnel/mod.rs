@@ -37,9 +37,7 @@ mod ws;
 pub use endpoint::{accept, accept_raw};
 pub use endpoint::{refuse, throttled};
 pub use hub::{Hub, MoveAway, Revoked, TunnelRef};
-pub use open::{
-    Gone, OpenError, OpenStream, Opened, Opener, Outcome, StreamGone, StreamShared, Streams,
-};
+pub use open::{Gone, OpenError, Opened, Opener, Outcome, StreamGone, StreamShared, Streams};
 pub use stream::{BodySource, Started, payload_body, pipe_body, start_stream};
 pub use tunnel_actor::{TunnelActor, next_link_id};
 pub use ws::{WsIn, from_actix, from_tungstenite, to_actix, to_tungstenite};

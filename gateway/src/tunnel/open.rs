@@ -2,8 +2,8 @@
 //! ([`crate::cluster::PeerLink`]). [`Streams`] is the opener's table, a handle shared by the
 //! link's actor, which applies `tunnelgate_mux::StreamTable`'s rule to every frame and turns the
 //! peer's `proxy_response` / `proxy_error` into each stream's head, and by the requests that
-//! open streams: on an agent tunnel in place, under the table's lock ([`Opener::Direct`]; no
-//! actor round trip per request), on a peer link through its actor ([`OpenStream`]).
+//! open and end streams in place, under the table's lock ([`Opener`], [`Gone`]; no actor
+//! message per request).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,11 +20,6 @@ use tunnelgate_proto::{ResetCode, StreamId};
 
 use crate::AppState;
 use crate::error::ProxyError;
-
-/// Opens a stream on this tunnel for one proxied request.
-#[derive(Message, Default)]
-#[rtype(result = "Result<Opened, OpenError>")]
-pub struct OpenStream {}
 
 /// A stream's side of the dance is over; `reset` says whether the other end must be told to
 /// stop.
@@ -58,34 +53,31 @@ pub struct Opened {
     pub gone: Gone,
 }
 
-/// How a stream's end reaches its table: in place on an agent tunnel (its actor is told only
-/// when it waits for the table to empty), through a peer link's actor otherwise.
+/// How a stream's end reaches its table: in place (the link's actor is told only when it
+/// waits for the table to empty).
 #[derive(Clone)]
-pub enum Gone {
-    Direct {
-        streams: Streams,
-        out: Outbox,
-        /// The tunnel actor, told when the table it watches became empty.
-        watcher: Recipient<StreamGone>,
-    },
-    Actor(Recipient<StreamGone>),
+pub struct Gone {
+    streams: Streams,
+    out: Outbox,
+    /// The link's actor, told when the table it watches became empty.
+    watcher: Recipient<StreamGone>,
 }
 
 impl Gone {
+    /// The end of a stream in `streams`, whose link's actor is `watcher`.
+    pub fn new(streams: Streams, out: Outbox, watcher: Recipient<StreamGone>) -> Self {
+        Gone {
+            streams,
+            out,
+            watcher,
+        }
+    }
+
     /// Removes the stream from its table (with a RESET to the other end when `msg` has one).
     pub fn send(self, msg: StreamGone) {
-        match self {
-            Gone::Direct {
-                streams,
-                out,
-                watcher,
-            } => {
-                let id = msg.id;
-                if streams.gone_and_watched_empty(msg, &out) {
-                    watcher.do_send(StreamGone { id, reset: None });
-                }
-            }
-            Gone::Actor(r) => r.do_send(msg),
+        let id = msg.id;
+        if self.streams.gone_and_watched_empty(msg, &self.out) {
+            self.watcher.do_send(StreamGone { id, reset: None });
         }
     }
 }
@@ -261,7 +253,7 @@ impl Streams {
         self.lock().gone(msg, out)
     }
 
-    /// From now on, [`Gone::Direct`] tells the tunnel actor when the table becomes empty;
+    /// From now on, [`Gone`] tells the tunnel actor when the table becomes empty;
     /// true when it already is (then nobody will).
     pub fn watch_empty(&self) -> bool {
         let mut inner = self.lock();
@@ -284,34 +276,30 @@ impl Streams {
     }
 }
 
-/// How a request opens a stream on a link: straight in an agent tunnel's table, or by asking
-/// a peer link's actor.
+/// How a request opens a stream on a link (an agent tunnel or a peer link): in place, in the
+/// link's table, under its lock — no round trip to the link's actor.
 #[derive(Clone)]
-pub enum Opener {
-    Direct {
-        streams: Streams,
-        out: Outbox,
-        gone: Recipient<StreamGone>,
-    },
-    Actor(Recipient<OpenStream>),
+pub struct Opener {
+    pub streams: Streams,
+    pub out: Outbox,
+    /// The link's actor: told when its table empties while it watches, or its ids ran out.
+    pub gone: Recipient<StreamGone>,
 }
 
 impl Opener {
-    pub async fn open(&self) -> Result<Opened, OpenError> {
-        match self {
-            Opener::Direct { streams, out, gone } => streams.open(
-                out,
-                Gone::Direct {
-                    streams: streams.clone(),
-                    out: out.clone(),
-                    watcher: gone.clone(),
-                },
-            ),
-            Opener::Actor(r) => r
-                .send(OpenStream {})
-                .await
-                .unwrap_or(Err(OpenError::Closed)),
+    pub fn open(&self) -> Result<Opened, OpenError> {
+        let gone = Gone::new(self.streams.clone(), self.out.clone(), self.gone.clone());
+        let opened = self.streams.open(&self.out, gone);
+        if opened.is_err() && self.streams.exhausted() {
+            // Its actor closes the link (stream 0 is never one of its streams).
+            self.gone.do_send(StreamGone { id: 0, reset: None });
         }
+        opened
+    }
+
+    /// Whether the link still takes streams.
+    pub fn is_live(&self) -> bool {
+        !self.out.is_closed() && self.streams.lock().accepting
     }
 }
 

@@ -28,20 +28,18 @@ fn streams() -> Streams {
 async fn streams_open_only_while_the_link_accepts_them() {
     let (out, _rx) = tunnelgate_mux::outbox(16);
     let gone = Sink.start().recipient();
-    let opener = Opener::Direct {
+    let opener = Opener {
         streams: streams(),
         out: out.clone(),
         gone,
     };
-    let Opener::Direct { streams, .. } = &opener else {
-        unreachable!()
-    };
-    assert!(matches!(opener.open().await, Err(OpenError::Closed)));
+    let streams = &opener.streams;
+    assert!(matches!(opener.open(), Err(OpenError::Closed)));
     streams.set_accepting(true);
-    let opened = opener.open().await.unwrap();
+    let opened = opener.open().unwrap();
     assert_eq!(streams.len(), 1);
     streams.set_accepting(false);
-    assert!(matches!(opener.open().await, Err(OpenError::Closed)));
+    assert!(matches!(opener.open(), Err(OpenError::Closed)));
     streams.set_accepting(true);
     streams.fail_all(|| ProxyError::TunnelLost, "gone");
     assert!(matches!(
@@ -50,7 +48,7 @@ async fn streams_open_only_while_the_link_accepts_them() {
     ));
     assert!(streams.is_empty());
     // Failed for good: accepting again is not implied.
-    assert!(matches!(opener.open().await, Err(OpenError::Closed)));
+    assert!(matches!(opener.open(), Err(OpenError::Closed)));
 }
 
 /// A stream's end reaches its table without the tunnel actor, which is told only when it
@@ -71,12 +69,12 @@ async fn streams_end_in_place_and_a_watching_actor_hears_of_the_last() {
     let (out, _rx) = tunnelgate_mux::outbox(16);
     let streams = streams();
     streams.set_accepting(true);
-    let opener = Opener::Direct {
+    let opener = Opener {
         streams: streams.clone(),
         out,
         gone: Told(told_tx).start().recipient(),
     };
-    let (a, b) = (opener.open().await.unwrap(), opener.open().await.unwrap());
+    let (a, b) = (opener.open().unwrap(), opener.open().unwrap());
     a.gone.send(StreamGone {
         id: a.id,
         reset: None,

@@ -41,7 +41,11 @@ impl TunnelActor {
         }
         let Ok(opened) = self.streams.open_always(
             &self.out,
-            super::open::Gone::Actor(ctx.address().recipient()),
+            super::Gone::new(
+                self.streams.clone(),
+                self.out.clone(),
+                ctx.address().recipient(),
+            ),
         ) else {
             return;
         };

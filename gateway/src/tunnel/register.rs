@@ -121,7 +121,7 @@ impl TunnelActor {
                 id: self.id,
                 conn: self.conn_id.clone(),
                 token_id: self.token_id.clone(),
-                open: super::Opener::Direct {
+                open: super::Opener {
                     streams: self.streams.clone(),
                     out: self.out.clone(),
                     gone: ctx.address().recipient(),

@@ -293,13 +293,6 @@ impl Actor for TunnelActor {
                     "no register message in time".into(),
                     "register_timeout",
                 );
-            } else if act.streams.exhausted() {
-                act.close(
-                    ctx,
-                    1000,
-                    "stream ids exhausted; reconnect".into(),
-                    "ids_exhausted",
-                );
             } else if act.last_seen.elapsed() <= interval * 3 {
                 act.keep_lease(ctx);
                 act.maybe_probe(ctx);
@@ -404,6 +397,10 @@ impl Handler<StreamGone> for TunnelActor {
 
     fn handle(&mut self, msg: StreamGone, ctx: &mut Context<Self>) {
         self.streams.gone(msg, &self.out);
+        if self.streams.exhausted() {
+            let why = "stream ids exhausted; reconnect";
+            return self.close(ctx, 1000, why.into(), "ids_exhausted");
+        }
         if self.fenced && self.streams.is_empty() {
             self.lost_lease(ctx);
         }
