@@ -7,7 +7,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use actix::{Message, Recipient};
 
-use super::open::Opener;
+use super::opener::Opener;
 
 /// The token a tunnel authenticated with was revoked, or its cluster deleted.
 #[derive(Message)]

@@ -2,13 +2,13 @@
 //! ([`crate::cluster::PeerLink`]). [`Streams`] is the opener's table, a handle shared by the
 //! link's actor, which applies `tunnelgate_mux::StreamTable`'s rule to every frame and turns the
 //! peer's `proxy_response` / `proxy_error` into each stream's head, and by the requests that
-//! open and end streams in place, under the table's lock ([`Opener`], [`Gone`]; no actor
+//! open and end streams in place, under the table's lock ([`super::Opener`], [`Gone`]; no actor
 //! message per request).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use actix::{Message, Recipient};
+use actix::Message;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 use tunnelgate_mux::{
@@ -18,6 +18,7 @@ use tunnelgate_mux::{
 use tunnelgate_proto::control::ProxyResponse;
 use tunnelgate_proto::{ResetCode, StreamId};
 
+use super::opener::Gone;
 use crate::AppState;
 use crate::error::ProxyError;
 
@@ -51,35 +52,6 @@ pub struct Opened {
     pub shared: Arc<StreamShared>,
     pub outbox: Outbox,
     pub gone: Gone,
-}
-
-/// How a stream's end reaches its table: in place (the link's actor is told only when it
-/// waits for the table to empty).
-#[derive(Clone)]
-pub struct Gone {
-    streams: Streams,
-    out: Outbox,
-    /// The link's actor, told when the table it watches became empty.
-    watcher: Recipient<StreamGone>,
-}
-
-impl Gone {
-    /// The end of a stream in `streams`, whose link's actor is `watcher`.
-    pub fn new(streams: Streams, out: Outbox, watcher: Recipient<StreamGone>) -> Self {
-        Gone {
-            streams,
-            out,
-            watcher,
-        }
-    }
-
-    /// Removes the stream from its table (with a RESET to the other end when `msg` has one).
-    pub fn send(self, msg: StreamGone) {
-        let id = msg.id;
-        if self.streams.gone_and_watched_empty(msg, &self.out) {
-            self.watcher.do_send(StreamGone { id, reset: None });
-        }
-    }
 }
 
 /// State of one stream that both the link's actor and the stream's task touch.
@@ -201,6 +173,11 @@ impl Streams {
         self.lock().exhausted
     }
 
+    /// Whether new streams may open.
+    pub fn accepting(&self) -> bool {
+        self.lock().accepting
+    }
+
     /// When a stream last opened on an empty table.
     pub fn first_after_quiet(&self) -> std::time::Instant {
         self.lock().first_after_quiet
@@ -262,7 +239,7 @@ impl Streams {
     }
 
     /// Ends a stream; true when that left the table empty and its actor watches for that.
-    fn gone_and_watched_empty(&self, msg: StreamGone, out: &Outbox) -> bool {
+    pub(super) fn gone_and_watched_empty(&self, msg: StreamGone, out: &Outbox) -> bool {
         let mut inner = self.lock();
         inner.gone(msg, out);
         inner.watch_empty && inner.table.is_empty()
@@ -273,33 +250,6 @@ impl Streams {
         let mut inner = self.lock();
         inner.accepting = false;
         inner.fail_all(head, why)
-    }
-}
-
-/// How a request opens a stream on a link (an agent tunnel or a peer link): in place, in the
-/// link's table, under its lock — no round trip to the link's actor.
-#[derive(Clone)]
-pub struct Opener {
-    pub streams: Streams,
-    pub out: Outbox,
-    /// The link's actor: told when its table empties while it watches, or its ids ran out.
-    pub gone: Recipient<StreamGone>,
-}
-
-impl Opener {
-    pub fn open(&self) -> Result<Opened, OpenError> {
-        let gone = Gone::new(self.streams.clone(), self.out.clone(), self.gone.clone());
-        let opened = self.streams.open(&self.out, gone);
-        if opened.is_err() && self.streams.exhausted() {
-            // Its actor closes the link (stream 0 is never one of its streams).
-            self.gone.do_send(StreamGone { id: 0, reset: None });
-        }
-        opened
-    }
-
-    /// Whether the link still takes streams.
-    pub fn is_live(&self) -> bool {
-        !self.out.is_closed() && self.streams.lock().accepting
     }
 }
 

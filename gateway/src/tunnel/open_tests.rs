@@ -1,4 +1,5 @@
-//! `Streams` and `Opener`: streams open only while their link accepts them.
+//! `Streams` with `Opener` and `Gone`: streams open only while their link accepts them, and end
+//! in place.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -6,6 +7,7 @@
 use actix::{Actor, Context, Handler};
 
 use super::*;
+use crate::tunnel::Opener;
 
 struct Sink;
 impl Actor for Sink {

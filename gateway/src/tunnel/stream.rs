@@ -166,7 +166,7 @@ async fn upload(
 struct End {
     id: StreamId,
     shared: Arc<StreamShared>,
-    gone: super::open::Gone,
+    gone: super::opener::Gone,
     upgrade: bool,
 }
 
