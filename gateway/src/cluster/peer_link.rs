@@ -42,13 +42,11 @@ impl PeerLink {
         heartbeat: Option<Duration>,
     ) -> Self {
         let id = next_link_id();
+        let streams = Streams::new(state.clone(), node_id.clone(), id);
+        streams.set_accepting(true);
         PeerLink {
             id,
-            streams: {
-                let s = Streams::new(state.clone(), node_id.clone(), id);
-                s.set_accepting(true);
-                s
-            },
+            streams,
             node_id,
             out,
             state,
@@ -60,11 +58,11 @@ impl PeerLink {
 
     /// How requests open streams on this link (in place, in its table).
     pub fn opener(&self, addr: &actix::Addr<Self>) -> crate::tunnel::Opener {
-        crate::tunnel::Opener {
-            streams: self.streams.clone(),
-            out: self.out.clone(),
-            gone: addr.clone().recipient(),
-        }
+        crate::tunnel::Opener::new(
+            self.streams.clone(),
+            self.out.clone(),
+            addr.clone().recipient(),
+        )
     }
 
     /// This link's id on this node.

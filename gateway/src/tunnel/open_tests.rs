@@ -30,12 +30,8 @@ fn streams() -> Streams {
 async fn streams_open_only_while_the_link_accepts_them() {
     let (out, _rx) = tunnelgate_mux::outbox(16);
     let gone = Sink.start().recipient();
-    let opener = Opener {
-        streams: streams(),
-        out: out.clone(),
-        gone,
-    };
-    let streams = &opener.streams;
+    let streams = &streams();
+    let opener = Opener::new(streams.clone(), out.clone(), gone);
     assert!(matches!(opener.open(), Err(OpenError::Closed)));
     streams.set_accepting(true);
     let opened = opener.open().unwrap();
@@ -71,11 +67,7 @@ async fn streams_end_in_place_and_a_watching_actor_hears_of_the_last() {
     let (out, _rx) = tunnelgate_mux::outbox(16);
     let streams = streams();
     streams.set_accepting(true);
-    let opener = Opener {
-        streams: streams.clone(),
-        out,
-        gone: Told(told_tx).start().recipient(),
-    };
+    let opener = Opener::new(streams.clone(), out, Told(told_tx).start().recipient());
     let (a, b) = (opener.open().unwrap(), opener.open().unwrap());
     a.gone.send(StreamGone {
         id: a.id,

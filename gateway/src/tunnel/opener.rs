@@ -11,21 +11,34 @@ use super::open::{OpenError, Opened, StreamGone, Streams};
 /// link's table, under its lock — no round trip to the link's actor.
 #[derive(Clone)]
 pub struct Opener {
-    pub streams: Streams,
-    pub out: Outbox,
+    streams: Streams,
+    out: Outbox,
     /// The link's actor: told when its table empties while it watches, or its ids ran out.
-    pub gone: Recipient<StreamGone>,
+    actor: Recipient<StreamGone>,
 }
 
 impl Opener {
+    pub fn new(streams: Streams, out: Outbox, actor: Recipient<StreamGone>) -> Self {
+        Opener {
+            streams,
+            out,
+            actor,
+        }
+    }
+
+    /// Opens a stream if the link accepts new ones.
     pub fn open(&self) -> Result<Opened, OpenError> {
-        let gone = Gone::new(self.streams.clone(), self.out.clone(), self.gone.clone());
-        let opened = self.streams.open(&self.out, gone);
+        let opened = self.streams.open(&self.out, Gone(self.clone()));
         if opened.is_err() && self.streams.exhausted() {
             // Its actor closes the link (stream 0 is never one of its streams).
-            self.gone.do_send(StreamGone { id: 0, reset: None });
+            self.actor.do_send(StreamGone { id: 0, reset: None });
         }
         opened
+    }
+
+    /// Opens a stream whether or not the link accepts new ones (the tunnel's own probe).
+    pub fn open_always(&self) -> Result<Opened, OpenError> {
+        self.streams.open_always(&self.out, Gone(self.clone()))
     }
 
     /// Whether the link still takes streams.
@@ -34,31 +47,21 @@ impl Opener {
     }
 }
 
-/// How a stream's end reaches its table: in place (the link's actor is told only when it
+/// The end of one stream, reaching its table in place (the link's actor is told only when it
 /// waits for the table to empty).
-#[derive(Clone)]
-pub struct Gone {
-    streams: Streams,
-    out: Outbox,
-    /// The link's actor, told when the table it watches became empty.
-    watcher: Recipient<StreamGone>,
-}
+pub struct Gone(Opener);
 
 impl Gone {
-    /// The end of a stream in `streams`, whose link's actor is `watcher`.
-    pub fn new(streams: Streams, out: Outbox, watcher: Recipient<StreamGone>) -> Self {
-        Gone {
-            streams,
-            out,
-            watcher,
-        }
-    }
-
     /// Removes the stream from its table (with a RESET to the other end when `msg` has one).
     pub fn send(self, msg: StreamGone) {
         let id = msg.id;
-        if self.streams.gone_and_watched_empty(msg, &self.out) {
-            self.watcher.do_send(StreamGone { id, reset: None });
+        let Opener {
+            streams,
+            out,
+            actor,
+        } = self.0;
+        if streams.gone_and_watched_empty(msg, &out) {
+            actor.do_send(StreamGone { id, reset: None });
         }
     }
 }

@@ -39,14 +39,12 @@ impl TunnelActor {
         {
             return;
         }
-        let Ok(opened) = self.streams.open_always(
-            &self.out,
-            super::Gone::new(
-                self.streams.clone(),
-                self.out.clone(),
-                ctx.address().recipient(),
-            ),
-        ) else {
+        let link = super::Opener::new(
+            self.streams.clone(),
+            self.out.clone(),
+            ctx.address().recipient(),
+        );
+        let Ok(opened) = link.open_always() else {
             return;
         };
         let probe = ProxyRequest {

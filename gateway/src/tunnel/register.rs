@@ -91,7 +91,6 @@ impl TunnelActor {
         self.state.metrics.tunnel_error(metric);
         tracing::warn!(cluster = %self.cluster, peer = ?self.peer, %reason, "register refused");
         self.registered = false;
-        self.streams.set_accepting(false);
         self.close_reason = Some(reason);
         self.close_queued = true;
         ctx.stop();
@@ -121,11 +120,11 @@ impl TunnelActor {
                 id: self.id,
                 conn: self.conn_id.clone(),
                 token_id: self.token_id.clone(),
-                open: super::Opener {
-                    streams: self.streams.clone(),
-                    out: self.out.clone(),
-                    gone: ctx.address().recipient(),
-                },
+                open: super::Opener::new(
+                    self.streams.clone(),
+                    self.out.clone(),
+                    ctx.address().recipient(),
+                ),
                 revoke: ctx.address().recipient(),
                 move_away: ctx.address().recipient(),
                 since: std::time::Instant::now(),
