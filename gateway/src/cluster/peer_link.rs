@@ -173,8 +173,8 @@ impl StreamHandler<WsIn> for PeerLink {
 impl Handler<StreamGone> for PeerLink {
     type Result = ();
 
-    fn handle(&mut self, msg: StreamGone, ctx: &mut Context<Self>) {
-        self.streams.gone(msg, &self.out);
+    /// A notice: the table ran out of stream ids.
+    fn handle(&mut self, _: StreamGone, ctx: &mut Context<Self>) {
         if self.streams.exhausted() {
             self.close(ctx, 1000, "stream ids exhausted".into(), "ids_exhausted");
         }

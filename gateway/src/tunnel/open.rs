@@ -23,7 +23,8 @@ use crate::AppState;
 use crate::error::ProxyError;
 
 /// A stream's side of the dance is over; `reset` says whether the other end must be told to
-/// stop.
+/// stop. Its table takes it in place ([`super::Gone`]); a link's actor gets one only as a
+/// notice (its watched table emptied, or its stream ids ran out).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StreamGone {
@@ -196,8 +197,8 @@ impl Streams {
         self.lock().heads_pending()
     }
 
-    /// Opens the next stream when the link accepts streams. `Err(Closed)` when ids are
-    /// exhausted: the link must go.
+    /// Opens the next stream when the link accepts streams; `Err(Closed)` when it does not, or
+    /// when the ids ran out (then [`Self::exhausted`]: the link must go).
     pub fn open(&self, out: &Outbox, gone: Gone) -> Result<Opened, OpenError> {
         let mut inner = self.lock();
         if !inner.accepting || out.is_closed() {
@@ -224,10 +225,6 @@ impl Streams {
 
     pub fn on_error(&self, e: tunnelgate_proto::control::ProxyError) -> Outcome {
         self.lock().on_error(e)
-    }
-
-    pub fn gone(&self, msg: StreamGone, out: &Outbox) {
-        self.lock().gone(msg, out)
     }
 
     /// From now on, [`Gone`] tells the tunnel actor when the table becomes empty;

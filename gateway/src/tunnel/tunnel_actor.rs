@@ -395,8 +395,8 @@ impl Handler<Revoked> for TunnelActor {
 impl Handler<StreamGone> for TunnelActor {
     type Result = ();
 
-    fn handle(&mut self, msg: StreamGone, ctx: &mut Context<Self>) {
-        self.streams.gone(msg, &self.out);
+    /// A notice: the table ended its last stream while fenced, or ran out of ids.
+    fn handle(&mut self, _: StreamGone, ctx: &mut Context<Self>) {
         if self.streams.exhausted() {
             let why = "stream ids exhausted; reconnect";
             return self.close(ctx, 1000, why.into(), "ids_exhausted");
