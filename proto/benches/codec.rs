@@ -60,12 +60,22 @@ fn codec(c: &mut Criterion) {
     c.bench_function("control/decode_proxy_request", |b| {
         b.iter(|| Control::from_json(black_box(&json)).unwrap())
     });
+    let Control::ProxyRequest(r) = &req else {
+        unreachable!()
+    };
+    let bin = tunnelgate_proto::head::encode_request(r);
+    c.bench_function("head/encode_request", |b| {
+        b.iter(|| tunnelgate_proto::head::encode_request(black_box(r)))
+    });
+    c.bench_function("head/decode_request", |b| {
+        b.iter(|| tunnelgate_proto::head::decode_request(black_box(&bin)).unwrap())
+    });
     heads(c);
 }
 
 /// The same request and response heads as JSON control messages (protocol 2) and as the
 /// HTTP/1.1 bytes the upstream sends and receives (what a protocol carrying heads as bytes
-/// would cost instead): the basis of ADR 0012's estimate.
+/// would cost instead), and protocol 3's head frames (`proto::head`): ADR 0010's estimate.
 fn heads(c: &mut Criterion) {
     let resp = Control::ProxyResponse(control::ProxyResponse {
         stream_id: 9,
@@ -85,6 +95,16 @@ fn heads(c: &mut Criterion) {
     });
     c.bench_function("control/decode_proxy_response", |b| {
         b.iter(|| Control::from_json(black_box(&json)).unwrap())
+    });
+    let Control::ProxyResponse(r) = &resp else {
+        unreachable!()
+    };
+    let raw = tunnelgate_proto::head::encode_response(r);
+    c.bench_function("head/response_from_raw", |b| {
+        b.iter(|| tunnelgate_proto::head::response_from_raw(9, true, black_box(&raw[6..])))
+    });
+    c.bench_function("head/decode_response", |b| {
+        b.iter(|| tunnelgate_proto::head::decode_response(black_box(&raw)).unwrap())
     });
     let wire =
         b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 05 Dec 2026 22:00:00 GMT\r\n\

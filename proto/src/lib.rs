@@ -8,10 +8,12 @@
 //! - [`routes`]: route specs, host normalisation and Ingress-style path matching.
 //! - [`limits`]: the protocol's sizes and defaults.
 //! - [`h1`]: HTTP/1.1 response framing, for ends that carry a response's bytes as they are.
+//! - [`head`]: protocol 3's request and response heads as binary frames.
 
 pub mod control;
 pub mod frame;
 pub mod h1;
+pub mod head;
 pub mod limits;
 pub mod routes;
 pub mod window;
@@ -19,7 +21,13 @@ pub mod window;
 pub use control::{Control, ControlError};
 
 /// The wire protocol version this build speaks. 2: upgraded connections carry raw bytes as
-/// DATA (WS_* frames are no longer used). A gateway and an agent of different versions refuse
-/// each other at `register` with a message naming both (docs/protocol.md, "Versions").
-pub const PROTOCOL_VERSION: u32 = 2;
+/// DATA (WS_* frames are no longer used). 3: a stream's request and response heads travel as
+/// binary head frames ([`head`]) instead of JSON `proxy_request`/`proxy_response`, and a small
+/// response may come whole in one frame. Peer links between gateways keep JSON heads.
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The oldest version this build still speaks: a gateway serves agents of
+/// `OLDEST_PROTOCOL..=PROTOCOL_VERSION` each in its own version, an agent takes a gateway of
+/// any of them; anything else is refused at `register` with both versions named
+/// (docs/protocol.md, "Versions").
+pub const OLDEST_PROTOCOL: u32 = 2;
 pub use frame::{DecodeError, Frame, ResetCode, StreamId};

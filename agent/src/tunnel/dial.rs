@@ -112,11 +112,15 @@ pub(super) async fn register(
             match msg.map_err(|e| SessionError::Register(e.to_string()))? {
                 Message::Text(t) => match Control::from_json(&t) {
                     Ok(Control::RegisterSuccess(ok))
-                        if ok.protocol != tunnelgate_proto::PROTOCOL_VERSION =>
+                        if !(tunnelgate_proto::OLDEST_PROTOCOL
+                            ..=tunnelgate_proto::PROTOCOL_VERSION)
+                            .contains(&ok.protocol) =>
                     {
                         return Err(SessionError::Register(format!(
-                            "the gateway speaks Tunnelgate protocol {}, this agent speaks {}: run an agent and a gateway of the same protocol",
+                            "the gateway speaks Tunnelgate protocol {}, this agent speaks {} (and {} to {}): run an agent and a gateway at most one protocol apart",
                             ok.protocol,
+                            tunnelgate_proto::PROTOCOL_VERSION,
+                            tunnelgate_proto::OLDEST_PROTOCOL,
                             tunnelgate_proto::PROTOCOL_VERSION
                         )));
                     }

@@ -9,8 +9,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tunnelgate_mux::Outgoing;
 use tunnelgate_proto::control::{ProxyErrorKind, ProxyResponse};
 use tunnelgate_proto::h1::{self, Body, Chunked, Step};
+use tunnelgate_proto::head;
 use tunnelgate_proto::limits::MAX_FRAME_PAYLOAD;
 use tunnelgate_proto::{Control, Frame, ResetCode};
 
@@ -100,15 +102,19 @@ impl StreamTask {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let head_request = self.request.method.eq_ignore_ascii_case("HEAD");
         // The body goes up while the head is awaited (an upstream may answer early).
+        // Protocol 2 takes the head apart into JSON fields; protocol 3 sends it as read.
         let mut fields = Vec::new();
+        let json = !self.binary_heads;
         // Pinned in a box so that the borrow of the write half ends when it is dropped.
         let mut up = Box::pin(send_body(&mut upload, &mut wr, chunked));
-        let resp = loop {
+        let (resp, raw) = loop {
             let parsed = h1::response_head_with(&buf, head_request, |n, v| {
-                fields.push((
-                    n.to_ascii_lowercase(),
-                    String::from_utf8_lossy(v).into_owned(),
-                ))
+                if json {
+                    fields.push((
+                        n.to_ascii_lowercase(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    ))
+                }
             });
             match parsed {
                 Ok(Some(h)) if h.interim => {
@@ -118,8 +124,8 @@ impl StreamTask {
                     continue;
                 }
                 Ok(Some(h)) => {
-                    let _ = buf.split_to(h.len);
-                    break h;
+                    let raw = buf.split_to(h.len);
+                    break (h, raw);
                 }
                 Ok(None) => fields.clear(),
                 Err(e) => {
@@ -153,13 +159,43 @@ impl StreamTask {
         let id = self.request.stream_id;
         let switched = resp.body == Body::Switched && upgrade;
         let has_body = !matches!(resp.body, Body::None);
-        let msg = Control::ProxyResponse(ProxyResponse {
-            stream_id: id,
-            status: resp.status,
-            headers: fields,
-            body: has_body,
-        });
-        if self.outbox.send_control(&msg).await.is_err() {
+        if self.binary_heads && !switched && upload_done {
+            // A whole small body already read goes with the head: one message, not three.
+            if let Body::Length(n) = resp.body
+                && let Ok(n) = usize::try_from(n)
+                && n <= INLINE_BODY
+                && buf.len() >= n
+                && self.credit.available() >= n
+            {
+                let body = buf.split_to(n);
+                if self.credit.acquire(n).await.is_err() {
+                    return Ok(None);
+                }
+                let frame = head::response_whole(id, &raw, &body);
+                if self.outbox.send(Outgoing::Binary(frame)).await.is_err() {
+                    return Ok(None);
+                }
+                drop(up);
+                let whole = buf.is_empty() && resp.keep_alive;
+                return Ok(whole.then(|| rd.reunite(wr).ok()).flatten());
+            }
+        }
+        let sent = match self.binary_heads {
+            true => {
+                let frame = head::response_from_raw(id, has_body, &raw);
+                self.outbox.send(Outgoing::Binary(frame)).await
+            }
+            false => {
+                let msg = Control::ProxyResponse(ProxyResponse {
+                    stream_id: id,
+                    status: resp.status,
+                    headers: fields,
+                    body: has_body,
+                });
+                self.outbox.send_control(&msg).await
+            }
+        };
+        if sent.is_err() {
             return Ok(None);
         }
         if switched {
@@ -323,6 +359,10 @@ impl StreamTask {
         }
     }
 }
+
+/// The largest body that goes whole in its response's head frame (protocol 3): the small
+/// responses whose three messages (head, DATA, END) cost more than their bytes.
+const INLINE_BODY: usize = 16 * 1024;
 
 /// What a body cut short by the upstream is called.
 const MID_BODY: &str = "the upstream closed the connection mid-body";

@@ -243,6 +243,17 @@ async fn serve(
                 match msg {
                     None => return Err(SessionError::Lost("gateway closed the connection".into())),
                     Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
+                    // Protocol 3: a stream's request head is a binary head frame.
+                    Some(Ok(Message::Binary(b))) if ok.protocol >= 3 && tunnelgate_proto::head::is_head(&b) => {
+                        match tunnelgate_proto::head::decode_request(&b) {
+                            Ok(req) => on_control(shared, gateway, ok, table, out, Control::ProxyRequest(req)),
+                            Err(e) => {
+                                let e = format!("invalid request head from gateway: {e}");
+                                out.close(1002, e.clone());
+                                return Err(SessionError::Lost(e));
+                            }
+                        }
+                    }
                     Some(Ok(Message::Binary(b))) => {
                         if let Err(e) = on_frame(table, out, b) {
                             out.close(1002, e.clone());
@@ -384,14 +395,18 @@ fn on_control(
             }
             // The gateway's data-path probe: answered here, at once, without an upstream.
             if req.probe {
-                let answer = Control::ProxyResponse(ProxyResponse {
+                let answer = ProxyResponse {
                     stream_id: id,
                     status: 204,
                     headers: Vec::new(),
                     body: false,
-                });
+                };
+                let answer = match ok.protocol >= 3 {
+                    true => Outgoing::Binary(tunnelgate_proto::head::encode_response(&answer)),
+                    false => Outgoing::Text(Control::ProxyResponse(answer).to_json()),
+                };
                 let out = out.clone();
-                tokio::spawn(async move { out.send_control(&answer).await });
+                tokio::spawn(async move { out.send(answer).await });
                 return;
             }
             let credit = Arc::new(SendCredit::new(ok.stream_window));
@@ -431,6 +446,7 @@ fn on_control(
                 kube_api: shared.kube_api.clone(),
                 access_log: shared.config.access_log,
                 metrics: shared.metrics.clone(),
+                binary_heads: ok.protocol >= 3,
             };
             spawn(&mut t, Box::pin(task.run()), upload);
         }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use tracing::Instrument;
-use tunnelgate_mux::{Outbox, PipeReader, SendCredit};
+use tunnelgate_mux::{Outbox, OutboxClosed, Outgoing, PipeReader, SendCredit};
 use tunnelgate_proto::control::{ProxyError, ProxyErrorKind, ProxyRequest, ProxyResponse};
 use tunnelgate_proto::limits::MAX_FRAME_PAYLOAD;
 use tunnelgate_proto::{Control, Frame, ResetCode};
@@ -30,9 +30,27 @@ pub struct StreamTask {
     /// Log each upstream call (--access-log).
     pub access_log: bool,
     pub metrics: Arc<crate::telemetry::Metrics>,
+    /// The tunnel speaks protocol 3: response heads go as head frames, not JSON.
+    pub binary_heads: bool,
 }
 
 impl StreamTask {
+    /// Sends a response head the agent built (an HTTP client's, the Kubernetes API's) in the
+    /// tunnel's protocol.
+    pub(super) async fn send_head(&self, head: ProxyResponse) -> Result<(), OutboxClosed> {
+        match self.binary_heads {
+            true => {
+                let frame = tunnelgate_proto::head::encode_response(&head);
+                self.outbox.send(Outgoing::Binary(frame)).await
+            }
+            false => {
+                self.outbox
+                    .send_control(&Control::ProxyResponse(head))
+                    .await
+            }
+        }
+    }
+
     pub(super) fn fail(&self, kind: ProxyErrorKind, message: String) -> Control {
         self.metrics.upstream_error(kind.as_str());
         tracing::warn!(
@@ -117,13 +135,13 @@ impl StreamTask {
         let (parts, mut body) = resp.into_parts();
         let has_body = !http_body::Body::is_end_stream(&body);
         let headers = header_list(&parts.headers);
-        let head = Control::ProxyResponse(ProxyResponse {
+        let head = ProxyResponse {
             stream_id: id,
             status: parts.status.as_u16(),
             headers,
             body: has_body,
-        });
-        if self.outbox.send_control(&head).await.is_err() || !has_body {
+        };
+        if self.send_head(head).await.is_err() || !has_body {
             return;
         }
         while let Some(frame) = body.frame().await {
@@ -165,12 +183,12 @@ impl StreamTask {
     /// ways, each direction under its stream credit, until both ends have finished.
     async fn run_upgraded(mut self, resp: http::Response<hyper::body::Incoming>) {
         let id = self.request.stream_id;
-        let head = Control::ProxyResponse(ProxyResponse {
+        let head = ProxyResponse {
             stream_id: id,
             status: 101,
             headers: header_list(resp.headers()),
             body: true,
-        });
+        };
         let upgraded = match hyper::upgrade::on(resp).await {
             Ok(u) => u,
             Err(e) => {
@@ -179,7 +197,7 @@ impl StreamTask {
                 return;
             }
         };
-        if self.outbox.send_control(&head).await.is_err() {
+        if self.send_head(head).await.is_err() {
             return;
         }
         let (rd, wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));

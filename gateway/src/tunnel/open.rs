@@ -16,7 +16,7 @@ use tunnelgate_mux::{
     pipe,
 };
 use tunnelgate_proto::control::ProxyResponse;
-use tunnelgate_proto::{ResetCode, StreamId};
+use tunnelgate_proto::{Frame, ResetCode, StreamId};
 
 use super::opener::Gone;
 use crate::AppState;
@@ -53,6 +53,8 @@ pub struct Opened {
     pub shared: Arc<StreamShared>,
     pub outbox: Outbox,
     pub gone: Gone,
+    /// The link speaks protocol 3: the request head goes as a head frame, not JSON.
+    pub binary_heads: bool,
 }
 
 /// State of one stream that both the link's actor and the stream's task touch.
@@ -144,6 +146,8 @@ pub struct Inner {
     exhausted: bool,
     /// The tunnel actor waits for the table to empty (it lost its lease).
     watch_empty: bool,
+    /// Heads go as protocol 3's head frames (an agent tunnel of protocol 3; never a peer link).
+    binary_heads: bool,
     table: StreamTable<Slot>,
     window: u32,
     max: usize,
@@ -167,6 +171,11 @@ impl Streams {
     /// New streams may open from now on (true) or not any more (false).
     pub fn set_accepting(&self, yes: bool) {
         self.lock().accepting = yes;
+    }
+
+    /// Heads on this link go as protocol 3's head frames (set at register, before any stream).
+    pub fn set_binary_heads(&self, yes: bool) {
+        self.lock().binary_heads = yes;
     }
 
     /// True once the stream ids ran out: the link must go.
@@ -223,6 +232,32 @@ impl Streams {
         self.lock().on_response(r, out)
     }
 
+    /// A protocol-3 response head, with the whole body when it came in the same frame: the
+    /// head, then that body as a DATA frame and an END would be, under the same rule.
+    pub fn on_response_whole(
+        &self,
+        r: ProxyResponse,
+        whole: Option<Bytes>,
+        out: &Outbox,
+    ) -> Outcome {
+        let stream = r.stream_id;
+        let mut inner = self.lock();
+        let outcome = inner.on_response(r, out);
+        let Some(data) = whole else {
+            return outcome;
+        };
+        if !matches!(outcome, Outcome::Fine) {
+            return outcome;
+        }
+        if !data.is_empty() {
+            let outcome = inner.on_frame(Frame::Data { stream, data }, out);
+            if !matches!(outcome, Outcome::Fine) {
+                return outcome;
+            }
+        }
+        inner.on_frame(Frame::End { stream }, out)
+    }
+
     pub fn on_error(&self, e: tunnelgate_proto::control::ProxyError) -> Outcome {
         self.lock().on_error(e)
     }
@@ -254,6 +289,7 @@ impl Inner {
     fn new(state: Arc<AppState>, label: String, link: u64) -> Self {
         Inner {
             accepting: false,
+            binary_heads: false,
             exhausted: false,
             watch_empty: false,
             first_after_quiet: std::time::Instant::now(),
@@ -306,12 +342,25 @@ impl Inner {
             shared,
             outbox: out.clone(),
             gone,
+            binary_heads: self.binary_heads,
         })
     }
 
     /// A binary message from the other end: one frame, under the stream rule.
     fn on_message(&mut self, msg: Bytes, out: &Outbox) -> Outcome {
-        match self.table.on_message(msg) {
+        let action = self.table.on_message(msg);
+        self.act(action, out)
+    }
+
+    /// A frame the link's actor decoded itself (a whole body that came with its head).
+    fn on_frame(&mut self, frame: Frame, out: &Outbox) -> Outcome {
+        let action = self.table.on_frame(frame);
+        self.act(action, out)
+    }
+
+    /// Carries out what the stream rule made of a frame.
+    fn act(&mut self, action: Action<Slot>, out: &Outbox) -> Outcome {
+        match action {
             Action::Applied => Outcome::Fine,
             Action::PeerEnded(id) => {
                 if let Some(slot) = self.table.get(id) {

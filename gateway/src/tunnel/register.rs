@@ -4,7 +4,7 @@
 use actix::{ActorContext, ActorFutureExt, AsyncContext, Context, WrapFuture};
 use tunnelgate_mux::Outgoing;
 use tunnelgate_proto::control::{RegisterError, RegisterSuccess};
-use tunnelgate_proto::{Control, PROTOCOL_VERSION};
+use tunnelgate_proto::{Control, OLDEST_PROTOCOL, PROTOCOL_VERSION};
 
 use super::hub::TunnelRef;
 use super::tunnel_actor::TunnelActor;
@@ -23,14 +23,18 @@ impl TunnelActor {
             let reason = format!("this token does not belong to cluster {:?}", r.cluster);
             return self.refuse_register(ctx, reason, "cluster_mismatch");
         }
-        if r.protocol != PROTOCOL_VERSION {
+        if !(OLDEST_PROTOCOL..=PROTOCOL_VERSION).contains(&r.protocol) {
             let reason = format!(
                 "the agent speaks Tunnelgate protocol {}, this gateway speaks protocol {PROTOCOL_VERSION} \
-                 (and accepts only {PROTOCOL_VERSION}): run an agent of the gateway's release",
+                 (and serves agents of {OLDEST_PROTOCOL} to {PROTOCOL_VERSION}): run an agent at most one \
+                 protocol apart from the gateway's release",
                 r.protocol
             );
             return self.refuse_register(ctx, reason, "protocol_version");
         }
+        // Each agent is served in its own version (one apart interoperates).
+        self.protocol = r.protocol;
+        self.streams.set_binary_heads(r.protocol >= 3);
         self.registered = true;
         let id_ok = |c: &String| {
             !c.is_empty() && c.len() <= 128 && c.bytes().all(|b| b.is_ascii_graphic() && b != b'|')
@@ -109,7 +113,7 @@ impl TunnelActor {
             stream_window: cfg.stream_window,
             max_streams: cfg.max_streams_per_tunnel,
             public_host: Some(format!("{}.{}", self.cluster, cfg.domain)),
-            protocol: PROTOCOL_VERSION,
+            protocol: self.protocol,
         };
         self.out
             .try_send(Outgoing::Text(Control::RegisterSuccess(ok).to_json()));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use futures_util::StreamExt;
-use tunnelgate_mux::Outbox;
+use tunnelgate_mux::{Outbox, Outgoing};
 use tunnelgate_proto::control::ProxyRequest;
 use tunnelgate_proto::limits::MAX_FRAME_PAYLOAD;
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
@@ -57,17 +57,23 @@ pub fn start_stream(
         shared,
         outbox,
         gone,
+        binary_heads,
     } = opened;
     request.stream_id = id;
     // An upgraded connection: the agent is always told when it ends (RESET), since the stream
     // outlives the response head; its bytes have no idle timeout (a WebSocket may be quiet for
     // hours).
     let upgrade = request.upgrade.is_some();
+    // Protocol 3's head frame, or protocol 2's (and every peer link's) JSON.
+    let head_msg = match binary_heads {
+        true => Outgoing::Binary(tunnelgate_proto::head::encode_request(&request)),
+        false => Outgoing::Text(Control::ProxyRequest(request).to_json()),
+    };
     let pump = upload(
         id,
         outbox.clone(),
         shared.clone(),
-        request,
+        head_msg,
         payload,
         body_idle_timeout,
         upgrade,
@@ -107,13 +113,13 @@ async fn upload(
     id: StreamId,
     outbox: Outbox,
     shared: Arc<StreamShared>,
-    request: ProxyRequest,
+    head: Outgoing,
     payload: Option<BodySource>,
     idle: Duration,
     upgraded: bool,
 ) -> Result<(), UploadError> {
     use std::io::ErrorKind;
-    let queued = outbox.send_control(&Control::ProxyRequest(request)).await;
+    let queued = outbox.send(head).await;
     shared.mark_head_sent();
     queued.map_err(|_| UploadError::Tunnel)?;
     let Some(payload) = payload else {
