@@ -1,6 +1,8 @@
 //! The stream rule is the same at every end of a link (mux::streams): a frame for a stream never
 //! opened closes the whole link — an agent tunnel at the gateway, a peer link at the node that
-//! serves it, a tunnel at the agent — while frames for streams that ended are dropped.
+//! serves it, a tunnel at the agent — while frames for streams that ended are dropped. And
+//! protocol 3's head frames at both ends of a tunnel: served, and a bad one closing only its
+//! tunnel.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -13,6 +15,9 @@ use common::{DEMO, FakeAgent, Gateway, HANG, PEER_SECRET, Redis};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tunnelgate_proto::head::{
+    self, decode_request, decode_response, response_from_raw, response_whole,
+};
 use tunnelgate_proto::{Frame, ResetCode};
 
 type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
@@ -162,6 +167,193 @@ async fn an_agent_closes_its_tunnel_on_a_frame_for_a_stream_never_opened() {
         !reason.contains("stream 2"),
         "the RESET ahead of its head closed the tunnel: {reason}"
     );
+    drop(listener);
+    tokio::time::timeout(Duration::from_secs(5), agent.stop())
+        .await
+        .expect("agent stops");
+}
+
+/// Registers a fake agent of protocol 3 for cluster demo, publishing `host`; the
+/// `register_success` payload.
+async fn register_v3(fake: &mut FakeAgent, host: &str) -> serde_json::Value {
+    fake.send_text(
+        r#"{"type":"register","payload":{"cluster":"demo","agent_version":"fake","protocol":3}}"#,
+    )
+    .await;
+    let ok: serde_json::Value = serde_json::from_str(&fake.recv_text().await).unwrap();
+    assert_eq!(ok["type"], "register_success", "{ok}");
+    fake.send_text(&format!(
+        r#"{{"type":"ingress_routes","payload":{{"action":"sync","routes":[{{"host":"{host}","path":"/"}}]}}}}"#
+    ))
+    .await;
+    assert!(fake.recv_text().await.contains("routes_ack"));
+    ok["payload"].clone()
+}
+
+/// The next binary message.
+async fn binary<S>(ws: &mut Ws<S>) -> bytes::Bytes
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(HANG, ws.next())
+            .await
+            .expect("message in time")
+        {
+            Some(Ok(Message::Binary(b))) => return b,
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_3_agent_gets_head_frames_and_may_answer_whole() {
+    let gw = Gateway::start(&[]);
+    let host = "three.demo.localhost";
+    let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
+    assert_eq!(register_v3(&mut fake, host).await["protocol"], 3);
+    let get = |path: &str| {
+        let url = gw.url(host, path);
+        tokio::spawn(async move {
+            let r = common::client().get(url).send().await.unwrap();
+            let a = r
+                .headers()
+                .get("x-a")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), a, r.text().await.unwrap())
+        })
+    };
+    // A small response whole in its head frame.
+    let client = get("/p?x=1");
+    let req = decode_request(&binary(&mut fake.ws).await).unwrap();
+    assert_eq!((req.method.as_str(), req.path.as_str()), ("GET", "/p"));
+    assert_eq!(req.query.as_deref(), Some("x=1"));
+    assert!(
+        req.headers
+            .iter()
+            .any(|(n, v)| n == "host" && v.starts_with(host)),
+        "{req:?}"
+    );
+    let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\n";
+    fake.send_binary(response_whole(req.stream_id, raw, b"hello").to_vec())
+        .await;
+    assert_eq!(
+        client.await.unwrap(),
+        (200, Some("b".to_string()), "hello".to_string())
+    );
+    // A head frame, then the body as DATA and END.
+    let client = get("/q");
+    let req = decode_request(&binary(&mut fake.ws).await).unwrap();
+    let id = req.stream_id;
+    fake.send_binary(response_from_raw(id, true, b"HTTP/1.1 201 Created\r\n\r\n").to_vec())
+        .await;
+    let data = Frame::Data {
+        stream: id,
+        data: bytes::Bytes::from_static(b"abc"),
+    };
+    fake.send_binary(data.to_bytes().to_vec()).await;
+    fake.send_binary(Frame::End { stream: id }.to_bytes().to_vec())
+        .await;
+    assert_eq!(client.await.unwrap(), (201, None, "abc".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_head_frame_closes_only_its_tunnel() {
+    let gw = Gateway::start(&[]);
+    let host = "bad.demo.localhost";
+    let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
+    register_v3(&mut fake, host).await;
+    let url = gw.url(host, "/");
+    let client = tokio::spawn(async move {
+        let r = common::client().get(url).send().await.unwrap();
+        r.status().as_u16()
+    });
+    let req = decode_request(&binary(&mut fake.ws).await).unwrap();
+    // A field with no colon: not an HTTP/1.1 head, so not a response.
+    let raw = b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n";
+    fake.send_binary(response_from_raw(req.stream_id, false, raw).to_vec())
+        .await;
+    let (code, reason) = fake.closed().await;
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.contains("response head"), "{reason}");
+    assert_eq!(client.await.unwrap(), 502);
+    // The node lives on.
+    let health = common::client()
+        .get(format!("http://{}/healthz", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    // A protocol-2 tunnel knows no head frames: one closes it like any unknown frame.
+    let mut old = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
+    old.register("demo", "old.demo.localhost").await;
+    old.send_binary(response_from_raw(1, false, b"HTTP/1.1 204 \r\n\r\n").to_vec())
+        .await;
+    let (code, reason) = old.closed().await;
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.contains("unknown frame kind 8"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_speaks_protocol_3_heads_and_closes_on_a_bad_one() {
+    // A gateway of protocol 3 played by the test, the real agent and a real upstream.
+    let upstream = common::upstream::Upstream::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let agent = common::Agent::spawn_urls(
+        &[url],
+        DEMO,
+        &[("three.demo.localhost", upstream.url())],
+        &[],
+    );
+    let (tcp, _) = tokio::time::timeout(HANG, listener.accept())
+        .await
+        .expect("agent dials in time")
+        .unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let reg = text(&mut ws).await;
+    assert_eq!(reg["payload"]["protocol"], 3, "{reg}");
+    let ok = serde_json::json!({"type": "register_success", "payload": {
+        "node_id": "fake", "tunnel_id": "fake-1", "heartbeat_interval_ms": 60000,
+        "stream_window": 262144, "max_streams": 100, "protocol": 3}});
+    ws.send(Message::Text(ok.to_string().into())).await.unwrap();
+    assert_eq!(text(&mut ws).await["type"], "ingress_routes");
+    let ack =
+        serde_json::json!({"type": "routes_ack", "payload": {"accepted": [], "rejected": []}});
+    ws.send(Message::Text(ack.to_string().into()))
+        .await
+        .unwrap();
+    agent.connected().await;
+    let request = tunnelgate_proto::control::ProxyRequest {
+        stream_id: 1,
+        method: "GET".into(),
+        host: "three.demo.localhost".into(),
+        path: "/hello".into(),
+        headers: vec![("host".into(), "three.demo.localhost".into())],
+        ..Default::default()
+    };
+    ws.send(Message::Binary(head::encode_request(&request)))
+        .await
+        .unwrap();
+    // "hello" has a length and came with its head: one frame, the whole response.
+    let (resp, whole) = decode_response(&binary(&mut ws).await).unwrap();
+    assert_eq!((resp.stream_id, resp.status, resp.body), (1, 200, true));
+    assert_eq!(whole.as_deref(), Some(&b"hello"[..]));
+    // A request head that does not decode closes the tunnel.
+    ws.send(Message::Binary(bytes::Bytes::from_static(&[
+        head::KIND_REQUEST_HEAD,
+        0,
+        0,
+        0,
+        3,
+        0xff,
+    ])))
+    .await
+    .unwrap();
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.contains("invalid request head"), "{reason}");
     drop(listener);
     tokio::time::timeout(Duration::from_secs(5), agent.stop())
         .await

@@ -262,7 +262,7 @@ async fn agents_of_another_protocol_are_refused_with_both_versions_named() {
     let refusal = a.recv_text().await;
     assert!(refusal.contains("register_error"), "{refusal}");
     assert!(
-        refusal.contains("protocol 1") && refusal.contains("protocol 2"),
+        refusal.contains("protocol 1") && refusal.contains("protocol 3"),
         "{refusal}"
     );
 }
