@@ -1,5 +1,5 @@
 //! The request head the byte pipe (`pipe.rs`) writes to a plain-HTTP upstream, built from the
-//! gateway's `proxy_request`: method and target checked, header names and values checked for
+//! gateway's `proxy_request`: method and target checked (origin-form, nothing that ends the line), header names and values checked for
 //! tokens and line breaks (nothing the gateway sent can split the head), the Host the route
 //! asks for, the trace context, and chunked framing for a body without a length.
 
@@ -14,21 +14,13 @@ pub(super) fn request_head(
     target: &Target,
     traceparent: Option<&str>,
 ) -> Result<(BytesMut, bool), String> {
-    let uri = super::stream::upstream_uri(
-        target.scheme,
-        &target.authority,
-        &r.method,
-        &r.path,
-        r.query.as_deref(),
-    )?;
     if !r.method.bytes().all(is_token) || r.method.is_empty() {
         return Err(format!("invalid method {:?}", r.method));
     }
-    let target_form = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = BytesMut::with_capacity(256 + r.headers.len() * 48);
     head.put_slice(r.method.as_bytes());
     head.put_u8(b' ');
-    head.put_slice(target_form.as_bytes());
+    put_target(&mut head, &r.method, &r.path, r.query.as_deref())?;
     head.put_slice(b" HTTP/1.1\r\n");
     let mut host = false;
     let mut length = false;
@@ -73,6 +65,38 @@ pub(super) fn request_head(
     }
     head.put_slice(b"\r\n");
     Ok((head, chunked))
+}
+
+/// Writes the request target: origin-form, or `*` for OPTIONS. Refused: CONNECT, a path that
+/// is not origin-form (so no target can name another authority), and any byte that would end
+/// or split the request line (controls, space, DEL) or start a fragment.
+fn put_target(
+    head: &mut BytesMut,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<(), String> {
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return Err("CONNECT is not forwarded".into());
+    }
+    if path == "*" && method == "OPTIONS" {
+        head.put_u8(b'*');
+        return Ok(());
+    }
+    if !path.starts_with('/') {
+        return Err(format!("request path {path:?} is not origin-form"));
+    }
+    let bad = |b: u8| b <= b' ' || b == 0x7f || b == b'#';
+    let query = query.unwrap_or_default();
+    if path.bytes().chain(query.bytes()).any(bad) {
+        return Err(format!("invalid request target {path:?}"));
+    }
+    head.put_slice(path.as_bytes());
+    if !query.is_empty() {
+        head.put_u8(b'?');
+        head.put_slice(query.as_bytes());
+    }
+    Ok(())
 }
 
 /// A token character of RFC 9110 (header names, methods).
@@ -137,6 +161,45 @@ mod tests {
         assert!(h.contains("host: 127.0.0.1:9000\r\n"), "{h}");
         let r = request("POST", &[("content-length", "3")], true);
         assert!(!head(&r, "http://127.0.0.1:9000").unwrap().1);
+    }
+
+    #[test]
+    fn targets_are_origin_form_or_an_options_asterisk() {
+        let mut r = request("OPTIONS", &[], false);
+        r.path = "*".into();
+        assert!(
+            head(&r, "http://127.0.0.1:9000")
+                .unwrap()
+                .0
+                .starts_with("OPTIONS * HTTP/1.1\r\n")
+        );
+        r.method = "GET".into();
+        assert!(head(&r, "http://127.0.0.1:9000").is_err());
+        for (method, path, query) in [
+            ("CONNECT", "/", None),
+            ("GET", "@evil:80/", None),
+            ("GET", "http://evil/", None),
+            ("GET", "/x#frag", None),
+            ("GET", "/a b", None),
+            ("GET", "/a", Some("q=1 HTTP/1.1\r\nX: y")),
+            ("GET", "/a\x7f", None),
+        ] {
+            let mut r = request(method, &[], false);
+            r.path = path.into();
+            r.query = query.map(str::to_string);
+            assert!(
+                head(&r, "http://127.0.0.1:9000").is_err(),
+                "{method} {path} {query:?}"
+            );
+        }
+        let mut r = request("GET", &[], false);
+        r.query = None;
+        assert!(
+            head(&r, "http://127.0.0.1:9000")
+                .unwrap()
+                .0
+                .starts_with("GET /a%20b HTTP/1.1\r\n")
+        );
     }
 
     #[test]
