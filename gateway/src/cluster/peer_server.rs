@@ -179,7 +179,7 @@ impl PeerServer {
         tunnelgate_telemetry::continue_trace(&span, req.traceparent.as_deref());
         let fut = bridge(
             self.state.clone(),
-            tunnel.open,
+            tunnel.1,
             req,
             reader,
             credit.clone(),

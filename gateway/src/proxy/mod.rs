@@ -433,13 +433,13 @@ async fn proxy(
             }
             state.metrics.forward_outcome("looked_again");
         }
-        while let Some(t) = state.hub.pick(cluster, &target.conns, &refused) {
-            match target.forward(t.open, false, &mut body).await {
+        while let Some((id, open)) = state.hub.pick(cluster, &target.conns, &refused) {
+            match target.forward(open, false, &mut body).await {
                 // (A body already sent cannot be sent again.)
                 Err(ProxyError::NotHere)
                     if refused.len() < MAX_LOCAL_TRIES && (!with_body || body.is_some()) =>
                 {
-                    refused.push(t.id)
+                    refused.push(id)
                 }
                 Err(ProxyError::NotHere) => break,
                 other => return other,

@@ -84,8 +84,8 @@ impl Hub {
 
     /// A tunnel of `cluster` whose connection is one of `conns` (any tunnel of the cluster
     /// when `conns` is empty), spreading requests over several in turn; `skip` lists tunnels
-    /// that already refused this request.
-    pub fn pick(&self, cluster: &str, conns: &[String], skip: &[u64]) -> Option<TunnelRef> {
+    /// that already refused this request: its id and opener (one reference count to clone).
+    pub fn pick(&self, cluster: &str, conns: &[String], skip: &[u64]) -> Option<(u64, Opener)> {
         let g = self.read();
         let list = g.get(cluster)?;
         let ok =
@@ -95,7 +95,10 @@ impl Hub {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        list.iter().filter(ok).nth(i).cloned()
+        list.iter()
+            .filter(ok)
+            .nth(i)
+            .map(|t| (t.id, t.open.clone()))
     }
 
     /// Closes every tunnel whose token `valid` no longer accepts; returns how many.

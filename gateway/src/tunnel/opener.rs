@@ -2,6 +2,8 @@
 //! the link's [`Streams`] table under its lock, with no message to the link's actor per request;
 //! the actor hears only of a table it watches becoming empty, or of stream ids run out.
 
+use std::sync::Arc;
+
 use actix::Recipient;
 use tunnelgate_mux::Outbox;
 
@@ -10,7 +12,10 @@ use super::open::{OpenError, Opened, StreamGone, Streams};
 /// How a request opens a stream on a link (an agent tunnel or a peer link): in place, in the
 /// link's table, under its lock — no round trip to the link's actor.
 #[derive(Clone)]
-pub struct Opener {
+pub struct Opener(Arc<Link>);
+
+/// What an [`Opener`] shares: a request clones the opener, not each part.
+struct Link {
     streams: Streams,
     out: Outbox,
     /// The link's actor: told when its table empties while it watches, or its ids ran out.
@@ -19,31 +24,32 @@ pub struct Opener {
 
 impl Opener {
     pub fn new(streams: Streams, out: Outbox, actor: Recipient<StreamGone>) -> Self {
-        Opener {
+        Opener(Arc::new(Link {
             streams,
             out,
             actor,
-        }
+        }))
     }
 
     /// Opens a stream if the link accepts new ones.
     pub fn open(&self) -> Result<Opened, OpenError> {
-        let opened = self.streams.open(&self.out, Gone(self.clone()));
-        if opened.is_err() && self.streams.exhausted() {
+        let link = &self.0;
+        let opened = link.streams.open(&link.out, Gone(self.clone()));
+        if opened.is_err() && link.streams.exhausted() {
             // Its actor closes the link (stream 0 is never one of its streams).
-            self.actor.do_send(StreamGone { id: 0, reset: None });
+            link.actor.do_send(StreamGone { id: 0, reset: None });
         }
         opened
     }
 
     /// Opens a stream whether or not the link accepts new ones (the tunnel's own probe).
     pub fn open_always(&self) -> Result<Opened, OpenError> {
-        self.streams.open_always(&self.out, Gone(self.clone()))
+        self.0.streams.open_always(&self.0.out, Gone(self.clone()))
     }
 
     /// Whether the link still takes streams.
     pub fn is_live(&self) -> bool {
-        !self.out.is_closed() && self.streams.accepting()
+        !self.0.out.is_closed() && self.0.streams.accepting()
     }
 }
 
@@ -55,13 +61,9 @@ impl Gone {
     /// Removes the stream from its table (with a RESET to the other end when `msg` has one).
     pub fn send(self, msg: StreamGone) {
         let id = msg.id;
-        let Opener {
-            streams,
-            out,
-            actor,
-        } = self.0;
-        if streams.gone_and_watched_empty(msg, &out) {
-            actor.do_send(StreamGone { id, reset: None });
+        let link = &self.0.0;
+        if link.streams.gone_and_watched_empty(msg, &link.out) {
+            link.actor.do_send(StreamGone { id, reset: None });
         }
     }
 }
