@@ -158,9 +158,9 @@ pub async fn accept(
 
 /// Read buffer of a tunnel's WebSocket on the own front: what an idle tunnel holds; a larger
 /// frame grows it while it is read.
-const TUNNEL_READ_BUFFER: usize = 4 * 1024;
+const TUNNEL_READ_BUFFER: usize = 1024;
 /// The tunnel socket's read size (the buffered reader in front of tungstenite).
-const TUNNEL_SOCKET_READ: usize = 8 * 1024;
+const TUNNEL_SOCKET_READ: usize = 4 * 1024;
 
 /// Authenticates and upgrades an agent connection on the gateway's own front (plain HTTP,
 /// `proxy::conn`): the handshake answered here, then tungstenite over the socket (with what
