@@ -1,9 +1,10 @@
 //! A request to a plain `http://` upstream carried as bytes (ADR 0010) instead of through an
 //! HTTP client: the request head written straight from the gateway's `proxy_request`, the body
 //! in its own framing, on a pooled connection; the response head parsed once
-//! (`tunnelgate_proto::h1`) into the `proxy_response`, its body sent on as it comes (a chunked
+//! (`tunnelgate_proto::h1`) for its framing, its body sent on as it comes (a chunked
 //! one decoded), and the connection pooled again when its framing allows. After a 101 the
-//! connection's raw bytes flow both ways. The wire to the gateway is unchanged.
+//! connection's raw bytes flow both ways. On a protocol-3 tunnel the head goes to the gateway
+//! as the upstream wrote it (`proto::head`), with a small body whole in the same frame.
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
