@@ -359,3 +359,44 @@ async fn the_agent_speaks_protocol_3_heads_and_closes_on_a_bad_one() {
         .await
         .expect("agent stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_link_of_protocol_3_takes_head_frames_and_closes_on_a_bad_one() {
+    let redis = Redis::start();
+    let node = Gateway::node(&redis, &[]);
+    let url = format!("ws://{}/v1/peer", node.peer_addr().await);
+    let mut req = url.into_client_request().unwrap();
+    let h = req.headers_mut();
+    h.insert(
+        "authorization",
+        format!("Bearer {PEER_SECRET}").parse().unwrap(),
+    );
+    h.insert("x-tunnelgate-node", "rule-tester".parse().unwrap());
+    h.insert("x-tunnelgate-peer-protocol", "3".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["x-tunnelgate-peer-protocol"], "3");
+    // A forwarded request as a head frame, for a cluster this node holds no tunnel of.
+    let forwarded = tunnelgate_proto::control::ProxyRequest {
+        stream_id: 3,
+        method: "GET".into(),
+        host: "a.demo.localhost".into(),
+        path: "/".into(),
+        cluster: Some("demo".into()),
+        hops: 1,
+        ..Default::default()
+    };
+    ws.send(Message::Binary(head::encode_request(&forwarded)))
+        .await
+        .unwrap();
+    let refused = text(&mut ws).await;
+    assert_eq!(refused["payload"]["kind"], "not_here", "{refused}");
+    assert_eq!(refused["payload"]["stream_id"], 3, "{refused}");
+    // A head frame that does not decode closes the link.
+    let mut bad = head::encode_request(&forwarded).to_vec();
+    bad.truncate(bad.len() - 1);
+    bad[4] = 5;
+    ws.send(Message::Binary(bad.into())).await.unwrap();
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.contains("request head"), "{reason}");
+}

@@ -1,10 +1,9 @@
 //! Protocol 3's heads: a stream's request and response heads as binary frames instead of JSON
 //! control messages (ADR 0010, "Versioned"), both `[kind u8][stream_id u32 BE][payload]` like
 //! every frame.
-//! - REQUEST_HEAD (gateway → agent): the `proxy_request` in postcard, field by field in the
-//!   order of [`RequestOut`] (the peer-link fields `cluster`, `conns` and `hops` never travel
-//!   on a tunnel).
-//! - RESPONSE_HEAD (agent → gateway): one flags byte and the upstream's HTTP/1.1 response head
+//! - REQUEST_HEAD (gateway → agent, or node → node on a peer link): the `proxy_request` in
+//!   postcard, field by field in the order of [`RequestOut`] (the peer-link fields last).
+//! - RESPONSE_HEAD (agent → gateway, or back on a peer link): one flags byte and the upstream's HTTP/1.1 response head
 //!   as it was read, status line and fields to the empty line, so the agent sends what it read
 //!   without taking it apart. The gateway parses it here, once, into the same `proxy_response`
 //!   the JSON carried (names lower case). Flags: 0, no body; 1, the body follows as DATA
@@ -62,6 +61,9 @@ struct RequestOut<'a> {
     kubernetes: Option<&'a KubeIdentity>,
     probe: bool,
     traceparent: Option<&'a str>,
+    cluster: Option<&'a str>,
+    conns: &'a [String],
+    hops: u8,
 }
 
 /// What the agent reads: [`RequestOut`]'s fields in the same order, owned.
@@ -78,6 +80,9 @@ struct RequestIn {
     kubernetes: Option<KubeIdentity>,
     probe: bool,
     traceparent: Option<String>,
+    cluster: Option<String>,
+    conns: Vec<String>,
+    hops: u8,
 }
 
 /// Whether a message is a head frame (and so for [`decode_request`] or [`decode_response`]).
@@ -109,6 +114,9 @@ pub fn encode_request(r: &ProxyRequest) -> Bytes {
         kubernetes: r.kubernetes.as_ref(),
         probe: r.probe,
         traceparent: r.traceparent.as_deref(),
+        cluster: r.cluster.as_deref(),
+        conns: &r.conns,
+        hops: r.hops,
     };
     let guess = 64
         + r.path.len()
@@ -163,9 +171,9 @@ pub fn decode_request(msg: &[u8]) -> Result<ProxyRequest, HeadError> {
         headers: r.headers,
         body: r.body,
         request_id: r.request_id,
-        cluster: None,
-        conns: Vec::new(),
-        hops: 0,
+        cluster: r.cluster,
+        conns: r.conns,
+        hops: r.hops,
         upgrade: r.upgrade,
         kubernetes: r.kubernetes,
         probe: r.probe,

@@ -31,6 +31,16 @@ pub const NODE_HEADER: &str = "x-tunnelgate-node";
 /// milliseconds, echoed by a node that answers heartbeats (an older node does not, and gets
 /// none: links between versions keep working without liveness checks).
 pub const HEARTBEAT_HEADER: &str = "x-tunnelgate-peer-heartbeat-ms";
+/// The wire protocol a dialling node offers on a peer link; echoed by a node that speaks it
+/// (from 3 on: binary heads, `proto::head`). Absent: JSON heads.
+pub const PROTOCOL_HEADER: &str = "x-tunnelgate-peer-protocol";
+
+/// Whether a peer's protocol header asks for (or answers with) binary heads.
+pub fn binary_heads(value: Option<&str>) -> bool {
+    value
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|v| v >= 3)
+}
 
 /// A peer link silent for this many heartbeat intervals is dead.
 pub const SILENT_INTERVALS: u32 = 3;

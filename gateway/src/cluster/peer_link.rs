@@ -32,6 +32,8 @@ pub struct PeerLink {
     heartbeat: Option<Duration>,
     /// When anything last arrived on the link.
     last_seen: Instant,
+    /// The other node takes and sends binary heads (protocol 3).
+    binary_heads: bool,
 }
 
 impl PeerLink {
@@ -40,9 +42,11 @@ impl PeerLink {
         out: Outbox,
         state: Arc<AppState>,
         heartbeat: Option<Duration>,
+        binary_heads: bool,
     ) -> Self {
         let id = next_link_id();
         let streams = Streams::new(state.clone(), node_id.clone(), id);
+        streams.set_binary_heads(binary_heads);
         streams.set_accepting(true);
         PeerLink {
             id,
@@ -53,6 +57,7 @@ impl PeerLink {
             close_reason: None,
             heartbeat,
             last_seen: Instant::now(),
+            binary_heads,
         }
     }
 
@@ -139,7 +144,15 @@ impl StreamHandler<WsIn> for PeerLink {
         self.last_seen = Instant::now();
         match msg {
             WsIn::Binary(b) => {
-                let outcome = self.streams.on_message(b, &self.out);
+                // Protocol 3: a response head is a binary head frame.
+                let outcome = if self.binary_heads && tunnelgate_proto::head::is_head(&b) {
+                    match tunnelgate_proto::head::decode_response(&b) {
+                        Ok((r, whole)) => self.streams.on_response_whole(r, whole, &self.out),
+                        Err(e) => Outcome::Close(e.to_string()),
+                    }
+                } else {
+                    self.streams.on_message(b, &self.out)
+                };
                 self.on_outcome(ctx, outcome);
             }
             WsIn::Text(t) => {

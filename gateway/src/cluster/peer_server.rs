@@ -26,7 +26,7 @@ use tunnelgate_proto::control::{
 use tunnelgate_proto::limits::{MAX_FRAME_PAYLOAD, MAX_WS_MESSAGE};
 use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 
-use super::{HEARTBEAT_HEADER, NODE_HEADER, peer_heartbeat, same_secret, silence};
+use super::{HEARTBEAT_HEADER, NODE_HEADER, PROTOCOL_HEADER, peer_heartbeat, same_secret, silence};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::tunnel::{
@@ -67,6 +67,8 @@ pub async fn accept(
         .get(HEARTBEAT_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(peer_heartbeat);
+    let offered = req.headers().get(PROTOCOL_HEADER);
+    let binary_heads = super::binary_heads(offered.and_then(|v| v.to_str().ok()));
     let (mut response, session, stream) = match actix_ws::handle(&req, payload) {
         Ok(parts) => parts,
         Err(e) => {
@@ -86,6 +88,12 @@ pub async fn accept(
             (h.as_millis() as u64).into(),
         );
     }
+    if binary_heads {
+        response.headers_mut().insert(
+            HeaderName::from_static(PROTOCOL_HEADER),
+            tunnelgate_proto::PROTOCOL_VERSION.into(),
+        );
+    }
     let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
     actix_rt::spawn(write_loop(rx, session, to_actix));
     let state = Arc::clone(&state.into_inner());
@@ -99,6 +107,7 @@ pub async fn accept(
             streams: StreamTable::new(Side::Acceptor),
             heartbeat,
             last_seen: Instant::now(),
+            binary_heads,
         }
     });
     response
@@ -118,6 +127,8 @@ pub struct PeerServer {
     heartbeat: Option<Duration>,
     /// When anything last arrived on the link.
     last_seen: Instant,
+    /// The dialling node speaks protocol 3: heads both ways are binary head frames.
+    binary_heads: bool,
 }
 
 impl PeerServer {
@@ -184,6 +195,7 @@ impl PeerServer {
             reader,
             credit.clone(),
             self.out.clone(),
+            self.binary_heads,
         )
         .instrument(span);
         let task = ctx.spawn(fut.into_actor(self).map(move |_, act, _| {
@@ -232,6 +244,7 @@ async fn bridge(
     upload: Option<tunnelgate_mux::PipeReader>,
     credit: Arc<SendCredit>,
     out: Outbox,
+    binary_heads: bool,
 ) {
     let sid = req.stream_id;
     let fail = |kind, message: String| {
@@ -288,11 +301,11 @@ async fn bridge(
         );
     }
     let has_body = head.body;
-    if out
-        .send_control(&Control::ProxyResponse(head))
-        .await
-        .is_err()
-    {
+    let head = match binary_heads {
+        true => Outgoing::Binary(tunnelgate_proto::head::encode_response(&head)),
+        false => Outgoing::Text(Control::ProxyResponse(head).to_json()),
+    };
+    if out.send(head).await.is_err() {
         return;
     }
     if !has_body {
@@ -349,6 +362,13 @@ impl StreamHandler<WsIn> for PeerServer {
     fn handle(&mut self, msg: WsIn, ctx: &mut Context<Self>) {
         self.last_seen = Instant::now();
         match msg {
+            // Protocol 3: a request head is a binary head frame.
+            WsIn::Binary(b) if self.binary_heads && tunnelgate_proto::head::is_head(&b) => {
+                match tunnelgate_proto::head::decode_request(&b) {
+                    Ok(r) => self.open(ctx, r),
+                    Err(e) => self.protocol_error(ctx, e.to_string()),
+                }
+            }
             WsIn::Binary(b) => self.on_frame(ctx, b),
             WsIn::Text(t) => match Control::from_json(&t) {
                 Ok(Control::ProxyRequest(r)) => self.open(ctx, r),

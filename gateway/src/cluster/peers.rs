@@ -13,7 +13,7 @@ use tunnelgate_mux::{outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
 use super::peer_link::PeerLink;
-use super::{HEARTBEAT_HEADER, NODE_HEADER};
+use super::{HEARTBEAT_HEADER, NODE_HEADER, PROTOCOL_HEADER};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::registry::Owner;
@@ -88,6 +88,7 @@ impl PeerPool {
         );
         let interval = state.config.peer_heartbeat_interval;
         h.insert(HEARTBEAT_HEADER, (interval.as_millis() as u64).into());
+        h.insert(PROTOCOL_HEADER, tunnelgate_proto::PROTOCOL_VERSION.into());
         let cfg = WebSocketConfig::default()
             .max_message_size(Some(MAX_WS_MESSAGE + 16))
             .max_frame_size(Some(MAX_WS_MESSAGE + 16));
@@ -113,7 +114,10 @@ impl PeerPool {
             .headers()
             .contains_key(HEARTBEAT_HEADER)
             .then_some(interval);
-        let actor = PeerLink::new(owner.node_id.clone(), out, state.clone(), heartbeat);
+        // A node that echoes the protocol takes and sends binary heads; an older one JSON.
+        let echoed = resp.headers().get(PROTOCOL_HEADER);
+        let binary = super::binary_heads(echoed.and_then(|v| v.to_str().ok()));
+        let actor = PeerLink::new(owner.node_id.clone(), out, state.clone(), heartbeat, binary);
         let id = actor.id();
         let mut opener = None;
         PeerLink::create(|ctx| {
