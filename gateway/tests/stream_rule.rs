@@ -400,3 +400,56 @@ async fn a_peer_link_of_protocol_3_takes_head_frames_and_closes_on_a_bad_one() {
     assert_eq!(code, 1002, "{reason}");
     assert!(reason.contains("request head"), "{reason}");
 }
+
+/// The next RESET frame: its stream and code.
+async fn next_reset<S>(ws: &mut Ws<S>) -> (u32, ResetCode)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let b = binary(ws).await;
+        if head::is_head(&b) {
+            continue;
+        }
+        if let Ok(Frame::Reset { stream, code }) = Frame::decode(b) {
+            return (stream, code);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bodyless_stream_ends_with_a_reset_saying_why() {
+    // Bodyless requests run without a stream task: their end comes from the opener.
+    let gw = Gateway::start(&["--response-timeout", "300ms"]);
+    let host = "ends.demo.localhost";
+    let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
+    register_v3(&mut fake, host).await;
+    // No answer in time: 504 to the client, RESET timeout to the agent.
+    let url = gw.url(host, "/slow");
+    let client = tokio::spawn(async move {
+        let r = common::client().get(url).send().await.unwrap();
+        r.status().as_u16()
+    });
+    let req = decode_request(&binary(&mut fake.ws).await).unwrap();
+    assert_eq!(client.await.unwrap(), 504);
+    assert_eq!(
+        next_reset(&mut fake.ws).await,
+        (req.stream_id, ResetCode::TIMEOUT)
+    );
+    // A whole answer ends the stream cleanly: no RESET follows it (the next one is the next
+    // stream's).
+    let url = gw.url(host, "/ok");
+    let client = tokio::spawn(async move { common::client().get(url).send().await });
+    let req = decode_request(&binary(&mut fake.ws).await).unwrap();
+    let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
+    fake.send_binary(response_whole(req.stream_id, raw, b"ok").to_vec())
+        .await;
+    assert_eq!(client.await.unwrap().unwrap().text().await.unwrap(), "ok");
+    let url = gw.url(host, "/slow2");
+    tokio::spawn(async move { common::client().get(url).send().await });
+    let last = decode_request(&binary(&mut fake.ws).await).unwrap();
+    assert_eq!(
+        next_reset(&mut fake.ws).await,
+        (last.stream_id, ResetCode::TIMEOUT)
+    );
+}

@@ -181,6 +181,14 @@ impl Outbox {
         self.tx.try_send(msg).is_ok()
     }
 
+    /// Queues a message only if there is room now; the message back when full or closed.
+    pub fn try_queue(&self, msg: Outgoing) -> Result<(), Outgoing> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(m)
+            | tokio::sync::mpsc::error::TrySendError::Closed(m) => m,
+        })
+    }
+
     /// Grants the peer `credit` more bytes on `stream`; never waits.
     pub fn grant(&self, stream: StreamId, credit: u32) {
         self.board.grant(stream, credit);

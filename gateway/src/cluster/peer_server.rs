@@ -283,6 +283,7 @@ async fn bridge(
         upload.map(pipe_body),
         state.config.response_timeout,
         state.config.body_idle_timeout,
+        false,
     );
     let mut head = match head.await {
         Ok(Ok(h)) => h,

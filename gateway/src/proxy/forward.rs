@@ -78,15 +78,33 @@ impl Target<'_> {
             Some(_) => state.config.kubernetes_idle_timeout,
             None => state.config.body_idle_timeout,
         };
-        let Started { head, body, .. } = start_stream(
+        let Started {
+            head,
+            body,
+            shared,
+            head_timeout,
+            ..
+        } = start_stream(
             opened,
             request,
             payload.take(),
             state.config.response_timeout,
             idle,
+            true,
         );
         let started = self.started;
-        let head = head.await.map_err(|_| ProxyError::TunnelLost)??;
+        let head = match head_timeout {
+            None => head.await,
+            Some(t) => match tokio::time::timeout(t, head).await {
+                Ok(h) => h,
+                Err(_) => {
+                    // Dropping the body on return ends the stream with a timeout RESET.
+                    shared.time_out();
+                    return Err(ProxyError::Timeout(t));
+                }
+            },
+        };
+        let head = head.map_err(|_| ProxyError::TunnelLost)??;
         if head.status == 101
             && let Some(asked) = &self.upgrade
         {

@@ -65,11 +65,22 @@ pub struct StreamShared {
     remote_done: AtomicBool,
     /// The `proxy_request` is in the outbox (the drain fence waits for it).
     head_sent: AtomicBool,
+    /// The opener gave up waiting for the head (the stream ends with a timeout RESET).
+    timed_out: AtomicBool,
 }
 
 impl StreamShared {
     pub fn mark_head_sent(&self) {
         self.head_sent.store(true, Ordering::Release);
+    }
+
+    /// The opener waited for the head in vain.
+    pub fn time_out(&self) {
+        self.timed_out.store(true, Ordering::Release);
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Acquire)
     }
 
     /// Resolves the head once; false when it was already resolved.
@@ -322,6 +333,7 @@ impl Inner {
                 credit: SendCredit::new(window),
                 remote_done: AtomicBool::new(false),
                 head_sent: AtomicBool::new(false),
+                timed_out: AtomicBool::new(false),
             });
             parts = Some((head, body, shared.clone()));
             Slot {

@@ -53,7 +53,8 @@ impl TunnelActor {
             probe: true,
             ..ProxyRequest::default()
         };
-        let Started { head, body, .. } = start_stream(opened, probe, None, interval, interval);
+        let Started { head, body, .. } =
+            start_stream(opened, probe, None, interval, interval, false);
         self.probing = true;
         let sent = Instant::now();
         let answer = async move {

@@ -1,7 +1,9 @@
 //! One stream per proxied request, run as a task (ADR 0010): it sends the request head and pumps
 //! the client's body into the tunnel under the stream's send credit, enforces the response
 //! timeout, and tells the tunnel when the stream is over (with a RESET when it did not finish
-//! cleanly). The stream ends when its opener drops the response body.
+//! cleanly). The stream ends when its opener drops the response body. A request without a body
+//! whose head fits in the outbox at once needs none of that from a task: its head is queued in
+//! place, its opener times the head, and dropping the body ends the stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,16 +41,24 @@ pub struct Started {
     pub body: tunnelgate_mux::PipeReader,
     pub shared: Arc<StreamShared>,
     pub outbox: Outbox,
+    /// No task runs for the stream: the opener waits for the head at most this long (and
+    /// calls [`StreamShared::time_out`] when it gives up).
+    pub head_timeout: Option<Duration>,
 }
 
 /// Starts the task of an opened stream for `request` (its stream id is set here). The stream
 /// ends when the opener drops the response body (for an upgrade, the upstream's bytes).
+///
+/// With `opener_waits`, a request without a body whose head fits in the outbox at once gets no
+/// task at all: the head is queued here, the opener enforces the response timeout
+/// ([`Started::head_timeout`]), and dropping the body ends the stream.
 pub fn start_stream(
     opened: super::Opened,
     mut request: ProxyRequest,
     payload: Option<BodySource>,
     response_timeout: Duration,
     body_idle_timeout: Duration,
+    opener_waits: bool,
 ) -> Started {
     let super::Opened {
         id,
@@ -65,10 +75,38 @@ pub fn start_stream(
     // hours).
     let upgrade = request.upgrade.is_some();
     // Protocol 3's head frame, or protocol 2's (and every peer link's) JSON.
-    let head_msg = match binary_heads {
+    let mut head_msg = match binary_heads {
         true => Outgoing::Binary(tunnelgate_proto::head::encode_request(&request)),
         false => Outgoing::Text(Control::ProxyRequest(request).to_json()),
     };
+    if opener_waits && payload.is_none() && !upgrade {
+        match outbox.try_queue(head_msg) {
+            Ok(()) => {
+                shared.mark_head_sent();
+                let ends = shared.clone();
+                body.on_drop(move || {
+                    // Nobody waits for a head that can no longer come.
+                    ends.resolve(Err(ProxyError::TunnelLost));
+                    let reset = if ends.timed_out() {
+                        Some(ResetCode::TIMEOUT)
+                    } else {
+                        (!ends.remote_done()).then_some(ResetCode::CANCEL)
+                    };
+                    gone.send(StreamGone { id, reset });
+                });
+                return Started {
+                    id,
+                    head,
+                    body,
+                    shared,
+                    outbox,
+                    head_timeout: Some(response_timeout),
+                };
+            }
+            // The outbox is full: the stream's task waits for room.
+            Err(m) => head_msg = m,
+        }
+    }
     let pump = upload(
         id,
         outbox.clone(),
@@ -95,6 +133,7 @@ pub fn start_stream(
         body,
         shared,
         outbox,
+        head_timeout: None,
     }
 }
 
