@@ -13,7 +13,10 @@ use tokio::time::{Instant, Sleep};
 pub struct IdleTimeout<S> {
     inner: S,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Armed only when the body has nothing to give: a body whose bytes are at hand (a small
+    /// response, whole) never touches the timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl<S> IdleTimeout<S> {
@@ -21,7 +24,8 @@ impl<S> IdleTimeout<S> {
         IdleTimeout {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
+            armed: false,
         }
     }
 }
@@ -36,18 +40,32 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(item)) => {
-                let idle = self.idle;
-                self.timer.as_mut().reset(Instant::now() + idle);
+                self.armed = false;
                 Poll::Ready(Some(item.map_err(|e| std::io::Error::other(e.to_string()))))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no body bytes for {:?}", self.idle),
-                )))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = self.idle;
+                if !self.armed {
+                    // The idle time runs from when the body first has nothing to give.
+                    let deadline = Instant::now() + idle;
+                    match self.timer.as_mut() {
+                        Some(t) => t.as_mut().reset(deadline),
+                        None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    self.armed = true;
+                }
+                let Some(timer) = self.timer.as_mut() else {
+                    return Poll::Pending;
+                };
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no body bytes for {idle:?}"),
+                    )))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
