@@ -212,6 +212,23 @@ impl<T: Item> PipeReader<T> {
     }
 }
 
+impl PipeReader<Bytes> {
+    /// The whole body at once, when it is already here: the pipe ended cleanly holding at most
+    /// one chunk of at most `max` bytes (none: an empty body). The reader is then done; `None`
+    /// leaves the pipe as it was.
+    pub fn take_whole(&mut self, max: usize) -> Option<Bytes> {
+        let mut p = lock(&self.inner);
+        if self.done || !matches!(p.state, State::Ended) || p.chunks.len() > 1 || p.unread > max {
+            return None;
+        }
+        let chunk = p.chunks.pop_front().unwrap_or_default();
+        p.unread = 0;
+        p.state = State::Done;
+        self.done = true;
+        Some(chunk)
+    }
+}
+
 impl<T: Item> Stream for PipeReader<T> {
     type Item = Result<T, PipeError>;
 
@@ -273,6 +290,30 @@ mod tests {
     use crate::outbox::{Outgoing, outbox};
     use futures_util::StreamExt;
     use tunnelgate_proto::Frame;
+
+    #[test]
+    fn a_whole_body_is_taken_only_once_it_ended_in_one_small_chunk() {
+        let (out, _rx) = outbox(8);
+        let (w, mut r) = pipe::<Bytes>(3, 64 * 1024, out_board(&out));
+        w.push(Bytes::from_static(b"hello")).unwrap();
+        assert_eq!(r.take_whole(1024), None, "not ended yet");
+        w.finish();
+        assert_eq!(r.take_whole(4), None, "over the limit");
+        assert_eq!(r.take_whole(1024).as_deref(), Some(&b"hello"[..]));
+        assert_eq!(r.take_whole(1024), None, "taken");
+        let (w, mut r) = pipe::<Bytes>(4, 64 * 1024, out_board(&out));
+        w.push(Bytes::from_static(b"a")).unwrap();
+        w.push(Bytes::from_static(b"b")).unwrap();
+        w.finish();
+        // (Small pushes share a chunk.)
+        assert_eq!(r.take_whole(1024).as_deref(), Some(&b"ab"[..]));
+        let (w, mut r) = pipe::<Bytes>(5, 64 * 1024, out_board(&out));
+        w.finish();
+        assert_eq!(r.take_whole(1024).as_deref(), Some(&b""[..]));
+        let (w, mut r) = pipe::<Bytes>(6, 64 * 1024, out_board(&out));
+        w.fail(PipeError("x".into()));
+        assert_eq!(r.take_whole(1024), None, "failed");
+    }
 
     #[tokio::test]
     async fn a_fast_consumer_grows_the_window_within_the_tunnel_budget() {

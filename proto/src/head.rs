@@ -203,9 +203,20 @@ pub fn response_whole(stream: StreamId, raw: &[u8], body: &[u8]) -> Bytes {
 /// The RESPONSE_HEAD frame of a head the agent built itself (an HTTP client's response, a
 /// probe's answer, the Kubernetes API's).
 pub fn encode_response(r: &ProxyResponse) -> Bytes {
+    encode_response_with(r, None)
+}
+
+/// [`encode_response`], with the whole body in the frame when `whole` is given (a node
+/// passing on a response it has whole; at most [`MAX_FRAME_PAYLOAD`] bytes).
+pub fn encode_response_with(r: &ProxyResponse, whole: Option<&[u8]>) -> Bytes {
     let fields: usize = r.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
-    let mut buf = header(KIND_RESPONSE_HEAD, r.stream_id, 1 + 16 + fields + 2);
-    buf.put_u8(if r.body { FLAG_BODY } else { 0 });
+    let extra = whole.map_or(0, <[u8]>::len);
+    let mut buf = header(KIND_RESPONSE_HEAD, r.stream_id, 1 + 16 + fields + 2 + extra);
+    buf.put_u8(match (whole, r.body) {
+        (Some(_), _) => FLAG_BODY | FLAG_WHOLE,
+        (None, true) => FLAG_BODY,
+        (None, false) => 0,
+    });
     buf.put_slice(b"HTTP/1.1 ");
     // The status goes as three digits whatever it is: the gateway checks it.
     let status = r.status.min(999);
@@ -220,6 +231,9 @@ pub fn encode_response(r: &ProxyResponse) -> Bytes {
         buf.put_slice(b"\r\n");
     }
     buf.put_slice(b"\r\n");
+    if let Some(body) = whole {
+        buf.put_slice(body);
+    }
     buf.freeze()
 }
 

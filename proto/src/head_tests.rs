@@ -87,6 +87,8 @@ fn a_whole_small_response_is_one_frame() {
     // Empty is a body too (what the head announced, the gateway checks).
     let (_, inline) = decode_response(&response_whole(4, raw, b"")).unwrap();
     assert_eq!(inline.as_deref(), Some(&b""[..]));
+    let (built, inline) = decode_response(&encode_response_with(&r, Some(b"hi"))).unwrap();
+    assert_eq!((built, inline.as_deref()), (r, Some(&b"hi"[..])));
     let big = vec![0u8; MAX_FRAME_PAYLOAD + 1];
     assert!(decode_response(&response_whole(4, raw, &big)).is_err());
 }

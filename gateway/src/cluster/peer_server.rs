@@ -236,6 +236,9 @@ impl PeerServer {
     }
 }
 
+/// The largest body passed on whole in its head frame (as the agent does).
+const WHOLE_MAX: usize = 16 * 1024;
+
 /// Serves one forwarded stream from a local tunnel.
 async fn bridge(
     state: Arc<AppState>,
@@ -302,6 +305,20 @@ async fn bridge(
         );
     }
     let has_body = head.body;
+    if binary_heads
+        && has_body
+        && credit.available() >= tunnelgate_mux::PipeReader::buffered(&body).min(WHOLE_MAX)
+    {
+        // The body already here whole (the agent sent it with its head): one message on.
+        if let Some(whole) = body.take_whole(WHOLE_MAX) {
+            if credit.acquire(whole.len()).await.is_err() {
+                return;
+            }
+            let frame = tunnelgate_proto::head::encode_response_with(&head, Some(&whole));
+            let _ = out.send(Outgoing::Binary(frame)).await;
+            return;
+        }
+    }
     let head = match binary_heads {
         true => Outgoing::Binary(tunnelgate_proto::head::encode_response(&head)),
         false => Outgoing::Text(Control::ProxyResponse(head).to_json()),
