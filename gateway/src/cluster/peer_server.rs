@@ -280,15 +280,32 @@ async fn bridge(
     if let Some(tp) = tunnelgate_telemetry::traceparent(&tracing::Span::current()) {
         request.traceparent = Some(tp);
     }
-    let Started { head, mut body, .. } = start_stream(
+    let Started {
+        head,
+        mut body,
+        shared,
+        head_timeout,
+        ..
+    } = start_stream(
         opened,
         request,
         upload.map(pipe_body),
         state.config.response_timeout,
         state.config.body_idle_timeout,
-        false,
+        true,
     );
-    let mut head = match head.await {
+    // A bodyless request may run without a task: then the head is timed here.
+    let head = match head_timeout {
+        None => head.await,
+        Some(t) => match tokio::time::timeout(t, head).await {
+            Ok(h) => h,
+            Err(_) => {
+                shared.time_out();
+                Ok(Err(crate::error::ProxyError::Timeout(t)))
+            }
+        },
+    };
+    let mut head = match head {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             let (kind, message) = e.to_peer();

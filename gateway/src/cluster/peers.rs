@@ -22,6 +22,9 @@ use crate::tunnel::{Opener, from_tungstenite, to_tungstenite};
 /// Time to open a peer link before the owner counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The socket read size of a peer link's dialling end (a buffered reader before tungstenite).
+const PEER_SOCKET_READ: usize = 8 * 1024;
+
 #[derive(Default)]
 pub struct PeerPool {
     links: Mutex<HashMap<String, (u64, Opener)>>,
@@ -90,13 +93,26 @@ impl PeerPool {
         h.insert(HEARTBEAT_HEADER, (interval.as_millis() as u64).into());
         h.insert(PROTOCOL_HEADER, tunnelgate_proto::PROTOCOL_VERSION.into());
         let cfg = WebSocketConfig::default()
+            .read_buffer_size(1024)
             .max_message_size(Some(MAX_WS_MESSAGE + 16))
             .max_frame_size(Some(MAX_WS_MESSAGE + 16));
         let tls = state
             .peer_tls
             .as_ref()
             .map(|t| tokio_tungstenite::Connector::Rustls(t.client.clone()));
-        let connect = tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, tls);
+        // As on the gateway's end of a tunnel: tungstenite reads into what is left of its
+        // buffer, a few hundred bytes at a time, so a buffered reader takes the socket's bytes
+        // in larger reads (and tungstenite's own buffer stays small).
+        let addr = owner.peer_addr.clone();
+        let connect = async move {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+            tcp.set_nodelay(true)
+                .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+            let io = tokio::io::BufReader::with_capacity(PEER_SOCKET_READ, tcp);
+            tokio_tungstenite::client_async_tls_with_config(req, io, Some(cfg), tls).await
+        };
         let (ws, resp) = tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| {
