@@ -165,7 +165,16 @@ async fn one_connection_carries_pipelined_requests_head_and_bodies() {
         "{}",
         a.head
     );
-    assert!(a.header("x-request-id").is_some(), "{}", a.head);
+    // A request id the gateway made: 32 lower-case hex digits.
+    let id = a.header("x-request-id").unwrap_or_default();
+    assert!(
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{}",
+        a.head
+    );
     assert!(a.header("date").is_some(), "{}", a.head);
     let b = c.response(false).await;
     assert_eq!(b.body.len(), 3000);

@@ -218,7 +218,14 @@ fn response_head(
     let mut content_length = None;
     let bad = |what: &str| ProxyError::UpstreamFailed(format!("the agent sent {what}"));
     for (name, value) in headers {
-        let lower = name.to_ascii_lowercase();
+        // Names come lower case from protocol 3's parser (and from our own agents' JSON); an
+        // other agent's get a lower-cased copy.
+        let lower: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(name.as_str())
+        };
+        let lower = lower.as_ref();
         if lower == "content-length" {
             let n = value
                 .trim()
@@ -230,7 +237,7 @@ fn response_head(
             content_length = Some(n);
             continue;
         }
-        if !keep_response_header(&lower, &listed) {
+        if !keep_response_header(lower, &listed) {
             continue;
         }
         let hname =
