@@ -42,6 +42,28 @@ fn reset(stream: u32) -> Message {
     )
 }
 
+/// A peer link to `node` as another node would dial it (offering `protocol`, when given).
+async fn peer_link(
+    node: &Gateway,
+    protocol: Option<&str>,
+) -> (
+    Ws<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    let url = format!("ws://{}/v1/peer", node.peer_addr().await);
+    let mut req = url.into_client_request().unwrap();
+    let h = req.headers_mut();
+    h.insert(
+        "authorization",
+        format!("Bearer {PEER_SECRET}").parse().unwrap(),
+    );
+    h.insert("x-tunnelgate-node", "rule-tester".parse().unwrap());
+    if let Some(p) = protocol {
+        h.insert("x-tunnelgate-peer-protocol", p.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await.unwrap()
+}
+
 /// Reads until the other end closes; its close code and reason.
 async fn closed<S>(ws: &mut Ws<S>) -> (u16, String)
 where
@@ -91,15 +113,7 @@ async fn an_agent_tunnel_closes_on_a_frame_for_a_stream_never_opened() {
 async fn a_peer_link_closes_on_a_frame_for_a_stream_never_opened() {
     let redis = Redis::start();
     let node = Gateway::node(&redis, &[]);
-    let url = format!("ws://{}/v1/peer", node.peer_addr().await);
-    let mut req = url.into_client_request().unwrap();
-    let h = req.headers_mut();
-    h.insert(
-        "authorization",
-        format!("Bearer {PEER_SECRET}").parse().unwrap(),
-    );
-    h.insert("x-tunnelgate-node", "rule-tester".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (mut ws, _) = peer_link(&node, None).await;
     // A forwarded request for a cluster this node holds no tunnel of is refused at once; its
     // stream counts as opened, so its late upload is dropped, not a protocol error.
     let open = serde_json::json!({"type": "proxy_request", "payload": {
@@ -364,16 +378,7 @@ async fn the_agent_speaks_protocol_3_heads_and_closes_on_a_bad_one() {
 async fn a_peer_link_of_protocol_3_takes_head_frames_and_closes_on_a_bad_one() {
     let redis = Redis::start();
     let node = Gateway::node(&redis, &[]);
-    let url = format!("ws://{}/v1/peer", node.peer_addr().await);
-    let mut req = url.into_client_request().unwrap();
-    let h = req.headers_mut();
-    h.insert(
-        "authorization",
-        format!("Bearer {PEER_SECRET}").parse().unwrap(),
-    );
-    h.insert("x-tunnelgate-node", "rule-tester".parse().unwrap());
-    h.insert("x-tunnelgate-peer-protocol", "3".parse().unwrap());
-    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (mut ws, resp) = peer_link(&node, Some("3")).await;
     assert_eq!(resp.headers()["x-tunnelgate-peer-protocol"], "3");
     // A forwarded request as a head frame, for a cluster this node holds no tunnel of.
     let forwarded = tunnelgate_proto::control::ProxyRequest {

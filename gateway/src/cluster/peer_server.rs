@@ -294,24 +294,12 @@ async fn bridge(
         state.config.body_idle_timeout,
         true,
     );
-    // A bodyless request may run without a task: then the head is timed here.
-    let head = match head_timeout {
-        None => head.await,
-        Some(t) => match tokio::time::timeout(t, head).await {
-            Ok(h) => h,
-            Err(_) => {
-                shared.time_out();
-                Ok(Err(crate::error::ProxyError::Timeout(t)))
-            }
-        },
-    };
-    let mut head = match head {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
+    let mut head = match crate::tunnel::wait_head(head, head_timeout, &shared).await {
+        Ok(h) => h,
+        Err(e) => {
             let (kind, message) = e.to_peer();
             return fail(kind, message);
         }
-        Err(_) => return fail(ProxyErrorKind::UpstreamFailed, "tunnel lost".into()),
     };
     head.stream_id = sid;
     if let Some((method, host, path, started)) = access {

@@ -93,18 +93,7 @@ impl Target<'_> {
             true,
         );
         let started = self.started;
-        let head = match head_timeout {
-            None => head.await,
-            Some(t) => match tokio::time::timeout(t, head).await {
-                Ok(h) => h,
-                Err(_) => {
-                    // Dropping the body on return ends the stream with a timeout RESET.
-                    shared.time_out();
-                    return Err(ProxyError::Timeout(t));
-                }
-            },
-        };
-        let head = head.map_err(|_| ProxyError::TunnelLost)??;
+        let head = crate::tunnel::wait_head(head, head_timeout, &shared).await?;
         if head.status == 101
             && let Some(asked) = &self.upgrade
         {

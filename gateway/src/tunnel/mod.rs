@@ -40,6 +40,6 @@ pub use endpoint::{refuse, throttled};
 pub use hub::{Hub, MoveAway, Revoked, TunnelRef};
 pub use open::{OpenError, Opened, Outcome, StreamGone, StreamShared, Streams};
 pub use opener::{Gone, Opener};
-pub use stream::{BodySource, Started, payload_body, pipe_body, start_stream};
+pub use stream::{BodySource, Started, payload_body, pipe_body, start_stream, wait_head};
 pub use tunnel_actor::{TunnelActor, next_link_id};
 pub use ws::{WsIn, from_actix, from_tungstenite, to_actix, to_tungstenite};

@@ -46,6 +46,29 @@ pub struct Started {
     pub head_timeout: Option<Duration>,
 }
 
+/// Waits for a started stream's response head: as long as its task allows, or at most
+/// `head_timeout` when no task runs (then, timed out, the stream ends with a timeout RESET
+/// once its body is dropped).
+pub async fn wait_head(
+    head: tokio::sync::oneshot::Receiver<
+        Result<tunnelgate_proto::control::ProxyResponse, ProxyError>,
+    >,
+    head_timeout: Option<Duration>,
+    shared: &StreamShared,
+) -> Result<tunnelgate_proto::control::ProxyResponse, ProxyError> {
+    let head = match head_timeout {
+        None => head.await,
+        Some(t) => match tokio::time::timeout(t, head).await {
+            Ok(h) => h,
+            Err(_) => {
+                shared.time_out();
+                return Err(ProxyError::Timeout(t));
+            }
+        },
+    };
+    head.map_err(|_| ProxyError::TunnelLost)?
+}
+
 /// Starts the task of an opened stream for `request` (its stream id is set here). The stream
 /// ends when the opener drops the response body (for an upgrade, the upstream's bytes).
 ///
