@@ -132,6 +132,7 @@ impl TunnelActor {
                 revoke: ctx.address().recipient(),
                 move_away: ctx.address().recipient(),
                 since: std::time::Instant::now(),
+                worker: std::thread::current().id(),
             },
         );
         self.state.metrics.tunnels.inc();
