@@ -82,6 +82,9 @@ pub struct Shared {
     /// reconnects.
     pub instance: String,
     held: std::sync::Mutex<Vec<String>>,
+    /// Per slot: the older protocol a gateway named when it refused this agent's, offered on
+    /// the slot's next attempt only (so an agent upgraded before its gateways still connects).
+    fallback: std::sync::Mutex<std::collections::HashMap<usize, u32>>,
     rules: std::sync::RwLock<Arc<Rules>>,
     pub client: UpstreamClient,
     /// Idle connections to `http://` upstreams (the byte pipe's).
@@ -111,6 +114,20 @@ impl Drop for Held<'_> {
 }
 
 impl Shared {
+    /// The protocol slot `slot` offers on this attempt: ours, or once the older one a gateway
+    /// asked for.
+    pub(crate) fn take_offer(&self, slot: usize) -> u32 {
+        let mut f = self.fallback.lock().unwrap_or_else(|p| p.into_inner());
+        f.remove(&slot)
+            .unwrap_or(tunnelgate_proto::PROTOCOL_VERSION)
+    }
+
+    /// A gateway refused slot `slot`'s protocol and speaks `version`: offer that next time.
+    pub(crate) fn fall_back(&self, slot: usize, version: u32) {
+        let mut f = self.fallback.lock().unwrap_or_else(|p| p.into_inner());
+        f.insert(slot, version);
+    }
+
     pub fn set_private(&self, private: Option<bool>) {
         let v = match private {
             None => 0,
@@ -200,6 +217,7 @@ pub async fn run(
         private: Default::default(),
         instance: format!("agent-{:016x}", rand::random::<u64>()),
         held: Default::default(),
+        fallback: Default::default(),
         routes: watch::channel(RouteSet::default()).0,
         rules: Default::default(),
         config,

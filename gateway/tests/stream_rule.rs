@@ -458,3 +458,68 @@ async fn a_bodyless_stream_ends_with_a_reset_saying_why() {
         (last.stream_id, ResetCode::TIMEOUT)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_falls_back_to_the_protocol_of_an_older_gateway() {
+    // A protocol-2 gateway played by the test: it refuses protocol 3 as those gateways do
+    // (their reason names both versions, no field), then serves the agent's second attempt.
+    let upstream = common::upstream::Upstream::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let agent = common::Agent::spawn_urls(
+        &[url],
+        DEMO,
+        &[("old.demo.localhost", upstream.url())],
+        &["--connections", "1"],
+    );
+    let accept = || async {
+        let (tcp, _) = tokio::time::timeout(HANG, listener.accept())
+            .await
+            .expect("agent dials in time")
+            .unwrap();
+        tokio_tungstenite::accept_async(tcp).await.unwrap()
+    };
+    let mut ws = accept().await;
+    let reg = text(&mut ws).await;
+    assert_eq!(reg["payload"]["protocol"], 3, "{reg}");
+    let refusal = serde_json::json!({"type": "register_error", "payload": {"reason":
+        "the agent speaks Tunnelgate protocol 3, this gateway speaks protocol 2 (and accepts only 2): run an agent of the gateway's release"}});
+    ws.send(Message::Text(refusal.to_string().into()))
+        .await
+        .unwrap();
+    let _ = ws.close(None).await;
+    let mut ws = accept().await;
+    let reg = text(&mut ws).await;
+    assert_eq!(reg["payload"]["protocol"], 2, "{reg}");
+    let ok = serde_json::json!({"type": "register_success", "payload": {
+        "node_id": "old", "tunnel_id": "old-1", "heartbeat_interval_ms": 60000,
+        "stream_window": 262144, "max_streams": 100, "protocol": 2}});
+    ws.send(Message::Text(ok.to_string().into())).await.unwrap();
+    assert_eq!(text(&mut ws).await["type"], "ingress_routes");
+    let ack =
+        serde_json::json!({"type": "routes_ack", "payload": {"accepted": [], "rejected": []}});
+    ws.send(Message::Text(ack.to_string().into()))
+        .await
+        .unwrap();
+    agent.connected().await;
+    // Protocol 2 on this tunnel: JSON heads both ways.
+    let request = serde_json::json!({"type": "proxy_request", "payload": {
+        "stream_id": 1, "method": "GET", "host": "old.demo.localhost", "path": "/hello",
+        "headers": [["host", "old.demo.localhost"]], "body": false}});
+    ws.send(Message::Text(request.to_string().into()))
+        .await
+        .unwrap();
+    let resp = loop {
+        let m = text(&mut ws).await;
+        if m["type"] != "heartbeat" {
+            break m;
+        }
+    };
+    assert_eq!(resp["type"], "proxy_response", "{resp}");
+    assert_eq!(resp["payload"]["status"], 200, "{resp}");
+    drop(ws);
+    drop(listener);
+    tokio::time::timeout(Duration::from_secs(5), agent.stop())
+        .await
+        .expect("agent stops");
+}

@@ -79,6 +79,22 @@ pub struct RegisterSuccess {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisterError {
     pub reason: String,
+    /// The gateway's protocol version, when it refused the agent's: an agent that still
+    /// speaks it tries again in it. (Absent from gateways before protocol 3.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+}
+
+impl RegisterError {
+    /// The protocol the refusing gateway speaks, when the refusal was about versions: the
+    /// field, or what a protocol-2 gateway wrote ("… this gateway speaks protocol N …").
+    pub fn gateway_protocol(&self) -> Option<u32> {
+        self.protocol.or_else(|| {
+            let (_, rest) = self.reason.split_once("this gateway speaks protocol ")?;
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+    }
 }
 
 /// Agent → gateway, every heartbeat interval. Also refreshes the agent's routes' TTL.
@@ -557,5 +573,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_refusal_names_the_gateways_protocol_by_field_or_in_words() {
+        let field = RegisterError {
+            reason: "whatever".into(),
+            protocol: Some(3),
+        };
+        assert_eq!(field.gateway_protocol(), Some(3));
+        let words = RegisterError {
+            reason: "the agent speaks Tunnelgate protocol 3, this gateway speaks protocol 2 (and accepts only 2)".into(),
+            protocol: None,
+        };
+        assert_eq!(words.gateway_protocol(), Some(2));
+        let other = RegisterError {
+            reason: "this token does not belong to cluster \"x\"".into(),
+            protocol: None,
+        };
+        assert_eq!(other.gateway_protocol(), None);
     }
 }

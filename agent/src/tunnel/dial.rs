@@ -96,13 +96,14 @@ pub(super) async fn register(
     shared: &Shared,
     slot: usize,
 ) -> Result<RegisterSuccess, SessionError> {
+    let offer = shared.take_offer(slot);
     let reg = Control::Register(Register {
         cluster: shared.config.cluster().to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         hostname: std::env::var("HOSTNAME").ok(),
         connection_id: Some(format!("{}-{slot}", shared.instance)),
         agent_id: Some(shared.instance.to_string()),
-        protocol: tunnelgate_proto::PROTOCOL_VERSION,
+        protocol: offer,
     });
     ws.send(Message::Text(reg.to_json().into()))
         .await
@@ -125,7 +126,23 @@ pub(super) async fn register(
                         )));
                     }
                     Ok(Control::RegisterSuccess(ok)) => return Ok(ok),
-                    Ok(Control::RegisterError(e)) => return Err(SessionError::Register(e.reason)),
+                    Ok(Control::RegisterError(e)) => {
+                        // A gateway of an older protocol this agent still speaks: the next
+                        // attempt offers that one (gateways and agents upgrade in any order).
+                        if let Some(v) = e.gateway_protocol()
+                            && v < offer
+                            && (tunnelgate_proto::OLDEST_PROTOCOL
+                                ..tunnelgate_proto::PROTOCOL_VERSION)
+                                .contains(&v)
+                        {
+                            shared.fall_back(slot, v);
+                            return Err(SessionError::Register(format!(
+                                "{}; trying again in protocol {v}",
+                                e.reason
+                            )));
+                        }
+                        return Err(SessionError::Register(e.reason));
+                    }
                     Ok(other) => {
                         return Err(SessionError::Register(format!(
                             "unexpected {} before register_success",

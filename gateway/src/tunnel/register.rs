@@ -84,6 +84,7 @@ impl TunnelActor {
     ) {
         let refusal = Control::RegisterError(RegisterError {
             reason: reason.clone(),
+            protocol: (metric == "protocol_version").then_some(PROTOCOL_VERSION),
         });
         // Queued, not jumped ahead: the agent reads why before the close. Nothing else is
         // queued before registration, so there is room.
