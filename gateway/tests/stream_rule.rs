@@ -64,6 +64,27 @@ async fn peer_link(
     tokio_tungstenite::connect_async(req).await.unwrap()
 }
 
+/// Plays a gateway of `protocol` registering the real agent on `ws`: checks the protocol the
+/// agent offers, answers `register_success`, takes its routes and acknowledges them.
+async fn serve_register<S>(ws: &mut Ws<S>, offered: u32, protocol: u32)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let reg = text(ws).await;
+    assert_eq!(reg["type"], "register", "{reg}");
+    assert_eq!(reg["payload"]["protocol"], offered, "{reg}");
+    let ok = serde_json::json!({"type": "register_success", "payload": {
+        "node_id": "fake", "tunnel_id": "fake-1", "heartbeat_interval_ms": 60000,
+        "stream_window": 262144, "max_streams": 100, "protocol": protocol}});
+    ws.send(Message::Text(ok.to_string().into())).await.unwrap();
+    assert_eq!(text(ws).await["type"], "ingress_routes");
+    let ack =
+        serde_json::json!({"type": "routes_ack", "payload": {"accepted": [], "rejected": []}});
+    ws.send(Message::Text(ack.to_string().into()))
+        .await
+        .unwrap();
+}
+
 /// Reads until the other end closes; its close code and reason.
 async fn closed<S>(ws: &mut Ws<S>) -> (u16, String)
 where
@@ -160,17 +181,8 @@ async fn an_agent_closes_its_tunnel_on_a_frame_for_a_stream_never_opened() {
         .expect("agent dials in time")
         .unwrap();
     let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-    assert_eq!(text(&mut ws).await["type"], "register");
-    let ok = serde_json::json!({"type": "register_success", "payload": {
-        "node_id": "fake", "tunnel_id": "fake-1", "heartbeat_interval_ms": 60000,
-        "stream_window": 262144, "max_streams": 100, "protocol": 2}});
-    ws.send(Message::Text(ok.to_string().into())).await.unwrap();
-    assert_eq!(text(&mut ws).await["type"], "ingress_routes");
-    let ack =
-        serde_json::json!({"type": "routes_ack", "payload": {"accepted": [], "rejected": []}});
-    ws.send(Message::Text(ack.to_string().into()))
-        .await
-        .unwrap();
+    // (A gateway of protocol 2 serving the agent's 3.)
+    serve_register(&mut ws, 3, 2).await;
     agent.connected().await;
     ws.send(reset(2)).await.unwrap();
     ws.send(data(7)).await.unwrap();
@@ -326,18 +338,7 @@ async fn the_agent_speaks_protocol_3_heads_and_closes_on_a_bad_one() {
         .expect("agent dials in time")
         .unwrap();
     let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-    let reg = text(&mut ws).await;
-    assert_eq!(reg["payload"]["protocol"], 3, "{reg}");
-    let ok = serde_json::json!({"type": "register_success", "payload": {
-        "node_id": "fake", "tunnel_id": "fake-1", "heartbeat_interval_ms": 60000,
-        "stream_window": 262144, "max_streams": 100, "protocol": 3}});
-    ws.send(Message::Text(ok.to_string().into())).await.unwrap();
-    assert_eq!(text(&mut ws).await["type"], "ingress_routes");
-    let ack =
-        serde_json::json!({"type": "routes_ack", "payload": {"accepted": [], "rejected": []}});
-    ws.send(Message::Text(ack.to_string().into()))
-        .await
-        .unwrap();
+    serve_register(&mut ws, 3, 3).await;
     agent.connected().await;
     let request = tunnelgate_proto::control::ProxyRequest {
         stream_id: 1,
@@ -489,18 +490,7 @@ async fn an_agent_falls_back_to_the_protocol_of_an_older_gateway() {
         .unwrap();
     let _ = ws.close(None).await;
     let mut ws = accept().await;
-    let reg = text(&mut ws).await;
-    assert_eq!(reg["payload"]["protocol"], 2, "{reg}");
-    let ok = serde_json::json!({"type": "register_success", "payload": {
-        "node_id": "old", "tunnel_id": "old-1", "heartbeat_interval_ms": 60000,
-        "stream_window": 262144, "max_streams": 100, "protocol": 2}});
-    ws.send(Message::Text(ok.to_string().into())).await.unwrap();
-    assert_eq!(text(&mut ws).await["type"], "ingress_routes");
-    let ack =
-        serde_json::json!({"type": "routes_ack", "payload": {"accepted": [], "rejected": []}});
-    ws.send(Message::Text(ack.to_string().into()))
-        .await
-        .unwrap();
+    serve_register(&mut ws, 2, 2).await;
     agent.connected().await;
     // Protocol 2 on this tunnel: JSON heads both ways.
     let request = serde_json::json!({"type": "proxy_request", "payload": {

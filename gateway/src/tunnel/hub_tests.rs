@@ -4,33 +4,14 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-
-use actix::{Actor, Context, Handler};
+use actix::Actor;
 
 use super::*;
-use crate::tunnel::open::{StreamGone, Streams};
-
-struct Sink;
-impl Actor for Sink {
-    type Context = Context<Self>;
-}
-impl Handler<StreamGone> for Sink {
-    type Result = ();
-    fn handle(&mut self, _: StreamGone, _: &mut Context<Self>) {}
-}
-impl Handler<Revoked> for Sink {
-    type Result = ();
-    fn handle(&mut self, _: Revoked, _: &mut Context<Self>) {}
-}
-impl Handler<MoveAway> for Sink {
-    type Result = ();
-    fn handle(&mut self, _: MoveAway, _: &mut Context<Self>) {}
-}
+use crate::tunnel::open::Streams;
+use crate::tunnel::test_support::{Sink, state};
 
 fn tunnel(id: u64, conn: &str, worker: std::thread::ThreadId) -> TunnelRef {
-    let config = crate::config::Config::for_listen("127.0.0.1:0".parse().unwrap());
-    let state = Arc::new(crate::AppState::new(config).unwrap());
+    let state = state();
     let (out, _rx) = tunnelgate_mux::outbox(4);
     let sink = Sink.start();
     TunnelRef {

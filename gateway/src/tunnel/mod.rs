@@ -32,6 +32,8 @@ mod probe;
 mod register;
 mod routes;
 mod stream;
+#[cfg(test)]
+mod test_support;
 mod tunnel_actor;
 mod ws;
 

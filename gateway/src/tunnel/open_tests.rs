@@ -8,19 +8,10 @@ use actix::{Actor, Context, Handler};
 
 use super::*;
 use crate::tunnel::Opener;
-
-struct Sink;
-impl Actor for Sink {
-    type Context = Context<Self>;
-}
-impl Handler<StreamGone> for Sink {
-    type Result = ();
-    fn handle(&mut self, _: StreamGone, _: &mut Context<Self>) {}
-}
+use crate::tunnel::test_support::Sink;
 
 fn streams() -> Streams {
-    let config = crate::config::Config::for_listen("127.0.0.1:0".parse().unwrap());
-    Streams::new(Arc::new(AppState::new(config).unwrap()), "test".into(), 1)
+    Streams::new(crate::tunnel::test_support::state(), "test".into(), 1)
 }
 
 /// Requests open streams in place, so the table itself refuses them until the tunnel
