@@ -64,6 +64,27 @@ async fn peer_link(
     tokio_tungstenite::connect_async(req).await.unwrap()
 }
 
+/// A real agent with one route to a real upstream, dialling a listener the test plays the
+/// gateway on.
+async fn agent_dialling_the_test(
+    host: &str,
+) -> (
+    common::upstream::Upstream,
+    tokio::net::TcpListener,
+    common::Agent,
+) {
+    let upstream = common::upstream::Upstream::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let agent = common::Agent::spawn_urls(
+        &[url],
+        DEMO,
+        &[(host, upstream.url())],
+        &["--connections", "1"],
+    );
+    (upstream, listener, agent)
+}
+
 /// Plays a gateway of `protocol` registering the real agent on `ws`: checks the protocol the
 /// agent offers, answers `register_success`, takes its routes and acknowledges them.
 async fn serve_register<S>(ws: &mut Ws<S>, offered: u32, protocol: u32)
@@ -324,15 +345,7 @@ async fn a_bad_head_frame_closes_only_its_tunnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_speaks_protocol_3_heads_and_closes_on_a_bad_one() {
     // A gateway of protocol 3 played by the test, the real agent and a real upstream.
-    let upstream = common::upstream::Upstream::start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let agent = common::Agent::spawn_urls(
-        &[url],
-        DEMO,
-        &[("three.demo.localhost", upstream.url())],
-        &[],
-    );
+    let (_upstream, listener, agent) = agent_dialling_the_test("three.demo.localhost").await;
     let (tcp, _) = tokio::time::timeout(HANG, listener.accept())
         .await
         .expect("agent dials in time")
@@ -464,15 +477,7 @@ async fn a_bodyless_stream_ends_with_a_reset_saying_why() {
 async fn an_agent_falls_back_to_the_protocol_of_an_older_gateway() {
     // A protocol-2 gateway played by the test: it refuses protocol 3 as those gateways do
     // (their reason names both versions, no field), then serves the agent's second attempt.
-    let upstream = common::upstream::Upstream::start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let agent = common::Agent::spawn_urls(
-        &[url],
-        DEMO,
-        &[("old.demo.localhost", upstream.url())],
-        &["--connections", "1"],
-    );
+    let (_upstream, listener, agent) = agent_dialling_the_test("old.demo.localhost").await;
     let accept = || async {
         let (tcp, _) = tokio::time::timeout(HANG, listener.accept())
             .await
