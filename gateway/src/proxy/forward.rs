@@ -39,7 +39,7 @@ impl Target<'_> {
     /// Sends the request through `open`'s tunnel. The body is taken only once a stream is open:
     /// a tunnel that refuses the stream (NotHere) leaves it for the next one.
     pub(super) async fn forward(
-        &self,
+        &mut self,
         open: Opener,
         via_peer: bool,
         payload: &mut Option<crate::tunnel::BodySource>,
@@ -57,7 +57,8 @@ impl Target<'_> {
             host: self.host.to_string(),
             path: self.path.to_string(),
             query: req.uri.query().map(str::to_string),
-            headers: self.headers.clone(),
+            // Taken, and put back once the head is written: no copy per attempt.
+            headers: std::mem::take(&mut self.headers),
             body: self.with_body,
             request_id: (!req.id.is_empty()).then(|| req.id.clone()),
             cluster: via_peer.then(|| cluster.to_string()),
@@ -83,6 +84,7 @@ impl Target<'_> {
             body,
             shared,
             head_timeout,
+            headers,
             ..
         } = start_stream(
             opened,
@@ -92,6 +94,7 @@ impl Target<'_> {
             idle,
             true,
         );
+        self.headers = headers;
         let started = self.started;
         let head = crate::tunnel::wait_head(head, head_timeout, &shared).await?;
         if head.status == 101

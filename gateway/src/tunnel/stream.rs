@@ -44,6 +44,8 @@ pub struct Started {
     /// No task runs for the stream: the opener waits for the head at most this long (and
     /// calls [`StreamShared::time_out`] when it gives up).
     pub head_timeout: Option<Duration>,
+    /// The request's headers, back from the head that carried them.
+    pub headers: tunnelgate_proto::control::HeaderList,
 }
 
 /// Waits for a started stream's response head: as long as its task allows, or at most
@@ -98,9 +100,20 @@ pub fn start_stream(
     // hours).
     let upgrade = request.upgrade.is_some();
     // Protocol 3's head frame, or protocol 2's (and every peer link's) JSON.
-    let mut head_msg = match binary_heads {
-        true => Outgoing::Binary(tunnelgate_proto::head::encode_request(&request)),
-        false => Outgoing::Text(Control::ProxyRequest(request).to_json()),
+    // (The headers go back to the opener, which may send the request again elsewhere.)
+    let (mut head_msg, headers) = match binary_heads {
+        true => {
+            let head = Outgoing::Binary(tunnelgate_proto::head::encode_request(&request));
+            (head, std::mem::take(&mut request.headers))
+        }
+        false => {
+            let control = Control::ProxyRequest(request);
+            let head = Outgoing::Text(control.to_json());
+            match control {
+                Control::ProxyRequest(r) => (head, r.headers),
+                _ => (head, Vec::new()),
+            }
+        }
     };
     if opener_waits && payload.is_none() && !upgrade {
         match outbox.try_queue(head_msg) {
@@ -124,6 +137,7 @@ pub fn start_stream(
                     shared,
                     outbox,
                     head_timeout: Some(response_timeout),
+                    headers,
                 };
             }
             // The outbox is full: the stream's task waits for room.
@@ -157,6 +171,7 @@ pub fn start_stream(
         shared,
         outbox,
         head_timeout: None,
+        headers,
     }
 }
 
