@@ -220,23 +220,6 @@ async fn an_agent_closes_its_tunnel_on_a_frame_for_a_stream_never_opened() {
         .expect("agent stops");
 }
 
-/// Registers a fake agent of protocol 3 for cluster demo, publishing `host`; the
-/// `register_success` payload.
-async fn register_v3(fake: &mut FakeAgent, host: &str) -> serde_json::Value {
-    fake.send_text(
-        r#"{"type":"register","payload":{"cluster":"demo","agent_version":"fake","protocol":3}}"#,
-    )
-    .await;
-    let ok: serde_json::Value = serde_json::from_str(&fake.recv_text().await).unwrap();
-    assert_eq!(ok["type"], "register_success", "{ok}");
-    fake.send_text(&format!(
-        r#"{{"type":"ingress_routes","payload":{{"action":"sync","routes":[{{"host":"{host}","path":"/"}}]}}}}"#
-    ))
-    .await;
-    assert!(fake.recv_text().await.contains("routes_ack"));
-    ok["payload"].clone()
-}
-
 /// The next binary message.
 async fn binary<S>(ws: &mut Ws<S>) -> bytes::Bytes
 where
@@ -259,7 +242,7 @@ async fn a_protocol_3_agent_gets_head_frames_and_may_answer_whole() {
     let gw = Gateway::start(&[]);
     let host = "three.demo.localhost";
     let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
-    assert_eq!(register_v3(&mut fake, host).await["protocol"], 3);
+    fake.register_routes_in(3, "demo", &[(host, "/")]).await;
     let get = |path: &str| {
         let url = gw.url(host, path);
         tokio::spawn(async move {
@@ -310,7 +293,7 @@ async fn a_bad_head_frame_closes_only_its_tunnel() {
     let gw = Gateway::start(&[]);
     let host = "bad.demo.localhost";
     let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
-    register_v3(&mut fake, host).await;
+    fake.register_routes_in(3, "demo", &[(host, "/")]).await;
     let url = gw.url(host, "/");
     let client = tokio::spawn(async move {
         let r = common::client().get(url).send().await.unwrap();
@@ -442,7 +425,7 @@ async fn a_bodyless_stream_ends_with_a_reset_saying_why() {
     let gw = Gateway::start(&["--response-timeout", "300ms"]);
     let host = "ends.demo.localhost";
     let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
-    register_v3(&mut fake, host).await;
+    fake.register_routes_in(3, "demo", &[(host, "/")]).await;
     // No answer in time: 504 to the client, RESET timeout to the agent.
     let url = gw.url(host, "/slow");
     let client = tokio::spawn(async move {

@@ -572,6 +572,9 @@ pub struct FakeAgent {
     pub ws: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    /// The protocol it registered with (2 unless `register_routes_in` said otherwise): from 3
+    /// on, heads travel as head frames.
+    pub protocol: u32,
 }
 
 impl FakeAgent {
@@ -592,7 +595,7 @@ impl FakeAgent {
                 .insert("x-tunnelgate-cluster", c.parse().unwrap());
         }
         let (ws, _) = tokio_tungstenite::connect_async(req).await?;
-        Ok(FakeAgent { ws })
+        Ok(FakeAgent { ws, protocol: 2 })
     }
 
     pub async fn send_text(&mut self, s: &str) {
@@ -647,8 +650,19 @@ impl FakeAgent {
         cluster: &str,
         routes: &[(&str, &str)],
     ) -> serde_json::Value {
+        self.register_routes_in(2, cluster, routes).await
+    }
+
+    /// [`FakeAgent::register_routes`] in wire protocol `protocol`.
+    pub async fn register_routes_in(
+        &mut self,
+        protocol: u32,
+        cluster: &str,
+        routes: &[(&str, &str)],
+    ) -> serde_json::Value {
+        self.protocol = protocol;
         self.send_text(&format!(
-            r#"{{"type":"register","payload":{{"cluster":"{cluster}","agent_version":"fake","protocol":2}}}}"#
+            r#"{{"type":"register","payload":{{"cluster":"{cluster}","agent_version":"fake","protocol":{protocol}}}}}"#
         ))
         .await;
         assert!(self.recv_text().await.contains("register_success"));
@@ -663,8 +677,24 @@ impl FakeAgent {
         ack["payload"].clone()
     }
 
-    /// The next `proxy_request`: its stream id and the request as JSON.
+    /// The next `proxy_request` (a head frame from protocol 3 on): its stream id and the
+    /// request as JSON.
     pub async fn next_request(&mut self) -> (u32, serde_json::Value) {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        while self.protocol >= 3 {
+            let m = tokio::time::timeout(HANG, self.ws.next())
+                .await
+                .expect("message in time")
+                .expect("connection open")
+                .expect("message");
+            if let Message::Binary(b) = m
+                && tunnelgate_proto::head::is_head(&b)
+            {
+                let r = tunnelgate_proto::head::decode_request(&b).expect("a request head");
+                return (r.stream_id, serde_json::to_value(&r).unwrap());
+            }
+        }
         loop {
             let v: serde_json::Value = serde_json::from_str(&self.recv_text().await).unwrap();
             if v["type"] == "proxy_request" {
@@ -687,6 +717,18 @@ impl FakeAgent {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect();
+        if self.protocol >= 3 {
+            // One head frame with the whole body, however the head describes it.
+            let head = tunnelgate_proto::control::ProxyResponse {
+                stream_id: id,
+                status,
+                headers,
+                body: body.is_some(),
+            };
+            let frame = tunnelgate_proto::head::encode_response_with(&head, body);
+            self.send_binary(frame.to_vec()).await;
+            return;
+        }
         let msg = serde_json::json!({"type": "proxy_response", "payload": {
             "stream_id": id, "status": status, "headers": headers, "body": body.is_some()}});
         self.send_text(&msg.to_string()).await;
