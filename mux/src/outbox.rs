@@ -28,6 +28,17 @@ pub enum Outgoing {
     },
 }
 
+impl Outgoing {
+    /// A stream's response head as its link carries it: a protocol-3 head frame (`binary`),
+    /// else a JSON `proxy_response`.
+    pub fn response_head(r: tunnelgate_proto::control::ProxyResponse, binary: bool) -> Self {
+        match binary {
+            true => Outgoing::Binary(tunnelgate_proto::head::encode_response(&r)),
+            false => Outgoing::Text(Control::ProxyResponse(r).to_json()),
+        }
+    }
+}
+
 /// The writer is gone: the tunnel is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("tunnel writer is closed")]

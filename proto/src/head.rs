@@ -3,9 +3,9 @@
 //! every frame.
 //! - REQUEST_HEAD (gateway → agent, or node → node on a peer link): the `proxy_request` in
 //!   postcard, field by field in the order of [`RequestOut`] (the peer-link fields last).
-//! - RESPONSE_HEAD (agent → gateway, or back on a peer link): one flags byte and the upstream's HTTP/1.1 response head
-//!   as it was read, status line and fields to the empty line, so the agent sends what it read
-//!   without taking it apart. The gateway parses it here, once, into the same `proxy_response`
+//! - RESPONSE_HEAD (agent → gateway, or back on a peer link): one flags byte and the
+//!   upstream's HTTP/1.1 response head as it was read, status line and fields to the empty
+//!   line, so the agent sends what it read without taking it apart. The gateway parses it here, once, into the same `proxy_response`
 //!   the JSON carried (names lower case). Flags: 0, no body; 1, the body follows as DATA
 //!   frames and an END; 3, the whole body follows the head in this frame (at most a frame's
 //!   payload, counted against the stream's window as DATA would be) and the response ends —
@@ -184,17 +184,18 @@ pub fn decode_request(msg: &[u8]) -> Result<ProxyRequest, HeadError> {
 /// The RESPONSE_HEAD frame of an upstream's head as read: `raw` is its bytes up to and with
 /// the empty line (interim 1xx heads already left out); `body`: DATA frames will follow.
 pub fn response_from_raw(stream: StreamId, body: bool, raw: &[u8]) -> Bytes {
-    let mut buf = header(KIND_RESPONSE_HEAD, stream, 1 + raw.len());
-    buf.put_u8(if body { FLAG_BODY } else { 0 });
-    buf.put_slice(raw);
-    buf.freeze()
+    raw_frame(stream, if body { FLAG_BODY } else { 0 }, raw, &[])
 }
 
 /// The RESPONSE_HEAD frame of a whole response: the head as read and its entire body (at
 /// most [`MAX_FRAME_PAYLOAD`] bytes, which the sender holds credit for).
 pub fn response_whole(stream: StreamId, raw: &[u8], body: &[u8]) -> Bytes {
+    raw_frame(stream, FLAG_BODY | FLAG_WHOLE, raw, body)
+}
+
+fn raw_frame(stream: StreamId, flags: u8, raw: &[u8], body: &[u8]) -> Bytes {
     let mut buf = header(KIND_RESPONSE_HEAD, stream, 1 + raw.len() + body.len());
-    buf.put_u8(FLAG_BODY | FLAG_WHOLE);
+    buf.put_u8(flags);
     buf.put_slice(raw);
     buf.put_slice(body);
     buf.freeze()

@@ -23,7 +23,7 @@ pub use control::{Control, ControlError};
 /// The wire protocol version this build speaks. 2: upgraded connections carry raw bytes as
 /// DATA (WS_* frames are no longer used). 3: a stream's request and response heads travel as
 /// binary head frames ([`head`]) instead of JSON `proxy_request`/`proxy_response`, and a small
-/// response may come whole in one frame. Peer links between gateways keep JSON heads.
+/// response may come whole in one frame; peer links use them too when both nodes offer 3.
 pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest version this build still speaks: a gateway serves agents of
 /// `OLDEST_PROTOCOL..=PROTOCOL_VERSION` each in its own version, an agent takes a gateway of

@@ -1,7 +1,8 @@
 //! The request head the byte pipe (`pipe.rs`) writes to a plain-HTTP upstream, built from the
-//! gateway's `proxy_request`: method and target checked (origin-form, nothing that ends the line), header names and values checked for
-//! tokens and line breaks (nothing the gateway sent can split the head), the Host the route
-//! asks for, the trace context, and chunked framing for a body without a length.
+//! gateway's `proxy_request`: method and target checked (origin-form, nothing that ends the
+//! line), header names and values checked for tokens and line breaks (nothing the gateway sent
+//! can split the head), the Host the route asks for, the trace context, and chunked framing for
+//! a body without a length.
 
 use bytes::{BufMut, BytesMut};
 use tunnelgate_proto::control::ProxyRequest;

@@ -401,10 +401,7 @@ fn on_control(
                     headers: Vec::new(),
                     body: false,
                 };
-                let answer = match ok.protocol >= 3 {
-                    true => Outgoing::Binary(tunnelgate_proto::head::encode_response(&answer)),
-                    false => Outgoing::Text(Control::ProxyResponse(answer).to_json()),
-                };
+                let answer = Outgoing::response_head(answer, ok.protocol >= 3);
                 let out = out.clone();
                 tokio::spawn(async move { out.send(answer).await });
                 return;

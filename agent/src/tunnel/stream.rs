@@ -38,17 +38,8 @@ impl StreamTask {
     /// Sends a response head the agent built (an HTTP client's, the Kubernetes API's) in the
     /// tunnel's protocol.
     pub(super) async fn send_head(&self, head: ProxyResponse) -> Result<(), OutboxClosed> {
-        match self.binary_heads {
-            true => {
-                let frame = tunnelgate_proto::head::encode_response(&head);
-                self.outbox.send(Outgoing::Binary(frame)).await
-            }
-            false => {
-                self.outbox
-                    .send_control(&Control::ProxyResponse(head))
-                    .await
-            }
-        }
+        let head = Outgoing::response_head(head, self.binary_heads);
+        self.outbox.send(head).await
     }
 
     pub(super) fn fail(&self, kind: ProxyErrorKind, message: String) -> Control {

@@ -32,8 +32,6 @@ pub struct PeerLink {
     heartbeat: Option<Duration>,
     /// When anything last arrived on the link.
     last_seen: Instant,
-    /// The other node takes and sends binary heads (protocol 3).
-    binary_heads: bool,
 }
 
 impl PeerLink {
@@ -57,7 +55,6 @@ impl PeerLink {
             close_reason: None,
             heartbeat,
             last_seen: Instant::now(),
-            binary_heads,
         }
     }
 
@@ -144,15 +141,7 @@ impl StreamHandler<WsIn> for PeerLink {
         self.last_seen = Instant::now();
         match msg {
             WsIn::Binary(b) => {
-                // Protocol 3: a response head is a binary head frame.
-                let outcome = if self.binary_heads && tunnelgate_proto::head::is_head(&b) {
-                    match tunnelgate_proto::head::decode_response(&b) {
-                        Ok((r, whole)) => self.streams.on_response_whole(r, whole, &self.out),
-                        Err(e) => Outcome::Close(e.to_string()),
-                    }
-                } else {
-                    self.streams.on_message(b, &self.out)
-                };
+                let outcome = self.streams.on_message(b, &self.out);
                 self.on_outcome(ctx, outcome);
             }
             WsIn::Text(t) => {

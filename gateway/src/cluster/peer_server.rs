@@ -310,9 +310,7 @@ async fn bridge(
         );
     }
     let has_body = head.body;
-    if binary_heads
-        && has_body
-        && credit.available() >= tunnelgate_mux::PipeReader::buffered(&body).min(WHOLE_MAX)
+    if binary_heads && has_body && credit.available() >= tunnelgate_mux::PipeReader::buffered(&body)
     {
         // The body already here whole (the agent sent it with its head): one message on.
         if let Some(whole) = body.take_whole(WHOLE_MAX) {
@@ -324,11 +322,11 @@ async fn bridge(
             return;
         }
     }
-    let head = match binary_heads {
-        true => Outgoing::Binary(tunnelgate_proto::head::encode_response(&head)),
-        false => Outgoing::Text(Control::ProxyResponse(head).to_json()),
-    };
-    if out.send(head).await.is_err() {
+    if out
+        .send(Outgoing::response_head(head, binary_heads))
+        .await
+        .is_err()
+    {
         return;
     }
     if !has_body {

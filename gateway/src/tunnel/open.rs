@@ -16,7 +16,7 @@ use tunnelgate_mux::{
     pipe,
 };
 use tunnelgate_proto::control::ProxyResponse;
-use tunnelgate_proto::{Frame, ResetCode, StreamId};
+use tunnelgate_proto::{Frame, ResetCode, StreamId, head};
 
 use super::opener::Gone;
 use crate::AppState;
@@ -157,7 +157,8 @@ pub struct Inner {
     exhausted: bool,
     /// The tunnel actor waits for the table to empty (it lost its lease).
     watch_empty: bool,
-    /// Heads go as protocol 3's head frames (an agent tunnel of protocol 3; never a peer link).
+    /// Heads go, and come back, as protocol 3's head frames (an agent tunnel or a peer link of
+    /// protocol 3).
     binary_heads: bool,
     table: StreamTable<Slot>,
     window: u32,
@@ -235,38 +236,27 @@ impl Streams {
         self.lock().open(out, gone)
     }
 
+    /// A binary message from the other end: a frame under the stream rule, or on a link of
+    /// protocol 3 a response head frame (parsed before the table is locked). On a link of
+    /// protocol 2 a head frame is an unknown frame kind, as the rule says.
     pub fn on_message(&self, msg: Bytes, out: &Outbox) -> Outcome {
-        self.lock().on_message(msg, out)
-    }
-
-    pub fn on_response(&self, r: ProxyResponse, out: &Outbox) -> Outcome {
-        self.lock().on_response(r, out)
-    }
-
-    /// A protocol-3 response head, with the whole body when it came in the same frame: the
-    /// head, then that body as a DATA frame and an END would be, under the same rule.
-    pub fn on_response_whole(
-        &self,
-        r: ProxyResponse,
-        whole: Option<Bytes>,
-        out: &Outbox,
-    ) -> Outcome {
-        let stream = r.stream_id;
+        if !head::is_head(&msg) {
+            return self.lock().on_message(msg, out);
+        }
+        let decoded = head::decode_response(&msg);
         let mut inner = self.lock();
-        let outcome = inner.on_response(r, out);
-        let Some(data) = whole else {
-            return outcome;
-        };
-        if !matches!(outcome, Outcome::Fine) {
-            return outcome;
+        if !inner.binary_heads {
+            return inner.on_message(msg, out);
         }
-        if !data.is_empty() {
-            let outcome = inner.on_frame(Frame::Data { stream, data }, out);
-            if !matches!(outcome, Outcome::Fine) {
-                return outcome;
-            }
+        match decoded {
+            Ok((r, whole)) => inner.on_response(r, whole, out),
+            Err(e) => Outcome::Close(e.to_string()),
         }
-        inner.on_frame(Frame::End { stream }, out)
+    }
+
+    /// The other end's JSON `proxy_response`.
+    pub fn on_response(&self, r: ProxyResponse, out: &Outbox) -> Outcome {
+        self.lock().on_response(r, None, out)
     }
 
     pub fn on_error(&self, e: tunnelgate_proto::control::ProxyError) -> Outcome {
@@ -427,8 +417,25 @@ impl Inner {
         }
     }
 
-    /// The other end's `proxy_response`: the stream's head.
-    fn on_response(&mut self, r: ProxyResponse, out: &Outbox) -> Outcome {
+    /// The other end's `proxy_response`: the stream's head; with protocol 3's whole body, that
+    /// body then as a DATA frame and an END would be, under the same rule.
+    fn on_response(&mut self, r: ProxyResponse, whole: Option<Bytes>, out: &Outbox) -> Outcome {
+        let id = r.stream_id;
+        let outcome = self.on_head(r, out);
+        let Some(data) = whole.filter(|_| outcome == Outcome::Fine) else {
+            return outcome;
+        };
+        if !data.is_empty() {
+            let outcome = self.on_frame(Frame::Data { stream: id, data }, out);
+            if outcome != Outcome::Fine {
+                return outcome;
+            }
+        }
+        self.on_frame(Frame::End { stream: id }, out)
+    }
+
+    /// A response head for its stream.
+    fn on_head(&mut self, r: ProxyResponse, out: &Outbox) -> Outcome {
         let id = r.stream_id;
         if let Err(o) = self.named(id, "proxy_response") {
             return o;

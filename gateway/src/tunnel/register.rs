@@ -33,7 +33,6 @@ impl TunnelActor {
             return self.refuse_register(ctx, reason, "protocol_version");
         }
         // Each agent is served in its own version (one apart interoperates).
-        self.protocol = r.protocol;
         self.streams.set_binary_heads(r.protocol >= 3);
         self.registered = true;
         let id_ok = |c: &String| {
@@ -114,7 +113,7 @@ impl TunnelActor {
             stream_window: cfg.stream_window,
             max_streams: cfg.max_streams_per_tunnel,
             public_host: Some(format!("{}.{}", self.cluster, cfg.domain)),
-            protocol: self.protocol,
+            protocol: r.protocol,
         };
         self.out
             .try_send(Outgoing::Text(Control::RegisterSuccess(ok).to_json()));

@@ -65,8 +65,6 @@ pub struct TunnelActor {
     pub(super) probing: bool,
     /// Lost its lease: finishing the streams in flight, then closing.
     pub(super) fenced: bool,
-    /// The protocol version the agent registered with (heads are binary from 3 on).
-    pub(super) protocol: u32,
 }
 
 impl TunnelActor {
@@ -107,7 +105,6 @@ impl TunnelActor {
             stream_seen: now,
             probing: false,
             fenced: false,
-            protocol: 0,
         }
     }
 
@@ -356,15 +353,7 @@ impl StreamHandler<WsIn> for TunnelActor {
                     return self.protocol_error(ctx, "the first message must be register".into());
                 }
                 self.stream_seen();
-                // Protocol 3: a response head is a binary head frame.
-                let outcome = if self.protocol >= 3 && tunnelgate_proto::head::is_head(&b) {
-                    match tunnelgate_proto::head::decode_response(&b) {
-                        Ok((r, whole)) => self.streams.on_response_whole(r, whole, &self.out),
-                        Err(e) => return self.protocol_error(ctx, e.to_string()),
-                    }
-                } else {
-                    self.streams.on_message(b, &self.out)
-                };
+                let outcome = self.streams.on_message(b, &self.out);
                 self.on_outcome(ctx, outcome)
             }
             WsIn::Text(t) => self.on_control(ctx, &t),
