@@ -298,22 +298,8 @@ async fn the_agent_serves_its_metrics() {
         assert_eq!(r.status(), status, "{host}");
     }
     // A stream's task ends just after its last frame is sent, so the client may have its
-    // answer before the gauge is down: read until it is (or HANG passes).
-    let deadline = tokio::time::Instant::now() + common::HANG;
-    let text = loop {
-        let text = c
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.lines().any(|l| l == "agent_streams 0") || tokio::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    // answer before the gauge is down: read until it is.
+    let text = common::wait_metric_at(&format!("http://{addr}/metrics"), "agent_streams 0").await;
     for want in [
         "agent_tunnels 1",
         "agent_routes 2",

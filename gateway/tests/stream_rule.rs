@@ -123,8 +123,8 @@ where
     }
 }
 
-/// The next text message.
-async fn text<S>(ws: &mut Ws<S>) -> serde_json::Value
+/// The next message `pick` takes (others are skipped).
+async fn next_of<S, T>(ws: &mut Ws<S>, pick: impl Fn(Message) -> Option<T>) -> T
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -133,11 +133,26 @@ where
             .await
             .expect("message in time")
         {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("json"),
-            Some(Ok(_)) => continue,
+            Some(Ok(m)) => {
+                if let Some(t) = pick(m) {
+                    return t;
+                }
+            }
             other => panic!("connection ended: {other:?}"),
         }
     }
+}
+
+/// The next text message.
+async fn text<S>(ws: &mut Ws<S>) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    next_of(ws, |m| match m {
+        Message::Text(t) => Some(serde_json::from_str(&t).expect("json")),
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,29 +235,38 @@ async fn an_agent_closes_its_tunnel_on_a_frame_for_a_stream_never_opened() {
         .expect("agent stops");
 }
 
+/// A fake agent of protocol 3 for cluster demo, publishing `host`.
+async fn agent_of_protocol_3(gw: &Gateway, host: &str) -> FakeAgent {
+    let mut fake = FakeAgent::connect(gw, Some(DEMO.1), None).await.unwrap();
+    fake.register_routes_in(3, "demo", &[(host, "/")]).await;
+    fake
+}
+
+/// The status of a GET of `url`, in a task of its own.
+fn status_of(url: String) -> tokio::task::JoinHandle<u16> {
+    tokio::spawn(async move {
+        let r = common::client().get(url).send().await.unwrap();
+        r.status().as_u16()
+    })
+}
+
 /// The next binary message.
 async fn binary<S>(ws: &mut Ws<S>) -> bytes::Bytes
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    loop {
-        match tokio::time::timeout(HANG, ws.next())
-            .await
-            .expect("message in time")
-        {
-            Some(Ok(Message::Binary(b))) => return b,
-            Some(Ok(_)) => continue,
-            other => panic!("connection ended: {other:?}"),
-        }
-    }
+    next_of(ws, |m| match m {
+        Message::Binary(b) => Some(b),
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protocol_3_agent_gets_head_frames_and_may_answer_whole() {
     let gw = Gateway::start(&[]);
     let host = "three.demo.localhost";
-    let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
-    fake.register_routes_in(3, "demo", &[(host, "/")]).await;
+    let mut fake = agent_of_protocol_3(&gw, host).await;
     let get = |path: &str| {
         let url = gw.url(host, path);
         tokio::spawn(async move {
@@ -292,13 +316,9 @@ async fn a_protocol_3_agent_gets_head_frames_and_may_answer_whole() {
 async fn a_bad_head_frame_closes_only_its_tunnel() {
     let gw = Gateway::start(&[]);
     let host = "bad.demo.localhost";
-    let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
-    fake.register_routes_in(3, "demo", &[(host, "/")]).await;
+    let mut fake = agent_of_protocol_3(&gw, host).await;
     let url = gw.url(host, "/");
-    let client = tokio::spawn(async move {
-        let r = common::client().get(url).send().await.unwrap();
-        r.status().as_u16()
-    });
+    let client = status_of(url);
     let req = decode_request(&binary(&mut fake.ws).await).unwrap();
     // A field with no colon: not an HTTP/1.1 head, so not a response.
     let raw = b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n";
@@ -424,14 +444,10 @@ async fn a_bodyless_stream_ends_with_a_reset_saying_why() {
     // Bodyless requests run without a stream task: their end comes from the opener.
     let gw = Gateway::start(&["--response-timeout", "300ms"]);
     let host = "ends.demo.localhost";
-    let mut fake = FakeAgent::connect(&gw, Some(DEMO.1), None).await.unwrap();
-    fake.register_routes_in(3, "demo", &[(host, "/")]).await;
+    let mut fake = agent_of_protocol_3(&gw, host).await;
     // No answer in time: 504 to the client, RESET timeout to the agent.
     let url = gw.url(host, "/slow");
-    let client = tokio::spawn(async move {
-        let r = common::client().get(url).send().await.unwrap();
-        r.status().as_u16()
-    });
+    let client = status_of(url);
     let req = decode_request(&binary(&mut fake.ws).await).unwrap();
     assert_eq!(client.await.unwrap(), 504);
     assert_eq!(

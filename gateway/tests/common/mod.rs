@@ -258,18 +258,7 @@ impl Gateway {
     /// Waits until `/metrics` has a line containing `needle` (metrics change only as
     /// requests and heartbeats arrive, so this polls).
     pub async fn wait_metric(&self, needle: &str) {
-        let deadline = tokio::time::Instant::now() + HANG;
-        loop {
-            let text = self.metrics().await;
-            if text.lines().any(|l| l.contains(needle)) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no metric line with {needle:?}:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_metric_at(&format!("http://{}/metrics", self.admin), needle).await;
     }
 
     /// (current RSS, peak RSS) of the gateway process, in bytes.
@@ -510,6 +499,30 @@ pub async fn admin_call(
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// Polls the metrics endpoint `url` until it has a line containing `needle` (a gateway's or an
+/// agent's: metrics change only as requests and heartbeats arrive); its text then.
+pub async fn wait_metric_at(url: &str, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let text = client()
+            .get(url)
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body");
+        if text.lines().any(|l| l.contains(needle)) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no metric line with {needle:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An HTTP client that reaches every host on loopback and never uses a proxy.
