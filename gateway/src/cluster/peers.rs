@@ -22,9 +22,6 @@ use crate::tunnel::{Opener, from_tungstenite, to_tungstenite};
 /// Time to open a peer link before the owner counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The socket read size of a peer link's dialling end (a buffered reader before tungstenite).
-const PEER_SOCKET_READ: usize = 8 * 1024;
-
 #[derive(Default)]
 pub struct PeerPool {
     links: Mutex<HashMap<String, (u64, Opener)>>,
@@ -100,9 +97,8 @@ impl PeerPool {
             .peer_tls
             .as_ref()
             .map(|t| tokio_tungstenite::Connector::Rustls(t.client.clone()));
-        // As on the gateway's end of a tunnel: tungstenite reads into what is left of its
-        // buffer, a few hundred bytes at a time, so a buffered reader takes the socket's bytes
-        // in larger reads (and tungstenite's own buffer stays small).
+        // As on the gateway's end of a tunnel: tungstenite reads in steps of its small buffer,
+        // so the socket is read in larger pieces (`tunnel::elastic`).
         let addr = owner.peer_addr.clone();
         let connect = async move {
             let tcp = tokio::net::TcpStream::connect(&addr)
@@ -110,7 +106,7 @@ impl PeerPool {
                 .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
             tcp.set_nodelay(true)
                 .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
-            let io = tokio::io::BufReader::with_capacity(PEER_SOCKET_READ, tcp);
+            let io = crate::tunnel::elastic::ElasticReader::new(tcp);
             tokio_tungstenite::client_async_tls_with_config(req, io, Some(cfg), tls).await
         };
         let (ws, resp) = tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect)

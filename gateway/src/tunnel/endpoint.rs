@@ -159,8 +159,6 @@ pub async fn accept(
 /// Read buffer of a tunnel's WebSocket on the own front: what an idle tunnel holds; a larger
 /// frame grows it while it is read.
 const TUNNEL_READ_BUFFER: usize = 1024;
-/// The tunnel socket's read size (the buffered reader in front of tungstenite).
-const TUNNEL_SOCKET_READ: usize = 4 * 1024;
 
 /// Authenticates and upgrades an agent connection on the gateway's own front (plain HTTP,
 /// `proxy::conn`): the handshake answered here, then tungstenite over the socket (with what
@@ -208,10 +206,9 @@ pub async fn accept_raw(
         .write_buffer_size(64 * 1024)
         .max_message_size(Some(MAX_WS_MESSAGE + 16))
         .max_frame_size(Some(MAX_WS_MESSAGE + 16));
-    // tungstenite reads into what is left of its buffer after the frames it split off: a few
-    // hundred bytes, one `recvfrom` per small message or two. The buffered reader in front
-    // reads the socket in larger pieces (larger reads still go straight to tungstenite).
-    let io = tokio::io::BufReader::with_capacity(TUNNEL_SOCKET_READ, io);
+    // tungstenite reads in steps of its small buffer: the socket is read in larger pieces
+    // (`elastic`).
+    let io = super::elastic::ElasticReader::new(io);
     let ws = tokio_tungstenite::WebSocketStream::from_partially_read(
         io,
         read,

@@ -23,6 +23,7 @@
 //!   or the tunnel closed. The tunnel removes the stream; if either side had not finished, a
 //!   RESET tells the agent to stop.
 
+pub(crate) mod elastic;
 mod endpoint;
 mod hub;
 pub mod limits;
