@@ -305,13 +305,12 @@ pub async fn write_loop_with_timeout<S, M, F>(
     F: Fn(Outgoing) -> M,
 {
     use futures_util::SinkExt;
-    let stalled =
-        |r: Result<Result<(), S::Error>, tokio::time::error::Elapsed>| !matches!(r, Ok(Ok(())));
+    let stalled = |r: Option<Result<(), S::Error>>| !matches!(r, Some(Ok(())));
     while let Some(first) = rx.next().await {
         let mut msg = Some(first);
         while let Some(m) = msg.take() {
             let closing = matches!(m, Outgoing::Close { .. });
-            if stalled(tokio::time::timeout(timeout, sink.feed(conv(m))).await) {
+            if stalled(within(timeout, sink.feed(conv(m))).await) {
                 rx.close();
                 return;
             }
@@ -323,12 +322,34 @@ pub async fn write_loop_with_timeout<S, M, F>(
             }
             msg = rx.try_next();
         }
-        if stalled(tokio::time::timeout(timeout, sink.flush()).await) {
+        if stalled(within(timeout, sink.flush()).await) {
             break;
         }
     }
     rx.close();
     let _ = tokio::time::timeout(timeout, sink.close()).await;
+}
+
+/// `f`'s output, or None when it waited longer than `timeout`. The timer is started only when
+/// `f` does not complete at once: most writes only fill the sink's buffer, and a timer for
+/// each would cost a clock read and the timer wheel for every message.
+async fn within<F: std::future::Future>(timeout: std::time::Duration, f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut first = true;
+    let at_once = std::future::poll_fn(|cx| {
+        if std::mem::take(&mut first) {
+            return match f.as_mut().poll(cx) {
+                std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+                std::task::Poll::Pending => std::task::Poll::Ready(None),
+            };
+        }
+        std::task::Poll::Ready(None)
+    })
+    .await;
+    match at_once {
+        Some(v) => Some(v),
+        None => tokio::time::timeout(timeout, f).await.ok(),
+    }
 }
 
 #[cfg(test)]
@@ -361,6 +382,18 @@ mod tests {
         ) -> std::task::Poll<Result<(), ()>> {
             std::task::Poll::Pending
         }
+    }
+
+    #[tokio::test]
+    async fn within_gives_what_is_ready_and_times_out_what_waits() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(within(ms(1), async { 5 }).await, Some(5));
+        let later = async {
+            tokio::task::yield_now().await;
+            6
+        };
+        assert_eq!(within(ms(1000), later).await, Some(6));
+        assert_eq!(within(ms(10), std::future::pending::<u8>()).await, None);
     }
 
     #[tokio::test]
