@@ -17,6 +17,9 @@
 //! - [`telemetry`]: metric names and log set-up.
 //! - [`tls`]: HTTPS at the edge: certificates by SNI, reloaded when their files change.
 
+#[macro_use]
+mod macros;
+
 pub mod acme;
 pub mod admin;
 pub mod cluster;
