@@ -1,7 +1,8 @@
 //! The gateway's own HTTP/1.1 front for tenants' plain requests (`proxy::conn`, ADR 0010),
 //! from a raw socket: keep-alive and pipelining, HEAD, bodies the route never read, the rest
 //! of a connection handed to actix-http (the gateway's names, upgrades, HTTP/1.0, chunked
-//! uploads), `Connection: close`, a client gone mid-body, a head that never ends.
+//! uploads), `Connection: close` (also from a draining node), a client gone mid-body, a head
+//! that never ends.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -321,4 +322,35 @@ async fn a_head_that_never_ends_gets_408() {
     let r = c.response(false).await;
     assert_eq!(r.status(), 408, "{}", r.head);
     assert!(c.closed().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_asks_kept_connections_to_close() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&["--drain-timeout", "10s"]);
+    let _agent = Agent::start(&gw, DEMO, &[(APP, up.url())]).await;
+    let mut c = Conn::open(gw.addr).await;
+    c.send(&get(APP, "/hello")).await;
+    let first = c.response(false).await;
+    assert_eq!(first.header("connection"), None, "{}", first.head);
+    // A request in flight when the node is told to stop: answered, then the connection is
+    // closed, so the client's next request goes to a node that stays.
+    c.send(&get(APP, "/gate")).await;
+    gw.wait_metric("gateway_streams 1").await;
+    gw.terminate();
+    let readyz = format!("http://{}/readyz", gw.admin);
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        let r = common::client().get(&readyz).send().await;
+        if r.is_ok_and(|r| r.status() == 503) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz still ready");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    up.gate.add_permits(1);
+    let r = c.response(false).await;
+    assert_eq!((r.status(), r.body.as_slice()), (200, &b"opened"[..]));
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+    assert!(c.closed().await, "the connection stays open");
 }

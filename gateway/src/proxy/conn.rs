@@ -10,6 +10,7 @@
 //! than `100-continue`, chunked uploads, HTTP/1.0, anything `httparse` or the request checks
 //! refuse, and a node over its limits.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -231,7 +232,7 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
             return Served::Done;
         }
         let mut left = req.length;
-        let (written, pumped) = {
+        let (written, close, pumped) = {
             let (mut rd, mut wr) = io.split();
             let (tx, body) = body_channel(left);
             let is_head = req.method == Method::HEAD;
@@ -241,7 +242,10 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
                     .instrument(span)
                     .await;
                 tag_response(&mut resp, &inc.id);
-                write_response(&mut wr, resp, is_head, req.close).await
+                // A draining node asks its clients to reconnect (to the nodes still ready)
+                // rather than keep a connection it will cut when it stops.
+                let close = req.close || state.draining.load(Ordering::Relaxed);
+                (write_response(&mut wr, resp, is_head, close).await, close)
             };
             let pump = async {
                 match tx {
@@ -254,13 +258,13 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
             loop {
                 tokio::select! {
                     biased;
-                    w = &mut respond => break (w, pumped),
+                    (w, close) = &mut respond => break (w, close, pumped),
                     r = &mut pump, if pumped.is_none() => pumped = Some(r.is_ok()),
                 }
             }
         };
         let keep = match written {
-            Ok(()) if !req.close && pumped != Some(false) => {
+            Ok(()) if !close && pumped != Some(false) => {
                 left == 0 || (left <= DISCARD_MAX && discard(&mut io, &mut buf, &mut left).await)
             }
             _ => false,
