@@ -48,8 +48,25 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+/// Clusters, and series per cluster, a thread keeps handles on at most (then it starts over).
+const HANDLES_MAX: usize = 4096;
+const SERIES_MAX: usize = 64;
+
+/// One thread's handles on request series, by cluster, then (metrics instance, status): a
+/// request is counted without allocating its labels or taking the family's lock.
+type Handles = std::collections::HashMap<String, Vec<(u64, u16, Counter, Histogram)>>;
+
+thread_local! {
+    static HANDLES: std::cell::RefCell<Handles> = Default::default();
+}
+
+/// Tells metrics instances apart in [`HANDLES`] (tests run several nodes in one process).
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// All gateway metrics; one instance per node, shared by every worker.
 pub struct Metrics {
+    /// This instance's key in the threads' handles.
+    instance: u64,
     registry: Registry,
     /// `gateway_requests_total{cluster_uuid,status_code}`: proxied requests by outcome.
     pub requests: Family<RequestLabels, Counter>,
@@ -224,6 +241,7 @@ impl Default for Metrics {
             })
             .set(1);
         Metrics {
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             kube_requests,
             route_cache,
             build_info,
@@ -251,19 +269,45 @@ impl Default for Metrics {
 impl Metrics {
     /// Records one proxied request's outcome.
     pub fn request(&self, cluster: &str, status: u16, seconds: Option<f64>) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                cluster_uuid: cluster.to_string(),
-                status_code: status,
-            })
-            .inc();
-        if let Some(s) = seconds {
-            self.request_duration
-                .get_or_create(&ClusterLabels {
-                    cluster_uuid: cluster.to_string(),
-                })
-                .observe(s);
-        }
+        let count = |requests: &Counter, duration: &Histogram| {
+            requests.inc();
+            if let Some(s) = seconds {
+                duration.observe(s);
+            }
+        };
+        HANDLES.with_borrow_mut(|handles| {
+            let series = handles.get_mut(cluster);
+            let mine = |(i, st, ..): &&mut (u64, u16, Counter, Histogram)| {
+                *i == self.instance && *st == status
+            };
+            if let Some((.., r, d)) = series.and_then(|s| s.iter_mut().find(mine)) {
+                return count(r, d);
+            }
+            if handles.len() >= HANDLES_MAX {
+                handles.clear();
+            }
+            let (r, d) = self.handles(cluster, status);
+            count(&r, &d);
+            let series = handles.entry(cluster.to_string()).or_default();
+            if series.len() >= SERIES_MAX {
+                series.clear();
+            }
+            series.push((self.instance, status, r, d));
+        })
+    }
+
+    /// The series a request of `cluster` answered with `status` counts in.
+    fn handles(&self, cluster: &str, status: u16) -> (Counter, Histogram) {
+        let labels = RequestLabels {
+            cluster_uuid: cluster.to_string(),
+            status_code: status,
+        };
+        let requests = self.requests.get_or_create(&labels).clone();
+        let cluster = ClusterLabels {
+            cluster_uuid: labels.cluster_uuid,
+        };
+        let duration = self.request_duration.get_or_create(&cluster).clone();
+        (requests, duration)
     }
 
     pub fn tunnel_error(&self, reason: &'static str) {
@@ -341,5 +385,46 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count_of(m: &Metrics, cluster: &str, status: u16) -> String {
+        let needle = format!(
+            "gateway_requests_total{{cluster_uuid=\"{cluster}\",status_code=\"{status}\"}} "
+        );
+        m.encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(needle.as_str()).map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn requests_count_in_their_own_instance_and_series() {
+        let (a, b) = (Metrics::default(), Metrics::default());
+        for _ in 0..3 {
+            a.request("c1", 200, Some(0.01));
+        }
+        a.request("c1", 502, None);
+        a.request("c2", 200, None);
+        b.request("c1", 200, Some(0.02));
+        assert_eq!(count_of(&a, "c1", 200), "3");
+        assert_eq!(count_of(&a, "c1", 502), "1");
+        assert_eq!(count_of(&a, "c2", 200), "1");
+        assert_eq!(count_of(&b, "c1", 200), "1");
+        assert_eq!(count_of(&b, "c2", 200), "");
+        let text = a.encode();
+        assert!(
+            text.contains("gateway_request_duration_seconds_count{cluster_uuid=\"c1\"} 3"),
+            "{text}"
+        );
+        // Another thread counts in the same series.
+        std::thread::scope(|s| {
+            s.spawn(|| a.request("c1", 200, None));
+        });
+        assert_eq!(count_of(&a, "c1", 200), "4");
     }
 }
