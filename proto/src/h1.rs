@@ -71,9 +71,9 @@ pub fn response_head_with(
     head_request: bool,
     mut field: impl FnMut(&str, &[u8]),
 ) -> Result<Option<Head>, FramingError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match crate::head::parse_response(&mut resp, buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(FramingError::HeadTooLarge);

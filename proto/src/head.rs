@@ -238,11 +238,74 @@ pub fn encode_response_with(r: &ProxyResponse, whole: Option<&[u8]>) -> Bytes {
     buf.freeze()
 }
 
-/// Reads a RESPONSE_HEAD frame into the `proxy_response` it stands for — the status, each
-/// field (name lower case, value as text, invalid UTF-8 replaced), whether a body follows —
-/// and the whole body when the frame carries it (shared with `msg`, not copied). A head that
-/// is not one whole HTTP/1.1 response head, or has bytes after it it should not, is an error.
-pub fn decode_response(msg: &Bytes) -> Result<(ProxyResponse, Option<Bytes>), HeadError> {
+/// A RESPONSE_HEAD frame's head, checked and kept as it came: one whole HTTP/1.1 response
+/// head (`head`, shared with the frame). Its fields are read from it where they are needed,
+/// their values shared with the frame rather than copied into strings.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub stream_id: StreamId,
+    pub status: u16,
+    /// DATA frames and an END follow (or the whole body came in the frame).
+    pub body: bool,
+    /// The head's bytes, with the empty line that ends it.
+    pub head: Bytes,
+}
+
+impl RawResponse {
+    /// Calls `f` with the head's fields (names as sent, values borrowed from [`Self::head`],
+    /// whose [`Bytes::slice_ref`] shares one).
+    pub fn with_fields<R>(&self, f: impl FnOnce(&[httparse::Header<'_>]) -> R) -> R {
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        // Parsed once already when the frame was read: this cannot fail.
+        match parse_response(&mut resp, &self.head, &mut slots) {
+            Ok(_) => f(resp.headers),
+            Err(_) => f(&[]),
+        }
+    }
+
+    /// Calls `f` with each field: its name as sent and its value (shared with the frame).
+    pub fn for_each_field(&self, mut f: impl FnMut(&str, Bytes)) {
+        self.with_fields(|fields| {
+            for h in fields {
+                f(h.name, self.head.slice_ref(h.value));
+            }
+        })
+    }
+
+    /// The same head as a `proxy_response` (names lower case, values as text with invalid
+    /// UTF-8 replaced): for JSON links, and for the few places that keep a field list.
+    pub fn to_proxy_response(&self) -> ProxyResponse {
+        let mut headers = Vec::new();
+        self.for_each_field(|n, v| {
+            headers.push((
+                n.to_ascii_lowercase(),
+                String::from_utf8_lossy(&v).into_owned(),
+            ))
+        });
+        ProxyResponse {
+            stream_id: self.stream_id,
+            status: self.status,
+            headers,
+            body: self.body,
+        }
+    }
+}
+
+/// Parses a response head into `resp`, its fields in `slots` (left uninitialised until the
+/// parser writes them: zeroing a hundred slots per head was a cost of its own).
+pub fn parse_response<'h, 'b>(
+    resp: &mut httparse::Response<'h, 'b>,
+    buf: &'b [u8],
+    slots: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
+) -> httparse::Result<usize> {
+    httparse::ParserConfig::default().parse_response_with_uninit_headers(resp, buf, slots)
+}
+
+/// Reads a RESPONSE_HEAD frame: its head, checked to be one whole HTTP/1.1 response head
+/// without bytes after it it should not have, and the whole body when the frame carries it
+/// (both shared with `msg`, not copied).
+pub fn decode_response_raw(msg: &Bytes) -> Result<(RawResponse, Option<Bytes>), HeadError> {
     let (stream_id, payload) = split(msg, KIND_RESPONSE_HEAD)?;
     let (flags, raw) = payload
         .split_first()
@@ -253,9 +316,9 @@ pub fn decode_response(msg: &Bytes) -> Result<(ProxyResponse, Option<Bytes>), He
         f if f == FLAG_BODY | FLAG_WHOLE => (true, true),
         f => return Err(HeadError::Response(format!("unknown flags {f:#x}"))),
     };
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(raw) {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match parse_response(&mut resp, raw, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return Err(HeadError::Response("the head does not end".into()));
@@ -263,6 +326,8 @@ pub fn decode_response(msg: &Bytes) -> Result<(ProxyResponse, Option<Bytes>), He
         Err(e) => return Err(HeadError::Response(e.to_string())),
     };
     let rest = raw.len() - len;
+    // The head's offset in `msg`: kind, stream id, flags.
+    let at = HEADER_LEN + 1;
     let inline = match whole {
         false if rest > 0 => {
             return Err(HeadError::Response(format!("{rest} bytes after the head")));
@@ -273,26 +338,22 @@ pub fn decode_response(msg: &Bytes) -> Result<(ProxyResponse, Option<Bytes>), He
                 "a whole body of {rest} bytes is over the frame limit of {MAX_FRAME_PAYLOAD}"
             )));
         }
-        // The body's offset in `msg`: kind, stream id, flags, head.
-        true => Some(msg.slice(HEADER_LEN + 1 + len..)),
+        true => Some(msg.slice(at + len..)),
     };
-    let headers = resp
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let head = ProxyResponse {
+    let head = RawResponse {
         stream_id,
         status: resp.code.unwrap_or(0),
-        headers,
         body,
+        head: msg.slice(at..at + len),
     };
     Ok((head, inline))
+}
+
+/// Reads a RESPONSE_HEAD frame into the `proxy_response` it stands for ([`decode_response_raw`],
+/// its fields as text) and the whole body when the frame carries it.
+pub fn decode_response(msg: &Bytes) -> Result<(ProxyResponse, Option<Bytes>), HeadError> {
+    let (raw, inline) = decode_response_raw(msg)?;
+    Ok((raw.to_proxy_response(), inline))
 }
 
 #[cfg(test)]

@@ -47,6 +47,30 @@ fn a_request_head_comes_back_as_it_went() {
 }
 
 #[test]
+fn a_raw_head_keeps_the_frame_and_shares_its_values() {
+    let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Bin: \xff\r\n\r\n";
+    let frame = response_whole(5, raw, b"ok");
+    let (r, inline) = decode_response_raw(&frame).unwrap();
+    assert_eq!((r.stream_id, r.status, r.body), (5, 200, true));
+    assert_eq!(&r.head[..], &raw[..]);
+    assert_eq!(inline.as_deref(), Some(&b"ok"[..]));
+    let mut fields = Vec::new();
+    r.for_each_field(|n, v| {
+        // Shared with the frame, not copied.
+        let inside = frame.as_ptr_range().contains(&v.as_ptr());
+        fields.push((n.to_string(), v.to_vec(), inside));
+    });
+    assert_eq!(
+        fields,
+        vec![
+            ("Content-Length".to_string(), b"2".to_vec(), true),
+            ("X-Bin".to_string(), b"\xff".to_vec(), true),
+        ]
+    );
+    assert_eq!(r.to_proxy_response(), decode_response(&frame).unwrap().0);
+}
+
+#[test]
 fn a_raw_response_head_reads_as_the_json_one_did() {
     let raw = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Bin: \xff\r\n\r\n";
     let (r, inline) = decode_response(&response_from_raw(9, true, raw)).unwrap();

@@ -301,15 +301,15 @@ async fn bridge(
             return fail(kind, message);
         }
     };
-    head.stream_id = sid;
+    head.set_stream_id(sid);
     if let Some((method, host, path, started)) = access {
         tracing::info!(
-            %host, %method, %path, status = head.status,
+            %host, %method, %path, status = head.status(),
             head_ms = started.elapsed().as_secs_f64() * 1000.0,
             node = state.config.node_id(), "forwarded request"
         );
     }
-    let has_body = head.body;
+    let has_body = head.body();
     if binary_heads && has_body && credit.available() >= tunnelgate_mux::PipeReader::buffered(&body)
     {
         // The body already here whole (the agent sent it with its head): one message on.
@@ -317,16 +317,12 @@ async fn bridge(
             if credit.acquire(whole.len()).await.is_err() {
                 return;
             }
-            let frame = tunnelgate_proto::head::encode_response_with(&head, Some(&whole));
+            let frame = head.whole_frame(&whole);
             let _ = out.send(Outgoing::Binary(frame)).await;
             return;
         }
     }
-    if out
-        .send(Outgoing::response_head(head, binary_heads))
-        .await
-        .is_err()
-    {
+    if out.send(head.outgoing(binary_heads)).await.is_err() {
         return;
     }
     if !has_body {

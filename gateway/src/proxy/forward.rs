@@ -97,32 +97,33 @@ impl Target<'_> {
         self.headers = headers;
         let started = self.started;
         let head = crate::tunnel::wait_head(head, head_timeout, &shared).await?;
-        if head.status == 101
+        if head.status() == 101
             && let Some(asked) = &self.upgrade
         {
             state
                 .metrics
                 .request(cluster, 101, Some(started.elapsed().as_secs_f64()));
             return upgraded_response(
-                &head.headers,
+                &head,
                 asked,
                 &self.own_names(),
                 body,
                 self.kubernetes.as_ref().map(|_| idle),
             );
         }
-        let status = StatusCode::from_u16(head.status)
+        let status = StatusCode::from_u16(head.status())
             .ok()
             .filter(|s| (200..600).contains(&s.as_u16()))
             .ok_or_else(|| {
-                ProxyError::UpstreamFailed(format!("invalid status {} from the agent", head.status))
+                let status = head.status();
+                ProxyError::UpstreamFailed(format!("invalid status {status} from the agent"))
             })?;
         state.metrics.request(
             cluster,
             status.as_u16(),
             Some(started.elapsed().as_secs_f64()),
         );
-        let resp = response_head(status, &head.headers, &self.own_names())?;
+        let resp = response_head(status, &head, &self.own_names())?;
         // The gateway owns framing: no body ever follows a HEAD answer, 204 or 304, whatever
         // the agent sends (RFC 9112 §6.3); the stream's body is dropped, which resets it.
         let bodiless = req.method == Method::HEAD
@@ -145,7 +146,7 @@ impl Target<'_> {
             }
             return Ok(resp.body(actix_web::body::None::new()));
         }
-        if !head.body {
+        if !head.body() {
             return Ok(resp.finish());
         }
         let body = idle::IdleTimeout::new(body, idle);
@@ -168,19 +169,21 @@ impl Target<'_> {
 /// tunnel, a peer or the agent goes away, the body fails and actix drops the client's
 /// connection: a WebSocket client sees 1006, never a clean close it would take as deliberate.
 fn upgraded_response(
-    headers: &tunnelgate_proto::control::HeaderList,
+    head: &crate::tunnel::Head,
     asked: &str,
     own: &dyn Fn(&str) -> bool,
     body: tunnelgate_mux::PipeReader,
     idle_timeout: Option<std::time::Duration>,
 ) -> Result<HttpResponse, ProxyError> {
-    let chosen = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("upgrade"))
-        .map_or(asked, |(_, v)| v.as_str())
-        .to_string();
-    let ResponseHead { mut resp, .. } =
-        response_head(StatusCode::SWITCHING_PROTOCOLS, headers, own)?;
+    let chosen = head.with_fields(|fields, _| {
+        fields
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .map_or(asked.to_string(), |h| {
+                String::from_utf8_lossy(h.value).into_owned()
+            })
+    });
+    let ResponseHead { mut resp, .. } = response_head(StatusCode::SWITCHING_PROTOCOLS, head, own)?;
     resp.upgrade(chosen);
     Ok(match idle_timeout {
         Some(t) => resp.body(actix_web::body::BodyStream::new(idle::IdleTimeout::new(
@@ -201,28 +204,46 @@ struct ResponseHead {
 /// split), one Content-Length at most, cookies kept within `own` names.
 fn response_head(
     status: StatusCode,
-    headers: &tunnelgate_proto::control::HeaderList,
+    head: &crate::tunnel::Head,
+    own: &dyn Fn(&str) -> bool,
+) -> Result<ResponseHead, ProxyError> {
+    head.with_fields(|fields, shared| build_response_head(status, fields, shared, own))
+}
+
+/// [`response_head`] from the head's fields; `shared`: the bytes their values are borrowed
+/// from, when values may be shared with it rather than copied.
+fn build_response_head(
+    status: StatusCode,
+    fields: &[httparse::Header<'_>],
+    shared: Option<&bytes::Bytes>,
     own: &dyn Fn(&str) -> bool,
 ) -> Result<ResponseHead, ProxyError> {
     use actix_web::http::header::{HeaderName, HeaderValue};
-    let listed = response_connection_tokens(headers);
+    use std::borrow::Cow;
+    let bad = |what: &str| ProxyError::UpstreamFailed(format!("the agent sent {what}"));
+    let listed: Vec<String> = fields
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| {
+            let value = String::from_utf8_lossy(h.value);
+            response_connection_tokens(&value).collect::<Vec<_>>()
+        })
+        .collect();
     let mut resp = HttpResponse::build(status);
     let mut content_length = None;
-    let bad = |what: &str| ProxyError::UpstreamFailed(format!("the agent sent {what}"));
-    for (name, value) in headers {
-        // Names come lower case from protocol 3's parser (and from our own agents' JSON); an
-        // other agent's get a lower-cased copy.
-        let lower: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    for h in fields {
+        // Names come lower case from JSON; a head frame's as the upstream sent them.
+        let lower: Cow<'_, str> = if h.name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(h.name.to_ascii_lowercase())
         } else {
-            std::borrow::Cow::Borrowed(name.as_str())
+            Cow::Borrowed(h.name)
         };
         let lower = lower.as_ref();
         if lower == "content-length" {
-            let n = value
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| bad("an invalid Content-Length"))?;
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| bad("an invalid Content-Length"))?;
             if content_length.is_some_and(|m| m != n) {
                 return Err(bad("conflicting Content-Lengths"));
             }
@@ -234,13 +255,17 @@ fn response_head(
         }
         let hname =
             HeaderName::from_bytes(lower.as_bytes()).map_err(|_| bad("an invalid header name"))?;
-        let value = if hname == actix_web::http::header::SET_COOKIE {
-            headers::scope_set_cookie(value, own)
+        let hvalue = if hname == actix_web::http::header::SET_COOKIE {
+            let text = String::from_utf8_lossy(h.value);
+            HeaderValue::from_str(&headers::scope_set_cookie(&text, own))
         } else {
-            std::borrow::Cow::Borrowed(value.as_str())
+            match shared {
+                // Shared with the head frame, not copied.
+                Some(b) => HeaderValue::from_maybe_shared(b.slice_ref(h.value)),
+                None => HeaderValue::from_bytes(h.value),
+            }
         };
-        let hvalue = HeaderValue::from_str(&value).map_err(|_| bad("an invalid header value"))?;
-        resp.append_header((hname, hvalue));
+        resp.append_header((hname, hvalue.map_err(|_| bad("an invalid header value"))?));
     }
     Ok(ResponseHead {
         resp,

@@ -213,15 +213,12 @@ pub fn keep_response_header(name: &str, listed: &[String]) -> bool {
     !HOP_BY_HOP.contains(&name) && !listed.iter().any(|t| t == name)
 }
 
-/// `Connection` tokens of a response header list.
-pub fn response_connection_tokens(headers: &HeaderList) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| v.split(','))
+/// The tokens of one response `Connection` field's value (lower case).
+pub fn response_connection_tokens(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .split(',')
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
-        .collect()
 }
 
 /// A `Set-Cookie` value with any `Domain` attribute that `is_own` refuses (a name that is not

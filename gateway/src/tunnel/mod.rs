@@ -25,6 +25,7 @@
 
 pub(crate) mod elastic;
 mod endpoint;
+mod head;
 mod hub;
 pub mod limits;
 mod open;
@@ -40,6 +41,7 @@ mod ws;
 
 pub use endpoint::{accept, accept_raw};
 pub use endpoint::{refuse, throttled};
+pub use head::Head;
 pub use hub::{Hub, MoveAway, Revoked, TunnelRef};
 pub use open::{OpenError, Opened, Outcome, StreamGone, StreamShared, Streams};
 pub use opener::{Gone, Opener};

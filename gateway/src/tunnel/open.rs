@@ -18,6 +18,7 @@ use tunnelgate_mux::{
 use tunnelgate_proto::control::ProxyResponse;
 use tunnelgate_proto::{Frame, ResetCode, StreamId, head};
 
+use super::head::Head;
 use super::opener::Gone;
 use crate::AppState;
 use crate::error::ProxyError;
@@ -47,7 +48,7 @@ pub enum OpenError {
 pub struct Opened {
     pub id: StreamId,
     /// Resolves with the response head, or why there is none.
-    pub head: oneshot::Receiver<Result<ProxyResponse, ProxyError>>,
+    pub head: oneshot::Receiver<Result<Head, ProxyError>>,
     /// The response body as the other end sends it (after a 101, the upstream's raw bytes).
     pub body: PipeReader,
     pub shared: Arc<StreamShared>,
@@ -59,7 +60,7 @@ pub struct Opened {
 
 /// State of one stream that both the link's actor and the stream's task touch.
 pub struct StreamShared {
-    head: Mutex<Option<oneshot::Sender<Result<ProxyResponse, ProxyError>>>>,
+    head: Mutex<Option<oneshot::Sender<Result<Head, ProxyError>>>>,
     /// Credit for the request body the gateway sends.
     pub credit: SendCredit,
     remote_done: AtomicBool,
@@ -84,7 +85,7 @@ impl StreamShared {
     }
 
     /// Resolves the head once; false when it was already resolved.
-    pub fn resolve(&self, head: Result<ProxyResponse, ProxyError>) -> bool {
+    pub fn resolve(&self, head: Result<Head, ProxyError>) -> bool {
         let tx = self.head.lock().unwrap_or_else(|p| p.into_inner()).take();
         match tx {
             Some(tx) => {
@@ -243,20 +244,20 @@ impl Streams {
         if !head::is_head(&msg) {
             return self.lock().on_message(msg, out);
         }
-        let decoded = head::decode_response(&msg);
+        let decoded = head::decode_response_raw(&msg);
         let mut inner = self.lock();
         if !inner.binary_heads {
             return inner.on_message(msg, out);
         }
         match decoded {
-            Ok((r, whole)) => inner.on_response(r, whole, out),
+            Ok((r, whole)) => inner.on_response(Head::Raw(r), whole, out),
             Err(e) => Outcome::Close(e.to_string()),
         }
     }
 
     /// The other end's JSON `proxy_response`.
     pub fn on_response(&self, r: ProxyResponse, out: &Outbox) -> Outcome {
-        self.lock().on_response(r, None, out)
+        self.lock().on_response(Head::Json(r), None, out)
     }
 
     pub fn on_error(&self, e: tunnelgate_proto::control::ProxyError) -> Outcome {
@@ -419,8 +420,8 @@ impl Inner {
 
     /// The other end's `proxy_response`: the stream's head; with protocol 3's whole body, that
     /// body then as a DATA frame and an END would be, under the same rule.
-    fn on_response(&mut self, r: ProxyResponse, whole: Option<Bytes>, out: &Outbox) -> Outcome {
-        let id = r.stream_id;
+    fn on_response(&mut self, r: Head, whole: Option<Bytes>, out: &Outbox) -> Outcome {
+        let id = r.stream_id();
         let outcome = self.on_head(r, out);
         let Some(data) = whole.filter(|_| outcome == Outcome::Fine) else {
             return outcome;
@@ -435,12 +436,12 @@ impl Inner {
     }
 
     /// A response head for its stream.
-    fn on_head(&mut self, r: ProxyResponse, out: &Outbox) -> Outcome {
-        let id = r.stream_id;
+    fn on_head(&mut self, r: Head, out: &Outbox) -> Outcome {
+        let id = r.stream_id();
         if let Err(o) = self.named(id, "proxy_response") {
             return o;
         }
-        let body = r.body;
+        let body = r.body();
         let Some(slot) = self.table.get(id) else {
             return Outcome::Late;
         };

@@ -35,9 +35,7 @@ pub fn pipe_body(r: tunnelgate_mux::PipeReader) -> BodySource {
 /// A stream whose task runs: what the opener still holds.
 pub struct Started {
     pub id: StreamId,
-    pub head: tokio::sync::oneshot::Receiver<
-        Result<tunnelgate_proto::control::ProxyResponse, ProxyError>,
-    >,
+    pub head: tokio::sync::oneshot::Receiver<Result<super::Head, ProxyError>>,
     pub body: tunnelgate_mux::PipeReader,
     pub shared: Arc<StreamShared>,
     pub outbox: Outbox,
@@ -52,12 +50,10 @@ pub struct Started {
 /// `head_timeout` when no task runs (then, timed out, the stream ends with a timeout RESET
 /// once its body is dropped).
 pub async fn wait_head(
-    head: tokio::sync::oneshot::Receiver<
-        Result<tunnelgate_proto::control::ProxyResponse, ProxyError>,
-    >,
+    head: tokio::sync::oneshot::Receiver<Result<super::Head, ProxyError>>,
     head_timeout: Option<Duration>,
     shared: &StreamShared,
-) -> Result<tunnelgate_proto::control::ProxyResponse, ProxyError> {
+) -> Result<super::Head, ProxyError> {
     let head = match head_timeout {
         None => head.await,
         Some(t) => match tokio::time::timeout(t, head).await {
