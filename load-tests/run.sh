@@ -105,7 +105,9 @@ RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW1" --p
   --tls-listen "127.0.0.1:$GWS" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" >"$work/n1.log" 2>&1 & N1=$!; pids+=($N1)
 RUST_LOG=warn $B/tunnelgate-gateway "${common[@]}" --listen "127.0.0.1:$GW2" --peer-listen "127.0.0.1:$P2" --node-id n2 >"$work/n2.log" 2>&1 & N2=$!; pids+=($N2)
 wait_port "$GW1"; wait_port "$GW2"; wait_port "$GWS"
-RUST_LOG=warn $B/tunnelgate-agent --gateway "ws://127.0.0.1:$GW1" --connections 1 --cluster demo --token load-test-token-0123456789abcdef0123 \
+# The agent as shipped: its default two connections, which with one node to reach take a tunnel
+# on each of the node's workers (ADR 0013).
+RUST_LOG=warn $B/tunnelgate-agent --gateway "ws://127.0.0.1:$GW1" --cluster demo --token load-test-token-0123456789abcdef0123 \
   --route "app.demo.localhost=http://127.0.0.1:$UP" --log-format text >"$work/agent.log" 2>&1 & AG=$!; pids+=($AG)
 for _ in $(seq 200); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: app.demo.localhost' "http://127.0.0.1:$GW2/")" = 200 ] && break

@@ -96,7 +96,8 @@ pub struct Config {
     #[arg(long, env = "TG_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Tunnels to hold, each to a different gateway node (more survive a node's loss).
+    /// Tunnels to hold, each to a different gateway node (more survive a node's loss); where
+    /// only one node is reachable, each on a different worker of it (ADR 0013).
     #[arg(long, env = "TG_CONNECTIONS", default_value_t = DEFAULT_CONNECTIONS)]
     pub connections: usize,
 

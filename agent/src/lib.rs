@@ -81,7 +81,7 @@ pub struct Shared {
     /// This agent instance's id; slot `n`'s connection id is `{instance}-{n}`, stable across
     /// reconnects.
     pub instance: String,
-    held: std::sync::Mutex<Vec<String>>,
+    held: std::sync::Mutex<Vec<tunnel::Place>>,
     /// Per slot: the older protocol a gateway named when it refused this agent's, offered on
     /// the slot's next attempt only (so an agent upgraded before its gateways still connects).
     fallback: std::sync::Mutex<std::collections::HashMap<usize, u32>>,
@@ -97,16 +97,16 @@ pub struct Shared {
     pub metrics: Arc<telemetry::Metrics>,
 }
 
-/// While alive, marks a node as carrying one of this agent's tunnels.
+/// While alive, marks a node (and its worker) as carrying one of this agent's tunnels.
 pub struct Held<'a> {
     shared: &'a Shared,
-    node: String,
+    place: tunnel::Place,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         let mut h = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = h.iter().position(|n| *n == self.node) {
+        if let Some(i) = h.iter().position(|p| *p == self.place) {
             h.remove(i);
         }
         self.shared.metrics.tunnels.dec();
@@ -170,22 +170,32 @@ impl Shared {
         });
     }
 
-    /// Claims `node` for one slot; None when another slot holds a tunnel there.
-    pub fn hold(&self, node: &str) -> Option<Held<'_>> {
+    /// Claims `place` for one slot; None when another slot holds a tunnel on its node — or,
+    /// with `share_node` (the slot reaches no other node), on the same worker of it, or the
+    /// gateway names no workers.
+    pub fn hold(&self, place: &tunnel::Place, share_node: bool) -> Option<Held<'_>> {
         let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if h.iter().any(|n| n == node) {
+        if h.iter().any(|held| place.duplicates(held, share_node)) {
             return None;
         }
-        h.push(node.to_string());
+        h.push(place.clone());
         self.metrics.tunnels.inc();
         Some(Held {
             shared: self,
-            node: node.to_string(),
+            place: place.clone(),
         })
     }
 
+    /// The nodes this agent holds tunnels to (each once).
     pub fn held_nodes(&self) -> Vec<String> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes: Vec<String> = Vec::new();
+        for p in h.iter() {
+            if !nodes.contains(&p.node) {
+                nodes.push(p.node.clone());
+            }
+        }
+        nodes
     }
 }
 
@@ -245,6 +255,9 @@ pub async fn run(
 /// Dials in a row that land on a node this agent already holds before a slot concludes there
 /// is only one node to reach (a single gateway, or a load balancer in front of one).
 const SAME_NODE_GIVE_UP: u32 = 3;
+/// Dials such a slot then makes for a tunnel on another worker of that node (ADR 0013) before
+/// it waits [`SINGLE_NODE_RETRY`].
+const WORKER_TRIES: u32 = 3;
 /// How often such a slot looks again for another node.
 const SINGLE_NODE_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -266,6 +279,7 @@ fn start_session(
     slot: usize,
     gateway: &str,
     shutdown: &watch::Receiver<bool>,
+    share_node: bool,
 ) -> Live {
     let (stop_tx, stop_rx) = watch::channel(*shutdown.borrow());
     let stop = Arc::new(stop_tx);
@@ -283,6 +297,7 @@ fn start_session(
         let hooks = session::Hooks {
             handoff: Some(handoff_tx),
             ready: Some(ready_tx),
+            share_node,
         };
         session::run(&shared2, slot, &gw, stop_rx, hooks).await
     });
@@ -342,7 +357,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
         });
     }
     let mut owned = Owned::default();
-    let mut live = start_session(&shared, slot, &next_gateway(turn), &shutdown);
+    let mut live = start_session(&shared, slot, &next_gateway(turn), &shutdown, false);
     owned.add(&live);
     loop {
         let result = tokio::select! {
@@ -358,7 +373,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
                     Handoff::OldEnded(next) => {
                         live = next.unwrap_or_else(|| {
                             turn += 1;
-                            start_session(&shared, slot, &next_gateway(turn), &shutdown)
+                            start_session(&shared, slot, &next_gateway(turn), &shutdown, false)
                         });
                         owned.add(&live);
                     }
@@ -383,11 +398,11 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
             tracing::info!(
                 slot,
                 gateway,
-                "only one gateway node is reachable: holding one tunnel; this slot tries again every {} s in case more nodes appear",
+                "only one gateway node is reachable: this slot holds a tunnel on another of its workers when it can, else tries again every {} s in case more nodes appear",
                 SINGLE_NODE_RETRY.as_secs()
             );
         }
-        if same_node >= SAME_NODE_GIVE_UP {
+        if same_node >= SAME_NODE_GIVE_UP + WORKER_TRIES {
             delay = SINGLE_NODE_RETRY;
         } else if duplicate {
             tracing::debug!(slot, gateway, error = %error, retry_in_ms = delay.as_millis() as u64, "same node again");
@@ -413,7 +428,9 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
                 gateway: next_gateway(turn),
             });
         }
-        live = start_session(&shared, slot, &next_gateway(turn), &shutdown);
+        // A slot that found only this node takes a tunnel on another of its workers.
+        let share_node = same_node >= SAME_NODE_GIVE_UP;
+        live = start_session(&shared, slot, &next_gateway(turn), &shutdown, share_node);
         owned.add(&live);
     }
 }
@@ -442,7 +459,7 @@ async fn handoff(
 ) -> Handoff {
     for attempt in 0..HANDOFF_TRIES {
         *turn += 1;
-        let mut cand = start_session(shared, slot, &next_gateway(*turn), shutdown);
+        let mut cand = start_session(shared, slot, &next_gateway(*turn), shutdown, false);
         owned.add(&cand);
         tokio::select! {
             Ok(()) = &mut cand.ready => {

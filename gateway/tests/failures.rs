@@ -502,7 +502,7 @@ async fn an_agent_stopping_gracefully_finishes_its_requests_and_loses_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_connection_slots_and_one_node_settle_on_one_tunnel_without_a_redial_loop() {
+async fn two_connection_slots_and_one_node_settle_on_a_tunnel_per_worker_without_a_redial_loop() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let up = Upstream::start().await;
     let gw = Gateway::start(&[]);
@@ -530,14 +530,18 @@ async fn two_connection_slots_and_one_node_settle_on_one_tunnel_without_a_redial
     );
     agent.connected().await;
     let at_connect = dials.load(Ordering::Relaxed);
-    // The second slot finds the same node a few times, then waits minutes: no redial loop.
+    // The second slot finds the same node a few times, then takes a tunnel on the node's other
+    // worker (ADR 0013; the test node runs two), and no more dials follow.
+    gw.wait_metric("gateway_tunnels 2").await;
+    let settled = dials.load(Ordering::Relaxed);
+    assert!(
+        settled <= 3 + 3 + 1,
+        "{settled} dials ({at_connect} at connect) before a tunnel on each worker"
+    );
     // (Backoff 50–500 ms: a redial loop would make ~9 dials in these 3 s.)
     tokio::time::sleep(Duration::from_secs(3)).await;
     let later = dials.load(Ordering::Relaxed);
-    assert!(
-        later <= 5,
-        "{later} dials ({at_connect} at connect): the second slot keeps redialling"
-    );
+    assert_eq!(later, settled, "the slots keep redialling");
     let r = client()
         .get(gw.url("app.demo.localhost", "/hello"))
         .send()

@@ -36,10 +36,26 @@ pub fn tunnel_url(gateway: &str) -> Result<String, String> {
     Ok(u.to_string())
 }
 
+/// Where a tunnel landed: the gateway node, and which of its workers (ADR 0013; a gateway
+/// older than that names no worker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub node: String,
+    pub worker: Option<String>,
+}
+
+impl Place {
+    /// Whether a tunnel landing here duplicates one `held` already: the same node — unless
+    /// with `share_node` (the slot reaches no other node) it is another worker of it.
+    pub fn duplicates(&self, held: &Place, share_node: bool) -> bool {
+        held.node == self.node && (!share_node || self.worker.is_none() || held == self)
+    }
+}
+
 pub(super) async fn connect(
     shared: &Shared,
     gateway: &str,
-) -> Result<(Ws, Option<String>), SessionError> {
+) -> Result<(Ws, Option<Place>), SessionError> {
     let url = tunnel_url(gateway).map_err(SessionError::Connect)?;
     let mut req = url
         .as_str()
@@ -71,12 +87,17 @@ pub(super) async fn connect(
             "no answer from {url} within {REGISTER_TIMEOUT:?}"
         ))),
         Ok(Ok((ws, resp))) => {
-            let node = resp
-                .headers()
-                .get("x-tunnelgate-node")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            Ok((ws, node))
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let place = header("x-tunnelgate-node").map(|node| Place {
+                node,
+                worker: header("x-tunnelgate-worker"),
+            });
+            Ok((ws, place))
         }
         Ok(Err(tungstenite::Error::Http(resp))) => Err(SessionError::Refused {
             status: resp.status().as_u16(),
@@ -167,4 +188,29 @@ pub(super) async fn register(
     tokio::time::timeout(REGISTER_TIMEOUT, wait)
         .await
         .map_err(|_| SessionError::Register("no register_success in time".into()))?
+}
+
+#[cfg(test)]
+mod place_tests {
+    use super::Place;
+
+    fn at(node: &str, worker: Option<&str>) -> Place {
+        Place {
+            node: node.into(),
+            worker: worker.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn one_tunnel_per_node_unless_the_slot_reaches_no_other() {
+        let held = at("n1", Some("0"));
+        // Looking for other nodes: any tunnel on n1 is a duplicate, another node is not.
+        assert!(at("n1", Some("1")).duplicates(&held, false));
+        assert!(!at("n2", Some("0")).duplicates(&held, false));
+        // Only n1 reachable: its other worker is kept, the same worker is not.
+        assert!(!at("n1", Some("1")).duplicates(&held, true));
+        assert!(at("n1", Some("0")).duplicates(&held, true));
+        // A gateway that names no worker: one tunnel per node, as before.
+        assert!(at("n1", None).duplicates(&at("n1", None), true));
+    }
 }

@@ -21,7 +21,7 @@ mod pipe;
 pub mod session;
 pub mod stream;
 
-pub use dial::tunnel_url;
+pub use dial::{Place, tunnel_url};
 
 /// How a session ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

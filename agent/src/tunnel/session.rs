@@ -76,6 +76,9 @@ pub struct Hooks {
     pub handoff: Option<tokio::sync::mpsc::Sender<()>>,
     /// Told once the gateway acknowledged this tunnel's routes: it serves.
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The slot found only one node: a tunnel there on a worker no other slot holds is kept
+    /// (ADR 0013), not hung up as a duplicate.
+    pub share_node: bool,
 }
 
 pub async fn run(
@@ -85,14 +88,15 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     mut hooks: Hooks,
 ) -> Result<End, SessionError> {
-    let (mut ws, node) = connect(shared, gateway).await?;
-    // One tunnel per node: the point of several is to survive a node's loss.
-    let _held = match node {
-        Some(n) => match shared.hold(&n) {
+    let (mut ws, place) = connect(shared, gateway).await?;
+    // One tunnel per node: the point of several is to survive a node's loss. Where only one
+    // node is reachable, one per worker of it (ADR 0013).
+    let _held = match place {
+        Some(p) => match shared.hold(&p, hooks.share_node) {
             Some(h) => Some(h),
             None => {
                 let _ = ws.close(None).await;
-                return Err(SessionError::Duplicate(n));
+                return Err(SessionError::Duplicate(p.node));
             }
         },
         None => None,

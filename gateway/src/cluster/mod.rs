@@ -24,8 +24,13 @@ use crate::registry::{NodeRecord, now_ms};
 pub use peer_link::PeerLink;
 pub use peers::PeerPool;
 
-/// Header carrying the dialling node's id on a peer link.
+/// Header carrying the dialling node's id on a peer link (and the answering node's in an agent
+/// tunnel's 101).
 pub const NODE_HEADER: &str = "x-tunnelgate-node";
+
+/// Header of an agent tunnel's 101: which of the node's workers took the tunnel (ADR 0013), so
+/// an agent that reaches only one node may hold a tunnel on each of its workers.
+pub const WORKER_HEADER: &str = "x-tunnelgate-worker";
 
 /// Header of a peer link's upgrade, both ways: the dialler's heartbeat interval in
 /// milliseconds, echoed by a node that answers heartbeats (an older node does not, and gets

@@ -146,6 +146,10 @@ pub async fn accept(
             v,
         );
     }
+    response.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static(crate::cluster::WORKER_HEADER),
+        worker_index().into(),
+    );
     let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
     actix_rt::spawn(write_loop(rx, session, to_actix));
     let state = Arc::clone(&state.into_inner());
@@ -194,9 +198,11 @@ pub async fn accept_raw(
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let head = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n{}: {}\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n{}: {}\r\n{}: {}\r\n\r\n",
         crate::cluster::NODE_HEADER,
-        state.config.node_id()
+        state.config.node_id(),
+        crate::cluster::WORKER_HEADER,
+        worker_index(),
     );
     if io.write_all(head.as_bytes()).await.is_err() {
         return Ok(());
@@ -229,4 +235,14 @@ pub async fn accept_raw(
         TunnelActor::new(cluster, peer, out, state).with_token(token_id)
     });
     Ok(())
+}
+
+/// This worker's index: the threads that accept tunnels are numbered as they first do (ADR
+/// 0013; an agent tells a node's workers apart by it).
+fn worker_index() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i)
 }
