@@ -100,12 +100,8 @@ pub async fn run(
             state.config.max_memory_mib << 20,
         )));
     }
-    let mut servers = Vec::new();
-    if let Some(l) = peer {
-        servers.push(peer_server(&state, l)?);
-    }
-    servers.push(admin_server(&state, admin)?);
-    let (public, reload) = public_server(&state, public, tls, workers)?;
+    let servers = vec![admin_server(&state, admin)?];
+    let (public, reload) = public_server(&state, public, tls, peer, workers)?;
     tasks.extend(reload);
     let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
     let public_handle = public.handle();
@@ -146,10 +142,14 @@ pub async fn run(
 }
 
 /// The peer listener: `/v1/peer`, over mutual TLS when configured.
-fn peer_server(
+/// Adds the peer listener to the public server's builder: peer links live on the same workers
+/// as tunnels and clients, so a forwarded request reaches a tunnel on its link's worker without
+/// crossing threads (ADR 0013).
+fn peer_listener(
+    builder: actix_server::ServerBuilder,
     state: &web::Data<AppState>,
     listener: TcpListener,
-) -> std::io::Result<actix_server::Server> {
+) -> std::io::Result<actix_server::ServerBuilder> {
     let addr = listener.local_addr()?;
     let st = state.clone();
     let peer_app = move || {
@@ -164,11 +164,7 @@ fn peer_server(
             |_| actix_web::dev::AppConfig::default(),
         )
     };
-    let builder = actix_server::Server::build()
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(2);
-    let server = match &state.peer_tls {
+    let builder = match &state.peer_tls {
         // Mutual TLS: only nodes with a certificate of the peer CA get a link (and they still
         // present the peer secret).
         Some(t) => {
@@ -197,10 +193,9 @@ fn peer_server(
             })
             .and_then(http)
         })?,
-    }
-    .run();
+    };
     tracing::info!(addr = %addr, advertised = ?state.config.peer_advertise, tls = state.peer_tls.is_some(), "peer endpoint listening");
-    Ok(server)
+    Ok(builder)
 }
 
 /// The internal listener: admin API, `/healthz`, `/readyz`, `/metrics`.
@@ -234,6 +229,7 @@ fn public_server(
     state: &web::Data<AppState>,
     listener: TcpListener,
     tls: Option<TcpListener>,
+    peer: Option<TcpListener>,
     workers: Option<usize>,
 ) -> std::io::Result<(actix_server::Server, Option<actix_rt::task::JoinHandle<()>>)> {
     // Signals are the node's (`run`'s shutdown); what is still open after the drain is cut
@@ -322,6 +318,9 @@ fn public_server(
     }
     let conns = state.load.clone();
     let front_state = state.clone();
+    if let Some(l) = peer {
+        builder = peer_listener(builder, state, l)?;
+    }
     let server = builder
         .listen("public", listener, move || {
             use actix_service::{Service as _, ServiceFactory as _};

@@ -447,7 +447,7 @@ async fn websocket_across_a_peer_hop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_first_requests_share_one_peer_link() {
+async fn concurrent_first_requests_share_a_peer_link_per_worker() {
     let redis = Redis::start();
     let up = Upstream::start().await;
     let n1 = Gateway::node(&redis, &[]);
@@ -474,9 +474,10 @@ async fn concurrent_first_requests_share_one_peer_link() {
         .iter()
         .filter(|l| l.contains("peer link accepted"))
         .count();
-    assert_eq!(
-        accepted, 1,
-        "one dial per peer, not one per waiting request"
+    // One link per peer and dialling worker (the test nodes run two; ADR 0013).
+    assert!(
+        (1..=2).contains(&accepted),
+        "{accepted} links: one dial per peer and worker, not one per waiting request"
     );
     // The route table came from Redis, then from the cache.
     let r = client().get(&url).send().await.unwrap();

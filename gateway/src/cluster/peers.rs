@@ -1,5 +1,5 @@
-//! Outgoing peer links: one per remote node, dialled on first use and reused. A link is a
-//! [`PeerLink`] over a WebSocket this node opened.
+//! Outgoing peer links: one per remote node and worker of this node (ADR 0013), dialled on
+//! first use and reused. A link is a [`PeerLink`] over a WebSocket this node opened.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,19 +24,22 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 pub struct PeerPool {
-    links: Mutex<HashMap<String, (u64, Opener)>>,
+    /// By remote node and the worker that dialled: each worker has its own links, so a request
+    /// stays on its worker and the links' readers and writers work in parallel (ADR 0013).
+    links: Mutex<HashMap<(String, std::thread::ThreadId), (u64, Opener)>>,
     /// One dial per peer at a time: requests that miss a link while it is being dialled wait
     /// for that dial instead of each opening (and leaking) a link of their own.
     dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl PeerPool {
-    /// The link to `node` if it is up.
+    /// This worker's link to `node` if it is up.
     fn live_link(&self, node: &str) -> Option<Opener> {
+        let key = (node.to_string(), std::thread::current().id());
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(node)
+            .get(&key)
             .map(|(_, r)| r.clone())
             .filter(Opener::is_live)
     }
@@ -138,18 +141,16 @@ impl PeerPool {
             actor
         });
         let r = opener.ok_or("peer link did not start")?;
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(owner.node_id.clone(), (id, r.clone()));
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            (owner.node_id.clone(), std::thread::current().id()),
+            (id, r.clone()),
+        );
         Ok(r)
     }
 
     /// Forgets the link `id` to `node_id` (it closed); a newer link stays.
     pub fn remove(&self, node_id: &str, id: u64) {
         let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if g.get(node_id).is_some_and(|(i, _)| *i == id) {
-            g.remove(node_id);
-        }
+        g.retain(|(node, _), (i, _)| !(node == node_id && *i == id));
     }
 }
