@@ -334,9 +334,14 @@ async fn a_draining_node_asks_kept_connections_to_close() {
     let first = c.response(false).await;
     assert_eq!(first.header("connection"), None, "{}", first.head);
     // A request in flight when the node is told to stop: answered, then the connection is
-    // closed, so the client's next request goes to a node that stays.
+    // closed, so the client's next request goes to a node that stays. The same on a
+    // connection actix-http serves (a chunked upload is handed to it).
     c.send(&get(APP, "/gate")).await;
-    gw.wait_metric("gateway_streams 1").await;
+    let mut handed = Conn::open(gw.addr).await;
+    handed
+        .send(b"POST /gate HTTP/1.1\r\nHost: app.demo.localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .await;
+    gw.wait_metric("gateway_streams 2").await;
     gw.terminate();
     let readyz = format!("http://{}/readyz", gw.admin);
     let deadline = std::time::Instant::now() + HANG;
@@ -348,9 +353,12 @@ async fn a_draining_node_asks_kept_connections_to_close() {
         assert!(std::time::Instant::now() < deadline, "/readyz still ready");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    up.gate.add_permits(1);
-    let r = c.response(false).await;
-    assert_eq!((r.status(), r.body.as_slice()), (200, &b"opened"[..]));
-    assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
-    assert!(c.closed().await, "the connection stays open");
+    up.gate.add_permits(2);
+    for c in [&mut c, &mut handed] {
+        let r = c.response(false).await;
+        assert_eq!((r.status(), r.body.as_slice()), (200, &b"opened"[..]));
+        assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+        assert!(c.closed().await, "the connection stays open");
+    }
+    assert_eq!(handoffs(&gw).await, ["transfer_encoding 1"]);
 }
