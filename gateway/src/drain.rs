@@ -1,10 +1,11 @@
 //! Leaving without losing a request (SIGTERM or SIGINT; the manifests' preStop hook first
 //! gives load balancers time to stop sending): `/readyz` fails at once, new tunnels are
-//! refused and each HTTP/1.1 answer says `Connection: close` (its client
-//! reconnects through the load balancer to a node that stays), every agent is asked to move its tunnel (agents open one on another node before
-//! draining this one: make before break), then the node waits until its tunnels are gone and
-//! its streams finished, for at most `--drain-timeout`; what is still open then (upgraded
-//! connections) is cut so clients reconnect; the node record is withdrawn; exit 0.
+//! refused, each HTTP/1.1 answer says `Connection: close` (its client reconnects through the
+//! load balancer to a node that stays), and every agent is asked to move its tunnel (agents
+//! open one on another node before draining this one: make before break). Then the node waits
+//! until its tunnels are gone and its streams finished, for at most `--drain-timeout`; what is
+//! still open then (upgraded connections) is cut so clients reconnect; the node record is
+//! withdrawn; exit 0.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
