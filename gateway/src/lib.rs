@@ -72,6 +72,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The node is draining (`drain.rs`).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(config: Config) -> Result<Self, String> {
         let metrics = Metrics::default();
         let registry = match &config.redis_url {

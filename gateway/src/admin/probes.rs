@@ -20,7 +20,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub fn readyz(state: &AppState) -> HttpResponse {
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    if state.is_draining() {
         // Load balancers stop sending here; requests still arriving are served.
         return HttpResponse::ServiceUnavailable()
             .content_type("text/plain")

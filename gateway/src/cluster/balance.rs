@@ -27,7 +27,7 @@ pub fn excess(mine: u64, all: &[u64]) -> u64 {
 
 /// One tick of spreading, after this node announced itself.
 pub async fn rebalance(state: &Arc<AppState>) {
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    if state.is_draining() {
         return;
     }
     let Ok(nodes) = state.registry.nodes().await else {

@@ -22,11 +22,14 @@ use crate::tunnel::{Opener, from_tungstenite, to_tungstenite};
 /// Time to open a peer link before the owner counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// One worker's link to a node: the worker, the link's id, its opener.
+type Link = (std::thread::ThreadId, u64, Opener);
+
 #[derive(Default)]
 pub struct PeerPool {
     /// By remote node and the worker that dialled: each worker has its own links, so a request
     /// stays on its worker and the links' readers and writers work in parallel (ADR 0013).
-    links: Mutex<HashMap<(String, std::thread::ThreadId), (u64, Opener)>>,
+    links: Mutex<HashMap<String, Vec<Link>>>,
     /// One dial per peer at a time: requests that miss a link while it is being dialled wait
     /// for that dial instead of each opening (and leaking) a link of their own.
     dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -35,13 +38,10 @@ pub struct PeerPool {
 impl PeerPool {
     /// This worker's link to `node` if it is up.
     fn live_link(&self, node: &str) -> Option<Opener> {
-        let key = (node.to_string(), std::thread::current().id());
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .map(|(_, r)| r.clone())
-            .filter(Opener::is_live)
+        let here = std::thread::current().id();
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let (.., open) = links.get(node)?.iter().find(|(t, ..)| *t == here)?;
+        Some(open.clone()).filter(Opener::is_live)
     }
 
     /// The link to `owner`, dialling it if there is none.
@@ -141,16 +141,22 @@ impl PeerPool {
             actor
         });
         let r = opener.ok_or("peer link did not start")?;
-        self.links.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            (owner.node_id.clone(), std::thread::current().id()),
-            (id, r.clone()),
-        );
+        let here = std::thread::current().id();
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = links.entry(owner.node_id.clone()).or_default();
+        mine.retain(|(t, ..)| *t != here);
+        mine.push((here, id, r.clone()));
         Ok(r)
     }
 
     /// Forgets the link `id` to `node_id` (it closed); a newer link stays.
     pub fn remove(&self, node_id: &str, id: u64) {
         let mut g = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        g.retain(|(node, _), (i, _)| !(node == node_id && *i == id));
+        if let Some(mine) = g.get_mut(node_id) {
+            mine.retain(|(_, i, _)| *i != id);
+            if mine.is_empty() {
+                g.remove(node_id);
+            }
+        }
     }
 }

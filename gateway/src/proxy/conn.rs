@@ -10,7 +10,6 @@
 //! than `100-continue`, chunked uploads, HTTP/1.0, anything `httparse` or the request checks
 //! refuse, and a node over its limits.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -246,7 +245,7 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
                 tag_response(&mut resp, &inc.id);
                 // A draining node asks its clients to reconnect (to the nodes still ready)
                 // rather than keep a connection it will cut when it stops.
-                let close = req.close || state.draining.load(Ordering::Relaxed);
+                let close = req.close || state.is_draining();
                 (write_response(&mut wr, resp, is_head, close).await, close)
             };
             let pump = async {

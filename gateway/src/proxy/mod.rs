@@ -120,14 +120,12 @@ pub async fn dispatch(
     let id = request_id(req.headers());
     let span = request_span(&id, req.headers());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let draining = state.clone();
+    let st = state.clone();
     let mut resp = route(req, payload, state).instrument(span).await;
     tag_response(&mut resp, &id);
     // As the own front does: a draining node asks HTTP/1.1 clients to reconnect elsewhere
     // (HTTP/2 has no such header; an upgrade keeps its connection).
-    if draining.draining.load(std::sync::atomic::Ordering::Relaxed)
-        && resp.status() != actix_web::http::StatusCode::SWITCHING_PROTOCOLS
-    {
+    if st.is_draining() && resp.status() != actix_web::http::StatusCode::SWITCHING_PROTOCOLS {
         resp.head_mut()
             .set_connection_type(actix_web::http::ConnectionType::Close);
     }

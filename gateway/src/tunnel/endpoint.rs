@@ -43,7 +43,7 @@ fn admit(
     headers: &actix_web::http::header::HeaderMap,
 ) -> Result<(String, String), Box<HttpResponse>> {
     use actix_web::http::StatusCode;
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    if state.is_draining() {
         let mut r = refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "this gateway node is shutting down; connect to another",

@@ -95,7 +95,7 @@ pub fn start_stream(
     // outlives the response head; its bytes have no idle timeout (a WebSocket may be quiet for
     // hours).
     let upgrade = request.upgrade.is_some();
-    // Protocol 3's head frame, or protocol 2's (and every peer link's) JSON.
+    // Protocol 3's head frame (agent tunnels and peer links), or protocol 2's JSON.
     // (The headers go back to the opener, which may send the request again elsewhere.)
     let (mut head_msg, headers) = match binary_heads {
         true => {
