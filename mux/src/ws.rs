@@ -2,9 +2,10 @@
 //! WebSocket library (ADR 0014). A link carries few kinds of message and its payloads are
 //! most of its bytes, so both halves work on whole frames and never copy a payload they can
 //! avoid copying:
-//! - [`WsReader`] reads the socket into one growing buffer (no zero-fill), takes each frame
-//!   out of it as shared bytes, and unmasks a client's frame in place: a DATA frame's payload
-//!   reaches a stream's pipe without a copy in user space.
+//! - [`WsReader`] reads frame heads and short payloads through one buffer (no zero-fill) and
+//!   a large payload (a DATA frame of a body) straight into a buffer of its own, exactly its
+//!   size, unmasking a client's frame in place: a download's payload reaches its stream's pipe
+//!   with no copy in user space, and a message kept never pins more memory than its own.
 //! - [`WsWriter`] writes frame heads and small payloads through one buffer and large payloads
 //!   as they are (vectored writes); a client masks a payload in place when it holds the only
 //!   reference to it, and copies it masked otherwise.
@@ -69,16 +70,16 @@ pub const MIN_READ: usize = 4 * 1024;
 /// The largest socket read asked for beyond the frame being read.
 pub const MAX_READ: usize = 64 * 1024;
 
-/// `mask` applied to `buf` (RFC 6455 §5.3), eight bytes at a time.
+/// `mask` applied to `buf` (RFC 6455 §5.3), sixteen bytes at a time.
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
     let [a, b, c, d] = mask;
-    let wide = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
-    let mut chunks = buf.chunks_exact_mut(8);
+    let wide = u128::from_ne_bytes([a, b, c, d, a, b, c, d, a, b, c, d, a, b, c, d]);
+    let mut chunks = buf.chunks_exact_mut(16);
     for chunk in &mut chunks {
-        let v = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8])) ^ wide;
+        let v = u128::from_ne_bytes(chunk.try_into().unwrap_or([0; 16])) ^ wide;
         chunk.copy_from_slice(&v.to_ne_bytes());
     }
-    // The remainder starts at a multiple of eight, so the mask starts over.
+    // The remainder starts at a multiple of sixteen, so the mask starts over.
     for (byte, m) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
         *byte ^= m;
     }
@@ -135,16 +136,36 @@ fn parse_head(buf: &[u8]) -> Result<Option<FrameHead>, WsError> {
     }))
 }
 
+/// Payloads at least this long are read into a buffer of their own, exactly their size;
+/// shorter ones are copied out of the read buffer. Either way a message holds no memory but
+/// its own: a message kept (a slow client's body) never pins a read buffer.
+const OWN_BUFFER: usize = 4 * 1024;
+
+/// A frame whose payload is being read into its own buffer.
+struct Large {
+    fin: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    payload: BytesMut,
+    /// Payload bytes still to read.
+    left: usize,
+}
+
 /// The message half of a link: a [`Stream`] of [`Incoming`] messages, ending after a close
 /// frame or an error.
 pub struct WsReader<R> {
     io: R,
+    /// Frame heads and short payloads.
     buf: BytesMut,
     role: Role,
     max_message: usize,
+    /// A large frame's payload being read.
+    large: Option<Large>,
     /// A fragmented message being put together: its opcode and the bytes so far.
     partial: Option<(u8, BytesMut)>,
-    /// The next socket read's size beyond what the current frame needs.
+    /// The next read's size into `buf`: it grows while reads come back full of short frames,
+    /// and starts small again after a large frame (whose payload should go to its own buffer,
+    /// not be copied there).
     read_size: usize,
     done: bool,
 }
@@ -158,14 +179,16 @@ impl<R> WsReader<R> {
             buf: BytesMut::from(read),
             role,
             max_message,
+            large: None,
             partial: None,
             read_size: MIN_READ,
             done: false,
         }
     }
 
-    /// The next whole frame in the buffer as a message (None for a fragment that does not
-    /// finish one), or None when more bytes are needed, with how many at least.
+    /// The next frame out of `buf`: a message, None for a fragment that does not finish one
+    /// (or a large frame that now reads into its own buffer), or how many more bytes `buf`
+    /// needs at least.
     #[allow(clippy::type_complexity)]
     fn next_frame(&mut self) -> Result<Result<Option<Incoming>, usize>, WsError> {
         let Some(head) = parse_head(&self.buf)? else {
@@ -188,19 +211,59 @@ impl<R> WsReader<R> {
             });
         }
         // Within max_message, so it fits in usize.
-        let total = head.len + head.payload as usize;
-        if self.buf.len() < total {
-            return Ok(Err(total - self.buf.len()));
+        let len = head.payload as usize;
+        if len >= OWN_BUFFER {
+            self.buf.advance(head.len);
+            let mut payload = BytesMut::with_capacity(len);
+            let here = len.min(self.buf.len());
+            payload.extend_from_slice(self.buf.get(..here).unwrap_or_default());
+            self.buf.advance(here);
+            self.read_size = MIN_READ;
+            let large = Large {
+                fin: head.fin,
+                opcode: head.opcode,
+                mask: head.mask,
+                payload,
+                left: len - here,
+            };
+            if large.left > 0 {
+                self.large = Some(large);
+                return Ok(Ok(None));
+            }
+            return self.finish(large).map(Ok);
         }
-        let mut payload = self.buf.split_to(total);
-        payload.advance(head.len);
-        if let Some(mask) = head.mask {
+        let total = head.len + len;
+        let Some(bytes) = self.buf.get(head.len..total) else {
+            return Ok(Err(total - self.buf.len()));
+        };
+        let payload = BytesMut::from(bytes);
+        self.buf.advance(total);
+        self.finish(Large {
+            fin: head.fin,
+            opcode: head.opcode,
+            mask: head.mask,
+            payload,
+            left: 0,
+        })
+        .map(Ok)
+    }
+
+    /// A frame read whole, as a message (None: a fragment that does not finish one).
+    fn finish(&mut self, frame: Large) -> Result<Option<Incoming>, WsError> {
+        let Large {
+            fin,
+            opcode,
+            mask,
+            mut payload,
+            ..
+        } = frame;
+        if let Some(mask) = mask {
             apply_mask(&mut payload, mask);
         }
-        let message = match (head.opcode, head.fin, self.partial.take()) {
-            (OP_TEXT | OP_BINARY, true, None) => Some(message(head.opcode, payload)?),
+        Ok(match (opcode, fin, self.partial.take()) {
+            (OP_TEXT | OP_BINARY, true, None) => Some(message(opcode, payload)?),
             (OP_TEXT | OP_BINARY, false, None) => {
-                self.partial = Some((head.opcode, payload));
+                self.partial = Some((opcode, payload));
                 None
             }
             (OP_CONTINUATION, fin, Some((op, mut so_far))) => {
@@ -231,8 +294,7 @@ impl<R> WsReader<R> {
                 return Err(WsError::Protocol("new message inside a fragmented one"));
             }
             _ => return Err(WsError::Protocol("reserved opcode")),
-        };
-        Ok(Ok(message))
+        })
     }
 }
 
@@ -268,47 +330,81 @@ impl<R: AsyncRead + Unpin> Stream for WsReader<R> {
             return Poll::Ready(None);
         }
         loop {
-            let need = match this.next_frame() {
-                Ok(Ok(Some(m))) => {
+            let step = match this.large.take() {
+                // A large frame's payload: read into its own buffer, no further than its end.
+                Some(mut large) => {
+                    let read = tokio_util::io::poll_read_buf(
+                        Pin::new(&mut this.io),
+                        cx,
+                        &mut (&mut large.payload).limit(large.left),
+                    );
+                    match read {
+                        Poll::Pending => {
+                            this.large = Some(large);
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Ok(0)) => Err(WsError::Eof),
+                        Poll::Ready(Ok(n)) => {
+                            large.left -= n;
+                            if large.left > 0 {
+                                this.large = Some(large);
+                                continue;
+                            }
+                            this.finish(large)
+                        }
+                        Poll::Ready(Err(e)) => Err(e.into()),
+                    }
+                }
+                None => match this.next_frame() {
+                    Ok(Ok(m)) => Ok(m),
+                    Ok(Err(need)) => match this.read(cx, need) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(e)) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                },
+            };
+            match step {
+                Ok(None) => continue,
+                Ok(Some(m)) => {
                     this.done = matches!(m, Incoming::Close(_));
                     return Poll::Ready(Some(Ok(m)));
                 }
-                Ok(Ok(None)) => continue,
-                Ok(Err(need)) => need,
                 Err(e) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(e)));
                 }
-            };
-            // A quiet link gives its buffer back: a fresh one is allocated when bytes come.
-            if this.buf.is_empty() && this.buf.capacity() > 2 * MAX_READ {
-                this.buf = BytesMut::new();
             }
-            this.buf.reserve(need.max(this.read_size));
-            let room = this.buf.capacity() - this.buf.len();
-            let got = match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.io),
-                cx,
-                &mut this.buf
-            )) {
-                Ok(n) => n,
-                Err(e) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-            };
-            if got == 0 {
-                this.done = true;
-                return Poll::Ready(Some(Err(WsError::Eof)));
-            }
-            this.read_size = if got >= room {
-                (this.read_size * 2).min(MAX_READ)
-            } else if got < this.read_size / 4 {
-                (this.read_size / 2).max(MIN_READ)
-            } else {
-                this.read_size
-            };
         }
+    }
+}
+
+impl<R: AsyncRead + Unpin> WsReader<R> {
+    /// One read into `buf`, of at least `need` bytes' room.
+    fn read(&mut self, cx: &mut Context<'_>, need: usize) -> Poll<Result<(), WsError>> {
+        // A quiet link gives a large buffer back: a small one is allocated when bytes come.
+        if self.buf.is_empty() && self.buf.capacity() > 2 * self.read_size {
+            self.buf = BytesMut::new();
+        }
+        self.buf.reserve(need.max(self.read_size));
+        let room = self.buf.capacity() - self.buf.len();
+        let got = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if got == 0 {
+            return Poll::Ready(Err(WsError::Eof));
+        }
+        self.read_size = if got >= room {
+            (self.read_size * 2).min(MAX_READ)
+        } else if got < self.read_size / 4 {
+            (self.read_size / 2).max(MIN_READ)
+        } else {
+            self.read_size
+        };
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -82,6 +82,28 @@ async fn messages_of_every_length_class_pass_both_ways() {
     }
 }
 
+#[tokio::test]
+async fn frames_arriving_in_any_pieces_are_read_whole() {
+    // A pipe of 13 bytes: every head and payload arrives cut at odd places.
+    let (a, b) = tokio::io::duplex(13);
+    let mut w = WsWriter::new(a, Role::Client);
+    let mut r = WsReader::new(b, Role::Server, &[], MAX);
+    let sizes = [5usize, 4095, 4096, 70_000, 3, 200_000, 1];
+    let writer = tokio::spawn(async move {
+        for n in sizes {
+            w.send(Outgoing::Binary(pattern(n))).await.unwrap();
+        }
+        w
+    });
+    for n in sizes {
+        match r.next().await {
+            Some(Ok(Incoming::Binary(b))) => assert_eq!(b, pattern(n), "{n}"),
+            other => panic!("{n}: {other:?}"),
+        }
+    }
+    writer.await.unwrap();
+}
+
 /// The bytes `role` puts on the wire for one message.
 async fn wire(role: Role, m: Outgoing) -> Vec<u8> {
     let (a, mut b) = tokio::io::duplex(1 << 20);

@@ -3,11 +3,13 @@
 //! `register_success` — each under `REGISTER_TIMEOUT`, with the gateway's reason when it refuses.
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tunnelgate_mux::Outgoing;
+use tunnelgate_mux::ws::{Incoming, Role, WsReader, WsWriter};
 use tunnelgate_proto::Control;
 use tunnelgate_proto::control::{Register, RegisterSuccess};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
@@ -16,7 +18,47 @@ use super::SessionError;
 use crate::Shared;
 use crate::config::REGISTER_TIMEOUT;
 
-pub(super) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A tunnel's connection after the upgrade, in its two halves: the link's own WebSocket
+/// framing (`mux::ws`, ADR 0014) over the socket or its TLS session.
+pub(super) struct Ws {
+    pub rd: WsReader<Box<dyn AsyncRead + Send + Unpin>>,
+    pub wr: WsWriter<Box<dyn AsyncWrite + Send + Unpin>>,
+}
+
+impl Ws {
+    /// The framing over what tungstenite's handshake left. Nothing can be buffered past the
+    /// 101: a gateway sends nothing on a tunnel before the agent's `register`.
+    fn over(io: MaybeTlsStream<tokio::net::TcpStream>) -> Result<Self, SessionError> {
+        let (rd, wr): (
+            Box<dyn AsyncRead + Send + Unpin>,
+            Box<dyn AsyncWrite + Send + Unpin>,
+        ) = match io {
+            MaybeTlsStream::Plain(tcp) => {
+                let (r, w) = tcp.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            MaybeTlsStream::Rustls(tls) => {
+                let (r, w) = tokio::io::split(tls);
+                (Box::new(r), Box::new(w))
+            }
+            _ => return Err(SessionError::Connect("unexpected transport".into())),
+        };
+        Ok(Ws {
+            rd: WsReader::new(rd, Role::Client, &[], MAX_WS_MESSAGE + 16),
+            wr: WsWriter::new(wr, Role::Client),
+        })
+    }
+
+    /// Closes the connection with a close frame (code 1000).
+    pub async fn close(&mut self) {
+        let bye = Outgoing::Close {
+            code: 1000,
+            reason: String::new(),
+        };
+        let _ = tokio::time::timeout(REGISTER_TIMEOUT, self.wr.send(bye)).await;
+        let _ = tokio::time::timeout(REGISTER_TIMEOUT, self.wr.close()).await;
+    }
+}
 
 /// The URL of the tunnel endpoint for a gateway URL.
 pub fn tunnel_url(gateway: &str) -> Result<String, String> {
@@ -97,7 +139,7 @@ pub(super) async fn connect(
                 node,
                 worker: header("x-tunnelgate-worker"),
             });
-            Ok((ws, place))
+            Ok((Ws::over(ws.into_inner())?, place))
         }
         Ok(Err(tungstenite::Error::Http(resp))) => Err(SessionError::Refused {
             status: resp.status().as_u16(),
@@ -126,13 +168,14 @@ pub(super) async fn register(
         agent_id: Some(shared.instance.to_string()),
         protocol: offer,
     });
-    ws.send(Message::Text(reg.to_json().into()))
+    ws.wr
+        .send(Outgoing::Text(reg.to_json()))
         .await
         .map_err(|e| SessionError::Register(e.to_string()))?;
     let wait = async {
-        while let Some(msg) = ws.next().await {
+        while let Some(msg) = ws.rd.next().await {
             match msg.map_err(|e| SessionError::Register(e.to_string()))? {
-                Message::Text(t) => match Control::from_json(&t) {
+                Incoming::Text(t) => match Control::from_json(&t) {
                     Ok(Control::RegisterSuccess(ok))
                         if !(tunnelgate_proto::OLDEST_PROTOCOL
                             ..=tunnelgate_proto::PROTOCOL_VERSION)
@@ -172,10 +215,10 @@ pub(super) async fn register(
                     }
                     Err(e) => return Err(SessionError::Register(e.to_string())),
                 },
-                Message::Close(c) => {
+                Incoming::Close(c) => {
                     return Err(SessionError::Register(format!(
                         "gateway closed the tunnel: {}",
-                        c.map(|c| c.reason.to_string()).unwrap_or_default()
+                        c.map(|(_, reason)| reason).unwrap_or_default()
                     )));
                 }
                 _ => {}

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tunnelgate_mux::ws::{Incoming, WsReader};
 use tunnelgate_mux::{
     Action, Ends, Outbox, Outgoing, SendCredit, Side, StreamTable, outbox, pipe, write_loop,
 };
@@ -56,17 +55,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn to_ws(m: Outgoing) -> Message {
-    match m {
-        Outgoing::Text(s) => Message::Text(s.into()),
-        Outgoing::Binary(b) => Message::Binary(b),
-        Outgoing::Close { code, reason } => Message::Close(Some(CloseFrame {
-            code: code.into(),
-            reason: reason.into(),
-        })),
-    }
-}
-
 /// Runs one session against `gateway` until it ends.
 /// How a session tells its slot about a move (make before break).
 #[derive(Default)]
@@ -95,7 +83,7 @@ pub async fn run(
         Some(p) => match shared.hold(&p, hooks.share_node) {
             Some(h) => Some(h),
             None => {
-                let _ = ws.close(None).await;
+                ws.close().await;
                 return Err(SessionError::Duplicate(p.node));
             }
         },
@@ -103,9 +91,12 @@ pub async fn run(
     };
     let ok = register(&mut ws, shared, slot).await?;
     tracing::info!(gateway, node_id = %ok.node_id, tunnel_id = %ok.tunnel_id, "tunnel registered");
-    let (sink, mut stream) = ws.split();
+    let Ws {
+        rd: mut stream,
+        wr: sink,
+    } = ws;
     let (out, rx) = outbox(OUTBOX_CAPACITY);
-    let mut writer = tokio::spawn(write_loop(rx, sink, to_ws));
+    let mut writer = tokio::spawn(write_loop(rx, sink, |m| m));
     let table: Table = Arc::default();
     // Aborts the writer and every stream task however this future ends, also when it is
     // dropped midway (the caller was cancelled): nothing outlives the session.
@@ -135,7 +126,7 @@ pub async fn run(
         // frames it had not read yet (a finished request's response among them).
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Some(Ok(m)) = stream.next().await {
-                if m.is_close() {
+                if matches!(m, Incoming::Close(_)) {
                     break;
                 }
             }
@@ -176,7 +167,7 @@ async fn serve(
     ok: &RegisterSuccess,
     out: &Outbox,
     table: &Table,
-    stream: &mut futures_util::stream::SplitStream<Ws>,
+    stream: &mut WsReader<impl tokio::io::AsyncRead + Unpin>,
     shutdown: &mut watch::Receiver<bool>,
     hooks: &mut Hooks,
 ) -> Result<End, SessionError> {
@@ -248,7 +239,7 @@ async fn serve(
                     None => return Err(SessionError::Lost("gateway closed the connection".into())),
                     Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
                     // Protocol 3: a stream's request head is a binary head frame.
-                    Some(Ok(Message::Binary(b))) if ok.protocol >= 3 && tunnelgate_proto::head::is_head(&b) => {
+                    Some(Ok(Incoming::Binary(b))) if ok.protocol >= 3 && tunnelgate_proto::head::is_head(&b) => {
                         match tunnelgate_proto::head::decode_request(&b) {
                             Ok(req) => on_control(shared, gateway, ok, table, out, Control::ProxyRequest(req)),
                             Err(e) => {
@@ -258,13 +249,13 @@ async fn serve(
                             }
                         }
                     }
-                    Some(Ok(Message::Binary(b))) => {
+                    Some(Ok(Incoming::Binary(b))) => {
                         if let Err(e) = on_frame(table, out, b) {
                             out.close(1002, e.clone());
                             return Err(SessionError::Lost(e));
                         }
                     }
-                    Some(Ok(Message::Text(t))) => match Control::from_json(&t) {
+                    Some(Ok(Incoming::Text(t))) => match Control::from_json(&t) {
                         Ok(Control::Drain(d)) => match hooks.handoff.take() {
                             // Make before break: the slot opens the next tunnel, then stops this one.
                             Some(h) if !draining => {
@@ -291,8 +282,8 @@ async fn serve(
                             return Err(SessionError::Lost(e));
                         }
                     },
-                    Some(Ok(Message::Close(c))) => {
-                        let why = c.map(|c| c.reason.to_string()).unwrap_or_default();
+                    Some(Ok(Incoming::Close(c))) => {
+                        let why = c.map(|(_, reason)| reason).unwrap_or_default();
                         return Err(SessionError::Lost(format!("gateway closed the tunnel: {why}")));
                     }
                     Some(Ok(_)) => {}

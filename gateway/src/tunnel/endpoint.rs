@@ -6,11 +6,12 @@ use std::sync::Arc;
 use actix::{Actor, AsyncContext};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
+use tunnelgate_mux::ws::{Role, WsReader, WsWriter};
 use tunnelgate_mux::{outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
 use super::tunnel_actor::TunnelActor;
-use super::ws::{from_actix, from_tungstenite, to_actix, to_tungstenite};
+use super::ws::{from_actix, from_link, to_actix};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 
@@ -160,13 +161,9 @@ pub async fn accept(
     response
 }
 
-/// Read buffer of a tunnel's WebSocket on the own front: what an idle tunnel holds; a larger
-/// frame grows it while it is read.
-const TUNNEL_READ_BUFFER: usize = 1024;
-
 /// Authenticates and upgrades an agent connection on the gateway's own front (plain HTTP,
-/// `proxy::conn`): the handshake answered here, then tungstenite over the socket (with what
-/// was read past the head). `slot` is held for as long as the tunnel's writer runs. Returns
+/// `proxy::conn`): the handshake answered here, then the link's own WebSocket framing over
+/// the socket (with what was read past the head). `slot` is held for as long as the tunnel's writer runs. Returns
 /// the refusal to write when the agent is not admitted.
 pub async fn accept_raw(
     mut io: tokio::net::TcpStream,
@@ -207,31 +204,20 @@ pub async fn accept_raw(
     if io.write_all(head.as_bytes()).await.is_err() {
         return Ok(());
     }
-    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(TUNNEL_READ_BUFFER)
-        .write_buffer_size(64 * 1024)
-        .max_message_size(Some(MAX_WS_MESSAGE + 16))
-        .max_frame_size(Some(MAX_WS_MESSAGE + 16));
-    // tungstenite reads in steps of its small buffer: the socket is read in larger pieces
-    // (`elastic`).
-    let io = super::elastic::ElasticReader::new(io);
-    let ws = tokio_tungstenite::WebSocketStream::from_partially_read(
-        io,
-        read,
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
-        Some(cfg),
-    )
-    .await;
-    let (sink, stream) = ws.split();
+    // The link's WebSocket framing is Tunnelgate's own (`mux::ws`, ADR 0014): frames are
+    // taken out of one read buffer without copying their payloads.
+    let (rd, wr) = io.into_split();
+    let stream = WsReader::new(rd, Role::Server, &read, MAX_WS_MESSAGE + 16);
+    let sink = WsWriter::new(wr, Role::Server);
     let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
     // The connection counts against the node's limit while its writer lives.
     actix_rt::spawn(async move {
-        write_loop(rx, sink, to_tungstenite).await;
+        write_loop(rx, sink, |m| m).await;
         drop(slot);
     });
     let state = Arc::clone(&state.clone().into_inner());
     TunnelActor::create(move |ctx| {
-        ctx.add_stream(stream.map(from_tungstenite));
+        ctx.add_stream(stream.map(from_link));
         TunnelActor::new(cluster, peer, out, state).with_token(token_id)
     });
     Ok(())

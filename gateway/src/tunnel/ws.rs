@@ -1,10 +1,11 @@
 //! The WebSocket messages of a link as its actor reads them and writes them, whichever
-//! library carried them (actix-ws behind actix-http; tungstenite on the own front's agent
-//! tunnels and the dialling end of peer links).
+//! library carried them (actix-ws behind actix-http; the own framing of `mux::ws` on the own
+//! front's agent tunnels; tungstenite on the dialling end of peer links).
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use tokio_tungstenite::tungstenite;
 use tunnelgate_mux::Outgoing;
+use tunnelgate_mux::ws::{Incoming, WsError};
 
 /// A WebSocket message as a link's actor reads it, whichever library carried it.
 #[derive(Debug, actix::Message)]
@@ -68,6 +69,17 @@ fn within_close_limit(mut reason: String) -> String {
         reason.truncate(end);
     }
     reason
+}
+
+/// Incoming messages of a link's own framing (`mux::ws`) as its actor reads them.
+pub fn from_link(m: Result<Incoming, WsError>) -> WsIn {
+    match m {
+        Ok(Incoming::Text(t)) => WsIn::Text(t),
+        Ok(Incoming::Binary(b)) => WsIn::Binary(b),
+        Ok(Incoming::Close(c)) => WsIn::Close(c.map(|(_, reason)| reason)),
+        Ok(Incoming::Ping(_) | Incoming::Pong) => WsIn::Other,
+        Err(e) => WsIn::Error(e.to_string()),
+    }
 }
 
 /// Incoming tungstenite messages as a link's actor reads them.
