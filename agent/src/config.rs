@@ -75,6 +75,12 @@ pub struct Config {
     #[arg(long, env = "TG_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
 
+    /// Always mask the frames this agent sends, as RFC 6455 asks of a client, even where the
+    /// gateway would take them unmasked (ADR 0014): for a proxy between agent and gateway that
+    /// checks WebSocket frames.
+    #[arg(long, env = "TG_MASK_FRAMES")]
+    pub mask_frames: bool,
+
     /// Gateway URL(s), `ws://host:port` or `wss://…`; several are tried in turn. Env
     /// `TG_GATEWAY` (or `SERVER_URL`).
     #[arg(long = "gateway", env = "TG_GATEWAY", value_delimiter = ',')]

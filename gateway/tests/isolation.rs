@@ -701,3 +701,81 @@ async fn flat_names_belong_to_the_cluster_after_the_double_dash() {
     assert_eq!(rejected.len(), 1, "{ack}");
     assert_eq!(rejected[0]["host"], "cart--demo.localhost");
 }
+
+/// An agent's tunnel from a raw socket: the upgrade (offering unmasked frames or not), then a
+/// `register` sent as one unmasked text frame. Returns the 101's head and everything the
+/// gateway sent after it until it closed the connection or a `register_success` came.
+async fn unmasked_register(gw: &Gateway, offer: bool) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "GET /v1/tunnel HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {}\r\n{}\r\n",
+        gw.addr,
+        DEMO.1,
+        if offer {
+            "x-tunnelgate-unmasked: 1\r\n"
+        } else {
+            ""
+        },
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let n = tokio::time::timeout(HANG, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "no 101: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let answer = String::from_utf8_lossy(&got[..end]).to_string();
+    let register =
+        br#"{"type":"register","payload":{"cluster":"demo","agent_version":"fake","protocol":3}}"#;
+    let mut frame = vec![0x81, 126];
+    frame.extend_from_slice(&(register.len() as u16).to_be_bytes());
+    frame.extend_from_slice(register);
+    s.write_all(&frame).await.unwrap();
+    let mut after = got[end..].to_vec();
+    loop {
+        if String::from_utf8_lossy(&after).contains("register_success") {
+            break;
+        }
+        match tokio::time::timeout(HANG, s.read(&mut buf)).await.unwrap() {
+            Ok(0) | Err(_) => break,
+            Ok(n) => after.extend_from_slice(&buf[..n]),
+        }
+    }
+    (answer, String::from_utf8_lossy(&after).to_string())
+}
+
+/// RFC 6455 has a client mask every frame; a gateway takes an agent's frames unmasked only
+/// where its 101 agreed to the agent's offer (ADR 0014). Otherwise an unmasked frame is a
+/// protocol error that ends that tunnel, and the node goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmasked_frames_only_where_the_gateway_agreed() {
+    let gw = Gateway::start(&[]);
+    let (answer, after) = unmasked_register(&gw, true).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    assert!(answer.contains("x-tunnelgate-unmasked: 1"), "{answer}");
+    assert!(after.contains("register_success"), "{after:?}");
+
+    let (answer, after) = unmasked_register(&gw, false).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    assert!(!answer.contains("x-tunnelgate-unmasked"), "{answer}");
+    assert!(!after.contains("register_success"), "{after:?}");
+    assert!(
+        after.contains("unmasked frame"),
+        "the close names the fault: {after:?}"
+    );
+    let health = client()
+        .get(format!("http://{}/healthz", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}

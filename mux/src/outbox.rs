@@ -21,6 +21,8 @@ use tunnelgate_proto::{Control, Frame, ResetCode, StreamId};
 pub enum Outgoing {
     Text(String),
     Binary(Bytes),
+    /// A binary frame, encoded by the writer (which may send a large payload as it is).
+    Frame(Frame),
     /// Close the tunnel with this WebSocket close code and reason.
     Close {
         code: u16,
@@ -173,8 +175,8 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxRx) {
 
 impl Outbox {
     /// Queues a frame, waiting while the queue is full.
-    pub async fn send_frame(&self, frame: &Frame) -> Result<(), OutboxClosed> {
-        self.send(Outgoing::Binary(frame.to_bytes())).await
+    pub async fn send_frame(&self, frame: Frame) -> Result<(), OutboxClosed> {
+        self.send(Outgoing::Frame(frame)).await
     }
 
     /// Queues a control message, waiting while the queue is full.

@@ -26,6 +26,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Outgoing;
 
+/// The header by which an agent offers, and a gateway's 101 accepts, unmasked frames from
+/// the agent (ADR 0014): masking guards intermediaries against script in a browser, and
+/// costs a pass over every byte an agent sends. A gateway that does not echo it gets masked
+/// frames, as RFC 6455 asks.
+pub const UNMASKED_HEADER: &str = "x-tunnelgate-unmasked";
+
 /// Which end of the connection this is: a client masks what it sends and must get unmasked
 /// frames; a server the reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +167,8 @@ pub struct WsReader<R> {
     max_message: usize,
     /// A large frame's payload being read.
     large: Option<Large>,
+    /// A server end that agreed to [`UNMASKED_HEADER`]: a client's frames may come unmasked.
+    unmasked_ok: bool,
     /// A fragmented message being put together: its opcode and the bytes so far.
     partial: Option<(u8, BytesMut)>,
     /// The next read's size into `buf`: it grows while reads come back full of short frames,
@@ -180,10 +188,18 @@ impl<R> WsReader<R> {
             role,
             max_message,
             large: None,
+            unmasked_ok: false,
             partial: None,
             read_size: MIN_READ,
             done: false,
         }
+    }
+
+    /// A server end that agreed to [`UNMASKED_HEADER`]: it takes a client's unmasked frames
+    /// too.
+    pub fn allow_unmasked(mut self) -> Self {
+        self.unmasked_ok = true;
+        self
     }
 
     /// The next frame out of `buf`: a message, None for a fragment that does not finish one
@@ -195,7 +211,9 @@ impl<R> WsReader<R> {
             return Ok(Err(14));
         };
         match (self.role, head.mask.is_some()) {
-            (Role::Server, false) => return Err(WsError::Protocol("unmasked frame from a client")),
+            (Role::Server, false) if !self.unmasked_ok => {
+                return Err(WsError::Protocol("unmasked frame from a client"));
+            }
             (Role::Client, true) => return Err(WsError::Protocol("masked frame from a server")),
             _ => {}
         }
@@ -419,7 +437,8 @@ const MAX_SLICES: usize = 64;
 /// The sending half of a link: a [`Sink`] of [`Outgoing`] messages; a flush writes them.
 pub struct WsWriter<W> {
     io: W,
-    role: Role,
+    /// Whether frames are masked: a client's are, unless the server agreed otherwise.
+    mask: bool,
     /// Heads and small payloads since the last chunk was queued.
     buf: BytesMut,
     /// What is ready to be written, in order.
@@ -431,11 +450,17 @@ impl<W> WsWriter<W> {
     pub fn new(io: W, role: Role) -> Self {
         WsWriter {
             io,
-            role,
+            mask: role == Role::Client,
             buf: BytesMut::new(),
             chunks: VecDeque::new(),
             queued: 0,
         }
+    }
+
+    /// A client end whose server agreed to [`UNMASKED_HEADER`]: frames go unmasked.
+    pub fn unmasked(mut self) -> Self {
+        self.mask = false;
+        self
     }
 
     /// Bytes taken and not yet written.
@@ -465,7 +490,7 @@ impl<W> WsWriter<W> {
 
     /// One frame of `opcode` with `payload` queued.
     fn frame(&mut self, opcode: u8, payload: Bytes) {
-        let mask = (self.role == Role::Client).then(rand::random::<[u8; 4]>);
+        let mask = self.mask.then(rand::random::<[u8; 4]>);
         self.head(opcode, payload.len(), mask);
         let payload = match mask {
             None if payload.len() >= DIRECT => payload,
@@ -550,6 +575,17 @@ impl<W: AsyncWrite + Unpin> Sink<Outgoing> for WsWriter<W> {
     fn start_send(mut self: Pin<&mut Self>, m: Outgoing) -> io::Result<()> {
         match m {
             Outgoing::Binary(b) => self.frame(OP_BINARY, b),
+            // A large payload sent unmasked goes as it is, behind its frame's header.
+            Outgoing::Frame(f) => match f.bytes() {
+                Some(data) if !self.mask && data.len() >= DIRECT => {
+                    self.head(OP_BINARY, f.encoded_len(), None);
+                    f.encode_head(&mut self.buf);
+                    self.queue_buf();
+                    self.queued += data.len();
+                    self.chunks.push_back(data.clone());
+                }
+                _ => self.frame(OP_BINARY, f.to_bytes()),
+            },
             Outgoing::Text(t) => self.frame(OP_TEXT, Bytes::from(t)),
             Outgoing::Close { code, reason } => {
                 let reason = within_close_limit(&reason);

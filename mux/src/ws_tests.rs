@@ -83,6 +83,44 @@ async fn messages_of_every_length_class_pass_both_ways() {
 }
 
 #[tokio::test]
+async fn unmasked_frames_pass_only_where_the_server_agreed() {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let mut w = WsWriter::new(a, Role::Client).unmasked();
+    let mut r = WsReader::new(b, Role::Server, &[], MAX).allow_unmasked();
+    w.send(Outgoing::Binary(pattern(70_000))).await.unwrap();
+    w.send(Outgoing::Text("t".into())).await.unwrap();
+    assert_eq!(
+        r.next().await.unwrap().unwrap(),
+        Incoming::Binary(pattern(70_000))
+    );
+    assert_eq!(r.next().await.unwrap().unwrap(), Incoming::Text("t".into()));
+    // Masked frames still pass where unmasked ones may.
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let mut w = WsWriter::new(a, Role::Client);
+    let mut r = WsReader::new(b, Role::Server, &[], MAX).allow_unmasked();
+    w.send(Outgoing::Binary(pattern(10))).await.unwrap();
+    assert_eq!(
+        r.next().await.unwrap().unwrap(),
+        Incoming::Binary(pattern(10))
+    );
+    let wire = wire_unmasked(Outgoing::Binary(pattern(3000))).await;
+    assert_eq!(wire[1], 126, "unmasked, 16-bit length");
+    assert_eq!(&wire[4..], &pattern(3000)[..]);
+}
+
+async fn wire_unmasked(m: Outgoing) -> Vec<u8> {
+    let (a, mut b) = tokio::io::duplex(1 << 20);
+    let mut w = WsWriter::new(a, Role::Client).unmasked();
+    w.send(m).await.unwrap();
+    drop(w);
+    let mut out = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut b, &mut out)
+        .await
+        .unwrap();
+    out
+}
+
+#[tokio::test]
 async fn frames_arriving_in_any_pieces_are_read_whole() {
     // A pipe of 13 bytes: every head and payload arrives cut at odd places.
     let (a, b) = tokio::io::duplex(13);

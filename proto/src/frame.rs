@@ -142,9 +142,19 @@ impl Frame {
             }
     }
 
-    /// Appends the frame to `dst`.
-    pub fn encode(&self, dst: &mut BytesMut) {
-        dst.reserve(self.encoded_len());
+    /// The payload of a frame that carries bytes (DATA and the WebSocket data frames), which
+    /// a writer may send after [`encode_head`](Self::encode_head) without copying it.
+    pub fn bytes(&self) -> Option<&Bytes> {
+        match self {
+            Frame::Data { data, .. }
+            | Frame::WsText { data, .. }
+            | Frame::WsBinary { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
+    /// Appends the frame's header (kind and stream, [`HEADER_LEN`] bytes) to `dst`.
+    pub fn encode_head(&self, dst: &mut BytesMut) {
         let (kind, stream) = match self {
             Frame::Data { stream, .. } => (KIND_DATA, stream),
             Frame::End { stream } => (KIND_END, stream),
@@ -156,6 +166,12 @@ impl Frame {
         };
         dst.put_u8(kind);
         dst.put_u32(*stream);
+    }
+
+    /// Appends the frame to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        dst.reserve(self.encoded_len());
+        self.encode_head(dst);
         match self {
             Frame::Data { data, .. }
             | Frame::WsText { data, .. }

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tunnelgate_mux::Outgoing;
-use tunnelgate_mux::ws::{Incoming, Role, WsReader, WsWriter};
+use tunnelgate_mux::ws::{Incoming, Role, UNMASKED_HEADER, WsReader, WsWriter};
 use tunnelgate_proto::Control;
 use tunnelgate_proto::control::{Register, RegisterSuccess};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
@@ -28,7 +28,11 @@ pub(super) struct Ws {
 impl Ws {
     /// The framing over what tungstenite's handshake left. Nothing can be buffered past the
     /// 101: a gateway sends nothing on a tunnel before the agent's `register`.
-    fn over(io: MaybeTlsStream<tokio::net::TcpStream>) -> Result<Self, SessionError> {
+    /// `unmasked`: the gateway agreed to take frames unmasked.
+    fn over(
+        io: MaybeTlsStream<tokio::net::TcpStream>,
+        unmasked: bool,
+    ) -> Result<Self, SessionError> {
         let (rd, wr): (
             Box<dyn AsyncRead + Send + Unpin>,
             Box<dyn AsyncWrite + Send + Unpin>,
@@ -43,9 +47,10 @@ impl Ws {
             }
             _ => return Err(SessionError::Connect("unexpected transport".into())),
         };
+        let wr = WsWriter::new(wr, Role::Client);
         Ok(Ws {
             rd: WsReader::new(rd, Role::Client, &[], MAX_WS_MESSAGE + 16),
-            wr: WsWriter::new(wr, Role::Client),
+            wr: if unmasked { wr.unmasked() } else { wr },
         })
     }
 
@@ -119,6 +124,12 @@ pub(super) async fn connect(
             .parse()
             .map_err(|_| SessionError::Connect("cluster id is not valid header text".into()))?,
     );
+    if !shared.config.mask_frames {
+        h.insert(
+            UNMASKED_HEADER,
+            tungstenite::http::HeaderValue::from_static("1"),
+        );
+    }
     let cfg = WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE + 16))
         .max_frame_size(Some(MAX_WS_MESSAGE + 16));
@@ -139,7 +150,9 @@ pub(super) async fn connect(
                 node,
                 worker: header("x-tunnelgate-worker"),
             });
-            Ok((Ws::over(ws.into_inner())?, place))
+            let unmasked =
+                !shared.config.mask_frames && header(UNMASKED_HEADER).is_some_and(|v| v == "1");
+            Ok((Ws::over(ws.into_inner(), unmasked)?, place))
         }
         Ok(Err(tungstenite::Error::Http(resp))) => Err(SessionError::Refused {
             status: resp.status().as_u16(),

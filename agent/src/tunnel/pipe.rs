@@ -225,7 +225,7 @@ impl StreamTask {
         match ended {
             Ok(reusable) => {
                 if has_body {
-                    let _ = self.outbox.send_frame(&Frame::End { stream: id }).await;
+                    let _ = self.outbox.send_frame(Frame::End { stream: id }).await;
                 }
                 // The whole request must have gone up for the connection to be reused.
                 let whole = reusable && resp.keep_alive && uploaded.is_ok();
@@ -347,7 +347,7 @@ impl StreamTask {
             let ended = this.body_until_close(&mut rd, early).await;
             ended.map_err(|e| e.unwrap_or_else(|| "tunnel closed".into()))?;
             this.outbox
-                .send_frame(&Frame::End { stream: id })
+                .send_frame(Frame::End { stream: id })
                 .await
                 .map_err(|_| "tunnel closed".to_string())
         };

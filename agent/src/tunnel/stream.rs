@@ -151,7 +151,7 @@ impl StreamTask {
                 return;
             }
         }
-        let _ = self.outbox.send_frame(&Frame::End { stream: id }).await;
+        let _ = self.outbox.send_frame(Frame::End { stream: id }).await;
     }
 
     /// Sends body bytes to the gateway in frames under the stream's credit. `Err(None)`: the
@@ -165,7 +165,7 @@ impl StreamTask {
                 stream,
                 data: piece,
             };
-            self.outbox.send_frame(&frame).await.map_err(|_| None)?;
+            self.outbox.send_frame(frame).await.map_err(|_| None)?;
         }
         Ok(())
     }

@@ -339,7 +339,7 @@ async fn bridge(
                 return;
             }
             if out
-                .send_frame(&Frame::Data {
+                .send_frame(Frame::Data {
                     stream: sid,
                     data: piece,
                 })
@@ -350,7 +350,7 @@ async fn bridge(
             }
         }
     }
-    let _ = out.send_frame(&Frame::End { stream: sid }).await;
+    let _ = out.send_frame(Frame::End { stream: sid }).await;
 }
 
 impl Actor for PeerServer {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::{Actor, AsyncContext};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use tunnelgate_mux::ws::{Role, WsReader, WsWriter};
+use tunnelgate_mux::ws::{Role, UNMASKED_HEADER, WsReader, WsWriter};
 use tunnelgate_mux::{outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
@@ -194,12 +194,21 @@ pub async fn accept_raw(
         return Err(Box::new((io, refuse(StatusCode::BAD_REQUEST, why))));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    // An agent that offers to send unmasked frames may (ADR 0014).
+    let unmasked = headers
+        .get(UNMASKED_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
     let head = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n{}: {}\r\n{}: {}\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n{}: {}\r\n{}: {}\r\n{}\r\n",
         crate::cluster::NODE_HEADER,
         state.config.node_id(),
         crate::cluster::WORKER_HEADER,
         worker_index(),
+        if unmasked {
+            format!("{UNMASKED_HEADER}: 1\r\n")
+        } else {
+            String::new()
+        },
     );
     if io.write_all(head.as_bytes()).await.is_err() {
         return Ok(());
@@ -207,7 +216,10 @@ pub async fn accept_raw(
     // The link's WebSocket framing is Tunnelgate's own (`mux::ws`, ADR 0014): frames are
     // taken out of one read buffer without copying their payloads.
     let (rd, wr) = io.into_split();
-    let stream = WsReader::new(rd, Role::Server, &read, MAX_WS_MESSAGE + 16);
+    let mut stream = WsReader::new(rd, Role::Server, &read, MAX_WS_MESSAGE + 16);
+    if unmasked {
+        stream = stream.allow_unmasked();
+    }
     let sink = WsWriter::new(wr, Role::Server);
     let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
     // The connection counts against the node's limit while its writer lives.

@@ -227,7 +227,7 @@ async fn upload(
                 .await
                 .map_err(|_| UploadError::Tunnel)?;
             outbox
-                .send_frame(&Frame::Data {
+                .send_frame(Frame::Data {
                     stream: id,
                     data: piece,
                 })
@@ -236,7 +236,7 @@ async fn upload(
         }
     }
     outbox
-        .send_frame(&Frame::End { stream: id })
+        .send_frame(Frame::End { stream: id })
         .await
         .map_err(|_| UploadError::Tunnel)
 }

@@ -24,6 +24,7 @@ pub fn to_actix(m: Outgoing) -> actix_ws::Message {
     match m {
         Outgoing::Text(s) => actix_ws::Message::Text(s.into()),
         Outgoing::Binary(b) => actix_ws::Message::Binary(b),
+        Outgoing::Frame(f) => actix_ws::Message::Binary(f.to_bytes()),
         Outgoing::Close { code, reason } => actix_ws::Message::Close(Some(CloseReason {
             code: CloseCode::from(code),
             description: Some(reason),
@@ -47,6 +48,7 @@ pub fn to_tungstenite(m: Outgoing) -> tungstenite::Message {
     match m {
         Outgoing::Text(s) => tungstenite::Message::Text(s.into()),
         Outgoing::Binary(b) => tungstenite::Message::Binary(b),
+        Outgoing::Frame(f) => tungstenite::Message::Binary(f.to_bytes()),
         Outgoing::Close { code, reason } => {
             tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
                 code: code.into(),
