@@ -1,8 +1,7 @@
 //! Small macros the crate's modules share.
 
 /// `impl AsyncWrite` for a reading wrapper `$ty<T>` whose writes pass straight to its field
-/// `$io` (the wrappers in front of a socket: `proxy::front::FirstHead`,
-/// `tunnel::elastic::ElasticReader`).
+/// `$io` (a wrapper in front of a socket, such as `proxy::front::FirstHead`).
 macro_rules! write_through {
     ($ty:ident, $io:ident) => {
         impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $ty<T> {

@@ -32,6 +32,23 @@ use crate::Outgoing;
 /// frames, as RFC 6455 asks.
 pub const UNMASKED_HEADER: &str = "x-tunnelgate-unmasked";
 
+/// A link's read half, whatever carries it.
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// A link's write half, whatever carries it.
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A plain TCP connection in its two halves (no lock between them).
+pub fn tcp_halves(tcp: tokio::net::TcpStream) -> (BoxRead, BoxWrite) {
+    let (r, w) = tcp.into_split();
+    (Box::new(r), Box::new(w))
+}
+
+/// Any other connection (a TLS session) in its two halves.
+pub fn halves<T: AsyncRead + AsyncWrite + Send + 'static>(io: T) -> (BoxRead, BoxWrite) {
+    let (r, w) = tokio::io::split(io);
+    (Box::new(r), Box::new(w))
+}
+
 /// Which end of the connection this is: a client masks what it sends and must get unmasked
 /// frames; a server the reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

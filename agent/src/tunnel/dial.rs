@@ -3,13 +3,14 @@
 //! `register_success` — each under `REGISTER_TIMEOUT`, with the gateway's reason when it refuses.
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tunnelgate_mux::Outgoing;
-use tunnelgate_mux::ws::{Incoming, Role, UNMASKED_HEADER, WsReader, WsWriter};
+use tunnelgate_mux::ws::{
+    BoxRead, BoxWrite, Incoming, Role, UNMASKED_HEADER, WsReader, WsWriter, halves, tcp_halves,
+};
 use tunnelgate_proto::Control;
 use tunnelgate_proto::control::{Register, RegisterSuccess};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
@@ -21,8 +22,8 @@ use crate::config::REGISTER_TIMEOUT;
 /// A tunnel's connection after the upgrade, in its two halves: the link's own WebSocket
 /// framing (`mux::ws`, ADR 0014) over the socket or its TLS session.
 pub(super) struct Ws {
-    pub rd: WsReader<Box<dyn AsyncRead + Send + Unpin>>,
-    pub wr: WsWriter<Box<dyn AsyncWrite + Send + Unpin>>,
+    pub rd: WsReader<BoxRead>,
+    pub wr: WsWriter<BoxWrite>,
 }
 
 impl Ws {
@@ -33,18 +34,9 @@ impl Ws {
         io: MaybeTlsStream<tokio::net::TcpStream>,
         unmasked: bool,
     ) -> Result<Self, SessionError> {
-        let (rd, wr): (
-            Box<dyn AsyncRead + Send + Unpin>,
-            Box<dyn AsyncWrite + Send + Unpin>,
-        ) = match io {
-            MaybeTlsStream::Plain(tcp) => {
-                let (r, w) = tcp.into_split();
-                (Box::new(r), Box::new(w))
-            }
-            MaybeTlsStream::Rustls(tls) => {
-                let (r, w) = tokio::io::split(tls);
-                (Box::new(r), Box::new(w))
-            }
+        let (rd, wr) = match io {
+            MaybeTlsStream::Plain(tcp) => tcp_halves(tcp),
+            MaybeTlsStream::Rustls(tls) => halves(tls),
             _ => return Err(SessionError::Connect("unexpected transport".into())),
         };
         let wr = WsWriter::new(wr, Role::Client);

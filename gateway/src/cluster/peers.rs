@@ -17,7 +17,9 @@ use super::{HEARTBEAT_HEADER, NODE_HEADER, PROTOCOL_HEADER};
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::registry::Owner;
-use crate::tunnel::{Opener, from_tungstenite, to_tungstenite};
+use crate::tunnel::{Opener, from_link};
+use tokio_tungstenite::MaybeTlsStream;
+use tunnelgate_mux::ws::{Role, WsReader, WsWriter, halves, tcp_halves};
 
 /// Time to open a peer link before the owner counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -100,8 +102,6 @@ impl PeerPool {
             .peer_tls
             .as_ref()
             .map(|t| tokio_tungstenite::Connector::Rustls(t.client.clone()));
-        // As on the gateway's end of a tunnel: tungstenite reads in steps of its small buffer,
-        // so the socket is read in larger pieces (`tunnel::elastic`).
         let addr = owner.peer_addr.clone();
         let connect = async move {
             let tcp = tokio::net::TcpStream::connect(&addr)
@@ -109,8 +109,7 @@ impl PeerPool {
                 .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
             tcp.set_nodelay(true)
                 .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
-            let io = crate::tunnel::elastic::ElasticReader::new(tcp);
-            tokio_tungstenite::client_async_tls_with_config(req, io, Some(cfg), tls).await
+            tokio_tungstenite::client_async_tls_with_config(req, tcp, Some(cfg), tls).await
         };
         let (ws, resp) = tokio::time::timeout(PEER_CONNECT_TIMEOUT, connect)
             .await
@@ -121,9 +120,18 @@ impl PeerPool {
                 )
             })?
             .map_err(|e| format!("peer {} at {url}: {e}", owner.node_id))?;
-        let (sink, stream) = ws.split();
+        // tungstenite only for the handshake; the link's framing is `mux::ws` (ADR 0014).
+        // Nothing is buffered past the 101: an owner sends only answers, and nothing was asked
+        // yet.
+        let (rd, wr) = match ws.into_inner() {
+            MaybeTlsStream::Plain(tcp) => tcp_halves(tcp),
+            MaybeTlsStream::Rustls(tls) => halves(tls),
+            _ => return Err(format!("peer {}: unexpected transport", owner.node_id)),
+        };
+        let stream = WsReader::new(rd, Role::Client, &[], MAX_WS_MESSAGE + 16);
+        let sink = WsWriter::new(wr, Role::Client);
         let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
-        actix_rt::spawn(write_loop(rx, sink, to_tungstenite));
+        actix_rt::spawn(write_loop(rx, sink, |m| m));
         // A node that echoes the header answers heartbeats; an older one is not sent any.
         let heartbeat = resp
             .headers()
@@ -136,7 +144,7 @@ impl PeerPool {
         let id = actor.id();
         let mut opener = None;
         PeerLink::create(|ctx| {
-            ctx.add_stream(stream.map(from_tungstenite));
+            ctx.add_stream(stream.map(from_link));
             opener = Some(actor.opener(&ctx.address()));
             actor
         });

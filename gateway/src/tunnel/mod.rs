@@ -23,7 +23,6 @@
 //!   or the tunnel closed. The tunnel removes the stream; if either side had not finished, a
 //!   RESET tells the agent to stop.
 
-pub(crate) mod elastic;
 mod endpoint;
 mod head;
 mod hub;
@@ -47,4 +46,4 @@ pub use open::{OpenError, Opened, Outcome, StreamGone, StreamShared, Streams};
 pub use opener::{Gone, Opener};
 pub use stream::{BodySource, Started, payload_body, pipe_body, start_stream, wait_head};
 pub use tunnel_actor::{TunnelActor, next_link_id};
-pub use ws::{WsIn, from_actix, from_link, from_tungstenite, to_actix, to_tungstenite};
+pub use ws::{WsIn, from_actix, from_link, to_actix};
