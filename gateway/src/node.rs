@@ -183,16 +183,22 @@ fn peer_listener(
                 .and_then(http)
             })?
         }
-        None => builder.listen("peer", listener, move || {
-            use actix_service::ServiceFactoryExt as _;
-            let http = actix_http::HttpService::build().finish(peer_app());
-            actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {
-                let _ = io.set_nodelay(true);
-                let peer = io.peer_addr().ok();
-                Ok::<_, actix_http::error::DispatchError>((io, actix_http::Protocol::Http1, peer))
-            })
-            .and_then(http)
-        })?,
+        // Plain: the upgrade is answered and the link framed here (`proxy::conn::serve_peer`,
+        // ADR 0014).
+        None => {
+            let st = state.clone();
+            builder.listen("peer", listener, move || {
+                let st = st.clone();
+                actix_service::fn_service(move |io: actix_web::rt::net::TcpStream| {
+                    let st = st.clone();
+                    async move {
+                        let _ = io.set_nodelay(true);
+                        proxy::conn::serve_peer(io, st).await;
+                        Ok::<_, ()>(())
+                    }
+                })
+            })?
+        }
     };
     tracing::info!(addr = %addr, advertised = ?state.config.peer_advertise, tls = state.peer_tls.is_some(), "peer endpoint listening");
     Ok(builder)

@@ -323,6 +323,37 @@ async fn strangers_are_refused_on_the_peer_port() {
             },
         }
     }
+    // The peer port serves the upgrade of /v1/peer and nothing else, each refusal with a
+    // reason, even with the right secret.
+    let addr: std::net::SocketAddr = peer.parse().unwrap();
+    let auth = format!("Authorization: Bearer {PEER_SECRET}\r\nx-tunnelgate-node: n\r\n");
+    for (head, status, why) in [
+        (
+            "GET /v1/peer HTTP/1.1\r\n",
+            "400",
+            "WebSocket upgrade required",
+        ),
+        ("GET /metrics HTTP/1.1\r\n", "404", "serves /v1/peer only"),
+        (
+            "BREW /v1/peer HTCPCP/1.0\r\n",
+            "400",
+            "not a peer link's upgrade",
+        ),
+    ] {
+        let req = format!("{head}Host: x\r\n{auth}\r\n");
+        let got = common::raw_request(addr, req.as_bytes()).await;
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head}: {got}"
+        );
+        assert!(got.contains(why), "{head}: {got}");
+    }
+    let health = client()
+        .get(format!("http://{}/healthz", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,45 +30,78 @@ use super::{HEARTBEAT_HEADER, NODE_HEADER, PROTOCOL_HEADER, peer_heartbeat, same
 use crate::AppState;
 use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::tunnel::{
-    OpenError, Started, WsIn, from_actix, pipe_body, refuse, start_stream, throttled, to_actix,
+    OpenError, Started, WsIn, from_actix, from_link, pipe_body, refuse, start_stream, throttled,
+    to_actix,
 };
+use tunnelgate_mux::ws::{Role, UNMASKED_HEADER, WsReader, WsWriter};
 
-/// Authenticates a node and upgrades its peer link.
+/// A dialling node admitted to a peer link: what its upgrade asked for.
+struct Admitted {
+    node: String,
+    heartbeat: Option<Duration>,
+    binary_heads: bool,
+}
+
+/// Checks a peer link's upgrade: the peer secret (throttled per source), the node's name, its
+/// heartbeat and protocol offers. The refusal to answer otherwise.
+fn admit(
+    headers: &actix_web::http::header::HeaderMap,
+    ip: Option<std::net::IpAddr>,
+    state: &AppState,
+) -> Result<Admitted, Box<HttpResponse>> {
+    let Some(secret) = state.config.peer_secret.as_ref() else {
+        return Err(Box::new(refuse(
+            StatusCode::NOT_FOUND,
+            "this node takes no peer links",
+        )));
+    };
+    let presented = crate::guard::bearer_token(headers).unwrap_or("");
+    if let Err(wait) = state.auth_guard.check(ip) {
+        state.metrics.auth_failure("throttled");
+        return Err(Box::new(throttled(wait)));
+    }
+    if !same_secret(presented, secret.expose()) {
+        state.metrics.auth_failure("bad_peer_secret");
+        tracing::warn!(peer = ?ip, "peer link refused: wrong secret");
+        let _ = state.auth_guard.failed(ip);
+        return Err(Box::new(refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid peer secret",
+        )));
+    }
+    let Some(node) = headers
+        .get(NODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return Err(Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            "missing x-tunnelgate-node header",
+        )));
+    };
+    let heartbeat = headers
+        .get(HEARTBEAT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(peer_heartbeat);
+    let offered = headers.get(PROTOCOL_HEADER);
+    let binary_heads = super::binary_heads(offered.and_then(|v| v.to_str().ok()));
+    Ok(Admitted {
+        node,
+        heartbeat,
+        binary_heads,
+    })
+}
+
+/// Authenticates a node and upgrades its peer link (actix-ws: the peer listener over TLS).
 pub async fn accept(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(secret) = state.config.peer_secret.as_ref() else {
-        return refuse(StatusCode::NOT_FOUND, "this node takes no peer links");
+    let admitted = match admit(req.headers(), req.peer_addr().map(|p| p.ip()), &state) {
+        Ok(a) => a,
+        Err(refusal) => return *refusal,
     };
-    let presented = crate::guard::bearer_token(req.headers()).unwrap_or("");
-    let ip = req.peer_addr().map(|p| p.ip());
-    if let Err(wait) = state.auth_guard.check(ip) {
-        state.metrics.auth_failure("throttled");
-        return throttled(wait);
-    }
-    if !same_secret(presented, secret.expose()) {
-        state.metrics.auth_failure("bad_peer_secret");
-        tracing::warn!(peer = ?req.peer_addr(), "peer link refused: wrong secret");
-        let _ = state.auth_guard.failed(ip);
-        return refuse(StatusCode::UNAUTHORIZED, "invalid peer secret");
-    }
-    let Some(node) = req
-        .headers()
-        .get(NODE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-    else {
-        return refuse(StatusCode::BAD_REQUEST, "missing x-tunnelgate-node header");
-    };
-    let heartbeat = req
-        .headers()
-        .get(HEARTBEAT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(peer_heartbeat);
-    let offered = req.headers().get(PROTOCOL_HEADER);
-    let binary_heads = super::binary_heads(offered.and_then(|v| v.to_str().ok()));
     let (mut response, session, stream) = match actix_ws::handle(&req, payload) {
         Ok(parts) => parts,
         Err(e) => {
@@ -82,13 +115,13 @@ pub async fn accept(
         .max_frame_size(MAX_WS_MESSAGE)
         .aggregate_continuations()
         .max_continuation_size(MAX_WS_MESSAGE);
-    if let Some(h) = heartbeat {
+    if let Some(h) = admitted.heartbeat {
         response.headers_mut().insert(
             HeaderName::from_static(HEARTBEAT_HEADER),
             (h.as_millis() as u64).into(),
         );
     }
-    if binary_heads {
+    if admitted.binary_heads {
         response.headers_mut().insert(
             HeaderName::from_static(PROTOCOL_HEADER),
             tunnelgate_proto::PROTOCOL_VERSION.into(),
@@ -96,10 +129,84 @@ pub async fn accept(
     }
     let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
     actix_rt::spawn(write_loop(rx, session, to_actix));
-    let state = Arc::clone(&state.into_inner());
+    start(
+        admitted,
+        out,
+        Arc::clone(&state.into_inner()),
+        stream.map(from_actix),
+    );
+    response
+}
+
+/// Authenticates a node and upgrades its peer link on the plain peer listener: the handshake
+/// answered here, then the link's own framing (`mux::ws`, ADR 0014) over the socket, with
+/// what was read past the head. Returns the refusal to write when the node is not admitted.
+pub async fn accept_raw(
+    mut io: tokio::net::TcpStream,
+    read: Vec<u8>,
+    headers: &actix_web::http::header::HeaderMap,
+    state: &web::Data<AppState>,
+) -> Result<(), Box<(tokio::net::TcpStream, HttpResponse)>> {
+    use tokio::io::AsyncWriteExt;
+    let ip = io.peer_addr().ok().map(|p| p.ip());
+    let admitted = match admit(headers, ip, state) {
+        Ok(a) => a,
+        Err(refusal) => return Err(Box::new((io, *refusal))),
+    };
+    let Some(accept) = crate::tunnel::accept_key(headers) else {
+        let why = "WebSocket upgrade required: a GET with Sec-WebSocket-Key and version 13";
+        return Err(Box::new((io, refuse(StatusCode::BAD_REQUEST, why))));
+    };
+    // A dialler that offers unmasked frames gets them (as agents do).
+    let unmasked = headers
+        .get(UNMASKED_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let mut head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n"
+    );
+    if let Some(h) = admitted.heartbeat {
+        head.push_str(&format!("{HEARTBEAT_HEADER}: {}\r\n", h.as_millis()));
+    }
+    if admitted.binary_heads {
+        let v = tunnelgate_proto::PROTOCOL_VERSION;
+        head.push_str(&format!("{PROTOCOL_HEADER}: {v}\r\n"));
+    }
+    if unmasked {
+        head.push_str(&format!("{UNMASKED_HEADER}: 1\r\n"));
+    }
+    head.push_str("\r\n");
+    if io.write_all(head.as_bytes()).await.is_err() {
+        return Ok(());
+    }
+    let (rd, wr) = io.into_split();
+    let mut stream = WsReader::new(rd, Role::Server, &read, MAX_WS_MESSAGE + 16);
+    if unmasked {
+        stream = stream.allow_unmasked();
+    }
+    let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
+    actix_rt::spawn(write_loop(rx, WsWriter::new(wr, Role::Server), |m| m));
+    start(
+        admitted,
+        out,
+        Arc::clone(&state.clone().into_inner()),
+        stream.map(from_link),
+    );
+    Ok(())
+}
+
+/// The link's actor, reading `stream`.
+fn start<S>(admitted: Admitted, out: Outbox, state: Arc<AppState>, stream: S)
+where
+    S: futures_util::Stream<Item = WsIn> + 'static,
+{
+    let Admitted {
+        node,
+        heartbeat,
+        binary_heads,
+    } = admitted;
     tracing::info!(peer_node = %node, "peer link accepted");
     PeerServer::create(move |ctx| {
-        ctx.add_stream(stream.map(from_actix));
+        ctx.add_stream(stream);
         PeerServer {
             node,
             out,
@@ -110,7 +217,6 @@ pub async fn accept(
             binary_heads,
         }
     });
-    response
 }
 
 /// A forwarded stream: the entry node's body (for an upgrade, the client's bytes after the

@@ -19,7 +19,7 @@ use crate::config::TUNNEL_OUTBOX_CAPACITY;
 use crate::registry::Owner;
 use crate::tunnel::{Opener, from_link};
 use tokio_tungstenite::MaybeTlsStream;
-use tunnelgate_mux::ws::{Role, WsReader, WsWriter, halves, tcp_halves};
+use tunnelgate_mux::ws::{Role, UNMASKED_HEADER, WsReader, WsWriter, halves, tcp_halves};
 
 /// Time to open a peer link before the owner counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -94,6 +94,8 @@ impl PeerPool {
         let interval = state.config.peer_heartbeat_interval;
         h.insert(HEARTBEAT_HEADER, (interval.as_millis() as u64).into());
         h.insert(PROTOCOL_HEADER, tunnelgate_proto::PROTOCOL_VERSION.into());
+        // Unmasked frames where the owner agrees (ADR 0014).
+        h.insert(UNMASKED_HEADER, 1.into());
         let cfg = WebSocketConfig::default()
             .read_buffer_size(1024)
             .max_message_size(Some(MAX_WS_MESSAGE + 16))
@@ -130,6 +132,10 @@ impl PeerPool {
         };
         let stream = WsReader::new(rd, Role::Client, &[], MAX_WS_MESSAGE + 16);
         let sink = WsWriter::new(wr, Role::Client);
+        let sink = match resp.headers().get(UNMASKED_HEADER) {
+            Some(v) if v.as_bytes() == b"1" => sink.unmasked(),
+            _ => sink,
+        };
         let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
         actix_rt::spawn(write_loop(rx, sink, |m| m));
         // A node that echoes the header answers heartbeats; an older one is not sent any.

@@ -160,6 +160,42 @@ fn head_of(req: &httparse::Request<'_, '_>) -> Result<Request, &'static str> {
     })
 }
 
+/// Serves a connection of the plain peer listener: a `GET /v1/peer` upgrade becomes a peer
+/// link here (`cluster::peer_server::accept_raw`); anything else gets a short refusal.
+pub async fn serve_peer(mut io: TcpStream, state: web::Data<AppState>) {
+    use actix_web::http::StatusCode;
+    let mut buf = BytesMut::new();
+    let refusal = match read_head(&mut io, &mut buf).await {
+        Head::Gone | Head::Late => return,
+        Head::Ready(req, n)
+            if req.websocket && req.method == Method::GET && req.uri.path() == "/v1/peer" =>
+        {
+            let rest = buf.get(n..).unwrap_or_default().to_vec();
+            match crate::cluster::peer_server::accept_raw(io, rest, &req.headers, &state).await {
+                Ok(()) => return,
+                Err(refused) => {
+                    let (refused_io, refusal) = *refused;
+                    io = refused_io;
+                    refusal
+                }
+            }
+        }
+        Head::Ready(req, _) if req.uri.path() == "/v1/peer" => crate::tunnel::refuse(
+            StatusCode::BAD_REQUEST,
+            "WebSocket upgrade required: a GET with Upgrade: websocket",
+        ),
+        Head::Ready(..) => crate::tunnel::refuse(
+            StatusCode::NOT_FOUND,
+            "the peer listener serves /v1/peer only",
+        ),
+        Head::Other(why) => crate::tunnel::refuse(
+            StatusCode::BAD_REQUEST,
+            &format!("not a peer link's upgrade ({why})"),
+        ),
+    };
+    let _ = write_response(&mut io, refusal, false, true).await;
+}
+
 /// Serves `io` until it closes, or hands it to actix-http.
 pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) -> Served {
     let peer = io.peer_addr().ok();

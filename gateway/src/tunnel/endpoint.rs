@@ -180,20 +180,12 @@ pub async fn accept_raw(
         Ok(admitted) => admitted,
         Err(refusal) => return Err(Box::new((io, *refusal))),
     };
-    let key = headers
-        .get("sec-websocket-key")
-        .filter(|_| method == actix_web::http::Method::GET)
-        .filter(|_| {
-            headers
-                .get("sec-websocket-version")
-                .is_some_and(|v| v.as_bytes() == b"13")
-        });
-    let Some(key) = key else {
+    let Some(accept) = accept_key(headers).filter(|_| method == actix_web::http::Method::GET)
+    else {
         state.metrics.auth_failure("bad_upgrade");
         let why = "WebSocket upgrade required: a GET with Sec-WebSocket-Key and version 13";
         return Err(Box::new((io, refuse(StatusCode::BAD_REQUEST, why))));
     };
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     // An agent that offers to send unmasked frames may (ADR 0014).
     let unmasked = headers
         .get(UNMASKED_HEADER)
@@ -233,6 +225,16 @@ pub async fn accept_raw(
         TunnelActor::new(cluster, peer, out, state).with_token(token_id)
     });
     Ok(())
+}
+
+/// The `Sec-WebSocket-Accept` answering an upgrade's key, when it has one of version 13.
+pub fn accept_key(headers: &actix_web::http::header::HeaderMap) -> Option<String> {
+    let key = headers.get("sec-websocket-key").filter(|_| {
+        headers
+            .get("sec-websocket-version")
+            .is_some_and(|v| v.as_bytes() == b"13")
+    })?;
+    Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
 /// This worker's index: the threads that accept tunnels are numbered as they first do (ADR

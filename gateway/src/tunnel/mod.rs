@@ -38,7 +38,7 @@ mod test_support;
 mod tunnel_actor;
 mod ws;
 
-pub use endpoint::{accept, accept_raw};
+pub use endpoint::{accept, accept_key, accept_raw};
 pub use endpoint::{refuse, throttled};
 pub use head::Head;
 pub use hub::{Hub, MoveAway, Revoked, TunnelRef};
