@@ -189,6 +189,17 @@ done
 # The prototype rows: closed loop and download only (not in the open-loop chart).
 row prototype-pipe "127.0.0.1:$PP" app.demo.localhost "gateway:$PPG agent:$PPA" >> "$work/rows.jsonl"
 row prototype-pipe-actix "127.0.0.1:$PA" app.demo.localhost "gateway:$PAG agent:$PAA" >> "$work/rows.jsonl"
+# The download ceiling of any two relays here: two bare relays in a row (load-tests/relay.py),
+# copying and with splice(2); downloads only (ADR 0014).
+log "download ceiling: two bare relays in a row, copying and splicing, 100 MiB x3 each"
+: > "$work/relays.jsonl"
+for mode in copy splice; do
+  R1=$(free_port); R2=$(free_port)
+  python3 load-tests/relay.py "$R1" "$UP" "$mode" & pids+=($!)
+  python3 load-tests/relay.py "$R2" "$R1" "$mode" & pids+=($!)
+  wait_port "$R1"; wait_port "$R2"
+  echo "{\"name\": \"two-relays-$mode\", \"download_b_s\": $(download "127.0.0.1:$R2" localhost)}" >> "$work/relays.jsonl"
+done
 # HTTPS: keep-alive req/s (with CPU per request), and new TLS connections per second (one
 # request per connection, a full handshake each).
 log "HTTPS: Tunnelgate's TLS listener vs nginx terminating TLS, $DURATION each way"
@@ -316,6 +327,7 @@ n = ratio("tunnelgate-local", "nginx-hop", "rps")
 target("stretch: local tunnel req/s ≥ nginx hop", f"{n:.2f}×", n >= 1.0)
 ph = ratio("tunnelgate-peer-hop", "tunnelgate-local", "rps")
 target("peer hop ≥ 0.75× local tunnel", f"{ph:.2f}×", ph >= 0.75)
+relays = {r["name"]: r["download_b_s"] / 1e6 for r in load("relays.jsonl")} if os.path.exists(os.path.join(work, "relays.jsonl")) else {}
 gw_rss = max(by[k]["entry_peak_rss_mib"] for k in ("tunnelgate-local", "tunnelgate-peer-hop"))
 target("gateway peak RSS under load ≤ 64 MiB", f"{gw_rss:.1f} MiB", gw_rss <= 64)
 for s in sim:
@@ -326,6 +338,12 @@ lines.append("\nThe same targets for the byte-pipe prototype of ADR 0010 (`tg-pi
 lines.append("| target | measured | met |\n|---|---|---|")
 speed_targets("prototype-pipe", "prototype, own front:")
 speed_targets("prototype-pipe-actix", "prototype, actix-web front:")
+if relays:
+    local, rh = by["tunnelgate-local"]["download_mb_s"], by["rathole"]["download_mb_s"] if "rathole" in by else None
+    lines.append("\n**Download ceiling.** Two bare relays in a row (`load-tests/relay.py`, no framing, same "
+                 "upstream): " + ", ".join(f"{k.removeprefix('two-relays-')} {v:.0f} MB/s" for k, v in relays.items())
+                 + f"; the local tunnel {local:.0f} MB/s" + (f", rathole {rh:.0f} MB/s" if rh else "")
+                 + ". Whatever two relays do, they do not pass the splicing pair (ADR 0014).\n")
 lines.append("\n## Simulated agents (one node, in-memory registry)\n")
 lines.append("| tunnels | ramp s | node RSS idle → loaded MiB | KiB per tunnel | storm settled s | attempts | refused/failed | node CPU s (storm) |")
 lines.append("|---|---|---|---|---|---|---|---|")
