@@ -348,12 +348,7 @@ async fn strangers_are_refused_on_the_peer_port() {
         );
         assert!(got.contains(why), "{head}: {got}");
     }
-    let health = client()
-        .get(format!("http://{}/healthz", gw.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(gw.healthz().await, 200, "the node goes on");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

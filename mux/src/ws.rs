@@ -49,6 +49,28 @@ pub fn halves<T: AsyncRead + AsyncWrite + Send + 'static>(io: T) -> (BoxRead, Bo
     (Box::new(r), Box::new(w))
 }
 
+/// The server end of a link over a plain TCP connection whose upgrade was just answered:
+/// `read` holds what was read past the request's head, `unmasked` says whether the 101 agreed
+/// to the client's [`UNMASKED_HEADER`].
+pub fn accept_tcp(
+    tcp: tokio::net::TcpStream,
+    read: &[u8],
+    max_message: usize,
+    unmasked: bool,
+) -> (
+    WsReader<tokio::net::tcp::OwnedReadHalf>,
+    WsWriter<tokio::net::tcp::OwnedWriteHalf>,
+) {
+    let (rd, wr) = tcp.into_split();
+    let reader = WsReader::new(rd, Role::Server, read, max_message);
+    let reader = if unmasked {
+        reader.allow_unmasked()
+    } else {
+        reader
+    };
+    (reader, WsWriter::new(wr, Role::Server))
+}
+
 /// Which end of the connection this is: a client masks what it sends and must get unmasked
 /// frames; a server the reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -103,21 +103,10 @@ async fn unmasked_frames_pass_only_where_the_server_agreed() {
         r.next().await.unwrap().unwrap(),
         Incoming::Binary(pattern(10))
     );
-    let wire = wire_unmasked(Outgoing::Binary(pattern(3000))).await;
+    let unmasked = |io| WsWriter::new(io, Role::Client).unmasked();
+    let wire = wire_of(unmasked, Outgoing::Binary(pattern(3000))).await;
     assert_eq!(wire[1], 126, "unmasked, 16-bit length");
     assert_eq!(&wire[4..], &pattern(3000)[..]);
-}
-
-async fn wire_unmasked(m: Outgoing) -> Vec<u8> {
-    let (a, mut b) = tokio::io::duplex(1 << 20);
-    let mut w = WsWriter::new(a, Role::Client).unmasked();
-    w.send(m).await.unwrap();
-    drop(w);
-    let mut out = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut b, &mut out)
-        .await
-        .unwrap();
-    out
 }
 
 #[tokio::test]
@@ -144,8 +133,16 @@ async fn frames_arriving_in_any_pieces_are_read_whole() {
 
 /// The bytes `role` puts on the wire for one message.
 async fn wire(role: Role, m: Outgoing) -> Vec<u8> {
+    wire_of(|io| WsWriter::new(io, role), m).await
+}
+
+/// The bytes a writer made by `make` puts on the wire for one message.
+async fn wire_of(
+    make: impl FnOnce(tokio::io::DuplexStream) -> WsWriter<tokio::io::DuplexStream>,
+    m: Outgoing,
+) -> Vec<u8> {
     let (a, mut b) = tokio::io::duplex(1 << 20);
-    let mut w = WsWriter::new(a, role);
+    let mut w = make(a);
     w.send(m).await.unwrap();
     drop(w);
     let mut out = Vec::new();

@@ -33,7 +33,7 @@ use crate::tunnel::{
     OpenError, Started, WsIn, from_actix, from_link, pipe_body, refuse, start_stream, throttled,
     to_actix,
 };
-use tunnelgate_mux::ws::{Role, UNMASKED_HEADER, WsReader, WsWriter};
+use tunnelgate_mux::ws::{UNMASKED_HEADER, accept_tcp};
 
 /// A dialling node admitted to a peer link: what its upgrade asked for.
 struct Admitted {
@@ -178,13 +178,9 @@ pub async fn accept_raw(
     if io.write_all(head.as_bytes()).await.is_err() {
         return Ok(());
     }
-    let (rd, wr) = io.into_split();
-    let mut stream = WsReader::new(rd, Role::Server, &read, MAX_WS_MESSAGE + 16);
-    if unmasked {
-        stream = stream.allow_unmasked();
-    }
+    let (stream, sink) = accept_tcp(io, &read, MAX_WS_MESSAGE + 16, unmasked);
     let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
-    actix_rt::spawn(write_loop(rx, WsWriter::new(wr, Role::Server), |m| m));
+    actix_rt::spawn(write_loop(rx, sink, |m| m));
     start(
         admitted,
         out,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::{Actor, AsyncContext};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use tunnelgate_mux::ws::{Role, UNMASKED_HEADER, WsReader, WsWriter};
+use tunnelgate_mux::ws::{UNMASKED_HEADER, accept_tcp};
 use tunnelgate_mux::{outbox, write_loop};
 use tunnelgate_proto::limits::MAX_WS_MESSAGE;
 
@@ -205,14 +205,9 @@ pub async fn accept_raw(
     if io.write_all(head.as_bytes()).await.is_err() {
         return Ok(());
     }
-    // The link's WebSocket framing is Tunnelgate's own (`mux::ws`, ADR 0014): frames are
-    // taken out of one read buffer without copying their payloads.
-    let (rd, wr) = io.into_split();
-    let mut stream = WsReader::new(rd, Role::Server, &read, MAX_WS_MESSAGE + 16);
-    if unmasked {
-        stream = stream.allow_unmasked();
-    }
-    let sink = WsWriter::new(wr, Role::Server);
+    // The link's WebSocket framing is Tunnelgate's own (`mux::ws`, ADR 0014): no payload of a
+    // download is copied in user space.
+    let (stream, sink) = accept_tcp(io, &read, MAX_WS_MESSAGE + 16, unmasked);
     let (out, rx) = outbox(TUNNEL_OUTBOX_CAPACITY);
     // The connection counts against the node's limit while its writer lives.
     actix_rt::spawn(async move {

@@ -197,6 +197,15 @@ impl Gateway {
         self.child.id()
     }
 
+    /// The status of `/healthz` on the public listener: 200 while the node serves.
+    pub async fn healthz(&self) -> u16 {
+        let r = client()
+            .get(format!("http://{}/healthz", self.addr))
+            .send()
+            .await;
+        r.expect("healthz answered").status().as_u16()
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}", self.addr)
     }
