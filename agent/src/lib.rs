@@ -241,15 +241,69 @@ pub async fn run(
         let source = ingress::IngressSource::connect(&shared.config).await?;
         tokio::spawn(source.run(shared.clone(), ack_rx));
     }
-    // A JoinSet: if this future is dropped (the agent is torn down), its slots go with it.
-    let mut slots = tokio::task::JoinSet::new();
+    // Each slot on its own thread (ADR 0015); if this future is dropped (the agent is torn
+    // down), the handles go with it and so do the slots.
+    let mut slots = Vec::with_capacity(shared.config.connections);
     for slot in 0..shared.config.connections {
-        slots.spawn(run_slot(shared.clone(), slot, shutdown.clone()));
+        slots.push(SlotThread::start(shared.clone(), slot, shutdown.clone())?);
     }
-    while let Some(done) = slots.join_next().await {
-        done.map_err(|e| format!("connection slot failed: {e}"))?;
+    for slot in slots {
+        slot.finished().await?;
     }
     Ok(())
+}
+
+/// A connection slot on a thread of its own with a single-threaded runtime: its tunnel, its
+/// streams and their upstream connections never leave that thread, so no request pays for a
+/// hand-off between threads or a work-stealing scheduler (ADR 0015). The slots together use
+/// as many cores as the agent has tunnels — the gateway's model, a tunnel per worker.
+struct SlotThread {
+    slot: usize,
+    /// Told when the thread's runtime has stopped; dropped unsent when the thread panicked.
+    done: tokio::sync::oneshot::Receiver<()>,
+    /// Dropped with this handle: the slot stops, its runtime and every task on it with it.
+    _cancel: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SlotThread {
+    fn start(
+        shared: Arc<Shared>,
+        slot: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<SlotThread, String> {
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start connection slot {slot}'s runtime: {e}"))?;
+        std::thread::Builder::new()
+            .name(format!("tunnel-{slot}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = run_slot(shared, slot, shutdown) => {}
+                        _ = cancelled => {}
+                    }
+                });
+                // Every task still on the runtime (a draining stream) is dropped here.
+                drop(runtime);
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| format!("cannot start connection slot {slot}'s thread: {e}"))?;
+        Ok(SlotThread {
+            slot,
+            done,
+            _cancel: cancel,
+        })
+    }
+
+    /// Waits for the slot to end; an error when its thread panicked.
+    async fn finished(mut self) -> Result<(), String> {
+        (&mut self.done)
+            .await
+            .map_err(|_| format!("connection slot {} failed: its thread panicked", self.slot))
+    }
 }
 
 /// Dials in a row that land on a node this agent already holds before a slot concludes there
