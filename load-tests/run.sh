@@ -343,7 +343,9 @@ if relays:
     lines.append("\n**Download ceiling.** Two bare relays in a row (`load-tests/relay.py`, no framing, same "
                  "upstream): " + ", ".join(f"{k.removeprefix('two-relays-')} {v:.0f} MB/s" for k, v in relays.items())
                  + f"; the local tunnel {local:.0f} MB/s" + (f", rathole {rh:.0f} MB/s" if rh else "")
-                 + ". Whatever two relays do, they do not pass the splicing pair (ADR 0014).\n")
+                 + f"; the local tunnel at {local / max(relays.values()):.2f}× the faster pair. The relays are "
+                 "Python processes, so on a slow machine their own CPU can limit them before the kernel's "
+                 "copies do (ADR 0014).\n")
 lines.append("\n## Simulated agents (one node, in-memory registry)\n")
 lines.append("| tunnels | ramp s | node RSS idle → loaded MiB | KiB per tunnel | storm settled s | attempts | refused/failed | node CPU s (storm) |")
 lines.append("|---|---|---|---|---|---|---|---|")
