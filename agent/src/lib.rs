@@ -87,8 +87,6 @@ pub struct Shared {
     fallback: std::sync::Mutex<std::collections::HashMap<usize, u32>>,
     rules: std::sync::RwLock<Arc<Rules>>,
     pub client: UpstreamClient,
-    /// Idle connections to `http://` upstreams (the byte pipe's).
-    pub pool: Arc<pool::ConnPool>,
     pub status: watch::Sender<Status>,
     /// TLS for `wss://` gateways.
     pub gateway_tls: Arc<rustls::ClientConfig>,
@@ -207,7 +205,6 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let client = upstream::client(config.upstream_connect_timeout);
-    let pool = Arc::new(pool::ConnPool::new(config.upstream_connect_timeout));
     let gateway_tls = Arc::new(upstream::gateway_tls(config.gateway_ca.as_deref())?);
     let (ack_tx, ack_rx) = tokio::sync::mpsc::channel(ACK_QUEUE);
     let kube_api = match config.kubernetes_api {
@@ -232,7 +229,6 @@ pub async fn run(
         rules: Default::default(),
         config,
         client,
-        pool,
         status,
         gateway_tls,
     });
@@ -328,9 +324,16 @@ struct Live {
     started: Instant,
 }
 
+/// What a connection slot's sessions share: the agent, the slot's number, and the slot's own
+/// pool of idle upstream connections (they belong to the slot thread's runtime, ADR 0015).
+struct Slot {
+    shared: Arc<Shared>,
+    index: usize,
+    pool: Arc<pool::ConnPool>,
+}
+
 fn start_session(
-    shared: &Arc<Shared>,
-    slot: usize,
+    slot: &Slot,
     gateway: &str,
     shutdown: &watch::Receiver<bool>,
     share_node: bool,
@@ -346,14 +349,15 @@ fn start_session(
     });
     let (handoff_tx, handoff) = tokio::sync::mpsc::channel(1);
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let (shared2, gw) = (shared.clone(), gateway.to_string());
+    let (shared, index, pool) = (slot.shared.clone(), slot.index, slot.pool.clone());
+    let gw = gateway.to_string();
     let task = tokio::spawn(async move {
         let hooks = session::Hooks {
             handoff: Some(handoff_tx),
             ready: Some(ready_tx),
             share_node,
         };
-        session::run(&shared2, slot, &gw, stop_rx, hooks).await
+        session::run(&shared, index, &pool, &gw, stop_rx, hooks).await
     });
     Live {
         task,
@@ -410,14 +414,19 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
             gateway: next_gateway(turn),
         });
     }
+    let me = Slot {
+        shared: shared.clone(),
+        index: slot,
+        pool: Arc::new(pool::ConnPool::new(shared.config.upstream_connect_timeout)),
+    };
     let mut owned = Owned::default();
-    let mut live = start_session(&shared, slot, &next_gateway(turn), &shutdown, false);
+    let mut live = start_session(&me, &next_gateway(turn), &shutdown, false);
     owned.add(&live);
     loop {
         let result = tokio::select! {
             r = &mut live.task => r.unwrap_or_else(|e| Err(session::SessionError::Lost(format!("session task: {e}")))),
             Some(()) = live.handoff.recv() => {
-                match handoff(&shared, slot, &mut turn, &next_gateway, &shutdown, &mut live, &mut owned).await {
+                match handoff(&me, &mut turn, &next_gateway, &shutdown, &mut live, &mut owned).await {
                     Handoff::Moved(next) => {
                         // The new tunnel serves: the old one drains in the background.
                         let _ = live.stop.send(true);
@@ -427,7 +436,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
                     Handoff::OldEnded(next) => {
                         live = next.unwrap_or_else(|| {
                             turn += 1;
-                            start_session(&shared, slot, &next_gateway(turn), &shutdown, false)
+                            start_session(&me, &next_gateway(turn), &shutdown, false)
                         });
                         owned.add(&live);
                     }
@@ -484,7 +493,7 @@ async fn run_slot(shared: Arc<Shared>, slot: usize, mut shutdown: watch::Receive
         }
         // A slot that found only this node takes a tunnel on another of its workers.
         let share_node = same_node >= SAME_NODE_GIVE_UP;
-        live = start_session(&shared, slot, &next_gateway(turn), &shutdown, share_node);
+        live = start_session(&me, &next_gateway(turn), &shutdown, share_node);
         owned.add(&live);
     }
 }
@@ -503,8 +512,7 @@ enum Handoff {
 /// turn until one serves (the draining node refuses new tunnels, and this agent never holds
 /// two on one node).
 async fn handoff(
-    shared: &Arc<Shared>,
-    slot: usize,
+    slot: &Slot,
     turn: &mut usize,
     next_gateway: &impl Fn(usize) -> String,
     shutdown: &watch::Receiver<bool>,
@@ -513,16 +521,16 @@ async fn handoff(
 ) -> Handoff {
     for attempt in 0..HANDOFF_TRIES {
         *turn += 1;
-        let mut cand = start_session(shared, slot, &next_gateway(*turn), shutdown, false);
+        let mut cand = start_session(slot, &next_gateway(*turn), shutdown, false);
         owned.add(&cand);
         tokio::select! {
             Ok(()) = &mut cand.ready => {
-                tracing::info!(slot, from = %live.gateway, to = %cand.gateway, "tunnel moved: the new one serves, the old one drains");
+                tracing::info!(slot = slot.index, from = %live.gateway, to = %cand.gateway, "tunnel moved: the new one serves, the old one drains");
                 return Handoff::Moved(cand);
             }
             r = &mut cand.task => {
-                tracing::debug!(slot, gateway = %cand.gateway, attempt, outcome = ?r.map(|r| r.map(|_| ())), "replacement tunnel not up; trying the next");
-                tokio::time::sleep(shared.config.reconnect_min).await;
+                tracing::debug!(slot = slot.index, gateway = %cand.gateway, attempt, outcome = ?r.map(|r| r.map(|_| ())), "replacement tunnel not up; trying the next");
+                tokio::time::sleep(slot.shared.config.reconnect_min).await;
             }
             _ = &mut live.task => {
                 // The old tunnel is gone already: keep the candidate if it comes up.
@@ -536,6 +544,6 @@ async fn handoff(
             }
         }
     }
-    tracing::warn!(slot, gateway = %live.gateway, "no other gateway node took a tunnel; staying until this one closes");
+    tracing::warn!(slot = slot.index, gateway = %live.gateway, "no other gateway node took a tunnel; staying until this one closes");
     Handoff::Stay
 }

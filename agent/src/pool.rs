@@ -1,11 +1,10 @@
 //! Idle plain-TCP connections to `http://` upstreams, per address (ADR 0010's byte pipe): the
 //! most recently used first, checked alive before reuse, dropped after an idle timeout, at most
-//! a fixed number kept per address. Kept per thread: a connection belongs to the runtime of the
-//! connection slot that opened it (ADR 0015) and is reused only there.
+//! a fixed number kept per address. Each connection slot has a pool of its own: a connection
+//! belongs to the runtime of the slot's thread that opened it (ADR 0015) and is reused only there.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -18,12 +17,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The pool. Connections are checked out for one exchange and checked in only when the
 /// response's framing left them reusable.
 pub struct ConnPool {
-    idle: Mutex<HashMap<ThreadId, Idle>>,
+    idle: Mutex<HashMap<String, VecDeque<(TcpStream, Instant)>>>,
     connect_timeout: Duration,
 }
-
-/// One thread's idle connections, by address.
-type Idle = HashMap<String, VecDeque<(TcpStream, Instant)>>;
 
 /// Why no connection could be had: a refused or timed-out connect.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +64,9 @@ impl ConnPool {
 
     /// Gives a connection back after a complete exchange.
     pub fn checkin(&self, address: &str, conn: TcpStream) {
-        let Ok(mut all) = self.idle.lock() else {
+        let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let idle = all.entry(std::thread::current().id()).or_default();
         // (Looked up before inserting: no new key, and no allocation, per request.)
         if !idle.contains_key(address) {
             idle.insert(address.to_string(), VecDeque::new());
@@ -91,12 +86,7 @@ impl ConnPool {
     }
 
     fn pop(&self, address: &str) -> Option<(TcpStream, Instant)> {
-        self.idle
-            .lock()
-            .ok()?
-            .get_mut(&std::thread::current().id())?
-            .get_mut(address)?
-            .pop_back()
+        self.idle.lock().ok()?.get_mut(address)?.pop_back()
     }
 }
 

@@ -19,6 +19,7 @@ use super::dial::{Ws, connect, register};
 use super::stream::StreamTask;
 pub use super::{End, SessionError};
 use crate::config::OUTBOX_CAPACITY;
+use crate::pool::ConnPool;
 use crate::{Shared, Status};
 
 /// A live stream: the gateway's body (or upgraded bytes) as inbound, and its task.
@@ -55,7 +56,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs one session against `gateway` until it ends.
 /// How a session tells its slot about a move (make before break).
 #[derive(Default)]
 pub struct Hooks {
@@ -69,9 +69,12 @@ pub struct Hooks {
     pub share_node: bool,
 }
 
+/// Runs one session against `gateway` until it ends; its streams' plain upstream connections
+/// come from the slot's `pool`.
 pub async fn run(
     shared: &Shared,
     slot: usize,
+    pool: &Arc<ConnPool>,
     gateway: &str,
     mut shutdown: watch::Receiver<bool>,
     mut hooks: Hooks,
@@ -106,6 +109,7 @@ pub async fn run(
     };
     let result = serve(
         shared,
+        pool,
         gateway,
         &ok,
         &out,
@@ -163,6 +167,7 @@ fn abort_streams(table: &Table) {
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     shared: &Shared,
+    pool: &Arc<ConnPool>,
     gateway: &str,
     ok: &RegisterSuccess,
     out: &Outbox,
@@ -241,7 +246,7 @@ async fn serve(
                     // Protocol 3: a stream's request head is a binary head frame.
                     Some(Ok(Incoming::Binary(b))) if ok.protocol >= 3 && tunnelgate_proto::head::is_head(&b) => {
                         match tunnelgate_proto::head::decode_request(&b) {
-                            Ok(req) => on_control(shared, gateway, ok, table, out, Control::ProxyRequest(req)),
+                            Ok(req) => on_control(shared, pool, gateway, ok, table, out, Control::ProxyRequest(req)),
                             Err(e) => {
                                 let e = format!("invalid request head from gateway: {e}");
                                 out.close(1002, e.clone());
@@ -273,9 +278,9 @@ async fn serve(
                             if let Some(r) = hooks.ready.take() {
                                 let _ = r.send(());
                             }
-                            on_control(shared, gateway, ok, table, out, m)
+                            on_control(shared, pool, gateway, ok, table, out, m)
                         }
-                        Ok(m) => on_control(shared, gateway, ok, table, out, m),
+                        Ok(m) => on_control(shared, pool, gateway, ok, table, out, m),
                         Err(e) => {
                             let e = format!("invalid control message from gateway: {e}");
                             out.close(1002, e.clone());
@@ -347,6 +352,7 @@ fn on_frame(table: &Table, out: &Outbox, msg: bytes::Bytes) -> Result<(), String
 
 fn on_control(
     shared: &Shared,
+    pool: &Arc<ConnPool>,
     gateway: &str,
     ok: &RegisterSuccess,
     table: &Table,
@@ -434,7 +440,7 @@ fn on_control(
                 outbox: out.clone(),
                 rules: shared.rules(),
                 client: shared.client.clone(),
-                pool: shared.pool.clone(),
+                pool: pool.clone(),
                 kube_api: shared.kube_api.clone(),
                 access_log: shared.config.access_log,
                 metrics: shared.metrics.clone(),
