@@ -7,8 +7,9 @@
 //! actix-http, its head and all (`proxy::front::FirstHead`), which serves or refuses it as
 //! before: the gateway's own names (the agent endpoint, `/healthz`), the clusters' Kubernetes
 //! APIs, ACME answers and HTTPS redirects, upgrades but the agents' tunnels, an `Expect` other
-//! than `100-continue`, chunked uploads, HTTP/1.0, anything `httparse` or the request checks
-//! refuse, and a node over its limits.
+//! than `100-continue`, chunked uploads, HTTP/1.0, anything `httparse` refuses, and a node over
+//! its limits. A head the request checks refuse (`proxy::headers`) is answered here with its
+//! reason, and the connection closed.
 
 use std::time::{Duration, Instant};
 
@@ -232,10 +233,15 @@ pub async fn serve(mut io: TcpStream, slot: Slot, state: web::Data<AppState>) ->
             tls: None,
             id,
         };
-        // actix-http answers the others (or refuses them) from the same head.
+        // A head the request checks refuse (two Hosts, none, an invalid one, …) gets its
+        // reason here, and the connection is closed: nothing after it can be trusted.
         let host = match super::headers::check_request(&inc, state.config.max_header_bytes) {
             Ok(h) => h,
-            Err(_) => return hand_off("refused", io, slot, &buf),
+            Err(e) => {
+                let refusal = super::fail(&state, &inc, "", e);
+                let _ = write_response(&mut io, refusal, false, true).await;
+                return Served::Done;
+            }
         };
         if req.websocket {
             if state.config.is_gateway_name(&host) && req.uri.path() == "/v1/tunnel" {
